@@ -1,0 +1,572 @@
+"""labelmesh message types, their canonical encoding, signing and validation.
+
+How it works
+------------
+Every message travels as ``envelope = msgpack [body: bin, signature: bin(64)]``.
+``body`` is itself canonical msgpack: ``[kind, version, signer, ...fields]``.
+
+    signed_bytes = DOMAIN_TAG[kind] || network_id (32 bytes) || body
+    signature    = ed25519_sign(signer, signed_bytes)
+    message id   = sha256(signed_bytes)
+
+So nothing signed for one network or one message kind is valid for another, and
+the id does not depend on the signature bytes. The pipeline is split as in
+CometBFT: ``decode_message`` (structure and types, canonical form) ->
+``validate_basic`` (sizes and ranges, no state) -> ``verify_signature`` (costly) ->
+``validate_in_context`` (needs the task, the genesis and the clock). Each check
+returns a ``Verdict``: ACCEPT, REJECT (invalid forever: penalise whoever sent it)
+or IGNORE (duplicate, too early, unknown task yet: drop without penalty).
+
+Field layouts (all integers are msgpack ints; times are ms since the epoch):
+
+TaskAnnouncement  [1, 1, requester, nonce, created_at, deadline, title, schema,
+                   items, redundancy, bounty, gold_commitment|nil, reward_rule]
+    schema  = [schema_type (0 = single choice), domain: str, [label: str, ...]]
+    item    = [0, text: str]                           inline text
+            | [1, payload: bin, media_type: str]       inline bytes
+            | [2, sha256: bin32, size: int, media_type: str]   blob by hash
+AnnotationBatch   [2, 1, annotator, task_id, created_at, [item, label, item, label, ...]]
+                   items strictly increasing (one label per item per batch)
+GoldReveal        [3, 1, requester, task_id, created_at, salt: bin32, [item, label, ...]]
+Attestation       [4, 1, validator, task_id, created_at, round, phase,
+                   set_root, result_root, [batch_id, ...] (sorted, prevote only)]
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Protocol, Union
+
+import nacl.bindings
+import nacl.exceptions
+import nacl.signing
+
+from .codec import pack, sha256, unpack
+from .errors import DecodeError
+from .params import Params
+
+# Typed aliases (32-byte values).
+AccountKey = bytes
+TaskId = bytes
+MessageId = bytes
+
+KIND_TASK = 1
+KIND_BATCH = 2
+KIND_GOLD = 3
+KIND_ATTESTATION = 4
+KIND_NAMES = {KIND_TASK: "task", KIND_BATCH: "batch", KIND_GOLD: "gold", KIND_ATTESTATION: "attestation"}
+
+VERSION = 1
+DOMAIN_TAGS = {
+    KIND_TASK: b"labelmesh/task/v1\x00",
+    KIND_BATCH: b"labelmesh/batch/v1\x00",
+    KIND_GOLD: b"labelmesh/gold/v1\x00",
+    KIND_ATTESTATION: b"labelmesh/attestation/v1\x00",
+}
+GOLD_COMMIT_TAG = b"labelmesh/gold-commitment/v1\x00"
+
+SCHEMA_SINGLE_CHOICE = 0
+ITEM_TEXT = 0
+ITEM_BYTES = 1
+ITEM_BLOB = 2
+REWARD_RULE_ACCURACY = 0
+PHASE_PREVOTE = 0
+PHASE_PRECOMMIT = 1
+
+
+class Outcome(enum.Enum):
+    ACCEPT = "accept"
+    REJECT = "reject"
+    IGNORE = "ignore"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    outcome: Outcome
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome is Outcome.ACCEPT
+
+
+ACCEPT = Verdict(Outcome.ACCEPT)
+
+
+def reject(reason: str) -> Verdict:
+    return Verdict(Outcome.REJECT, reason)
+
+
+def ignore(reason: str) -> Verdict:
+    return Verdict(Outcome.IGNORE, reason)
+
+
+# --------------------------------------------------------------------------- types
+
+
+@dataclass(frozen=True)
+class LabelSchema:
+    schema_type: int
+    domain: str
+    labels: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Item:
+    item_type: int
+    text: str = ""
+    payload: bytes = b""
+    digest: bytes = b""
+    size: int = 0
+    media_type: str = ""
+
+    def to_wire(self) -> list:
+        if self.item_type == ITEM_TEXT:
+            return [ITEM_TEXT, self.text]
+        if self.item_type == ITEM_BYTES:
+            return [ITEM_BYTES, self.payload, self.media_type]
+        return [ITEM_BLOB, self.digest, self.size, self.media_type]
+
+
+@dataclass(frozen=True)
+class TaskAnnouncement:
+    requester: AccountKey
+    nonce: int
+    created_at: int
+    deadline: int
+    title: str
+    schema: LabelSchema
+    items: tuple[Item, ...]
+    redundancy: int
+    bounty: int
+    gold_commitment: bytes | None
+    reward_rule: int
+
+    kind = KIND_TASK
+
+    @property
+    def signer(self) -> AccountKey:
+        return self.requester
+
+    def body_fields(self) -> list:
+        s = self.schema
+        return [KIND_TASK, VERSION, self.requester, self.nonce, self.created_at, self.deadline,
+                self.title, [s.schema_type, s.domain, list(s.labels)],
+                [it.to_wire() for it in self.items], self.redundancy, self.bounty,
+                self.gold_commitment, self.reward_rule]
+
+
+@dataclass(frozen=True)
+class AnnotationBatch:
+    annotator: AccountKey
+    task_id: TaskId
+    created_at: int
+    labels: tuple[tuple[int, int], ...]  # (item index, label index), items strictly increasing
+
+    kind = KIND_BATCH
+
+    @property
+    def signer(self) -> AccountKey:
+        return self.annotator
+
+    def body_fields(self) -> list:
+        flat: list[int] = []
+        for i, l in self.labels:
+            flat.append(i)
+            flat.append(l)
+        return [KIND_BATCH, VERSION, self.annotator, self.task_id, self.created_at, flat]
+
+
+@dataclass(frozen=True)
+class GoldReveal:
+    requester: AccountKey
+    task_id: TaskId
+    created_at: int
+    salt: bytes
+    answers: tuple[tuple[int, int], ...]
+
+    kind = KIND_GOLD
+
+    @property
+    def signer(self) -> AccountKey:
+        return self.requester
+
+    def body_fields(self) -> list:
+        return [KIND_GOLD, VERSION, self.requester, self.task_id, self.created_at, self.salt,
+                _flatten(self.answers)]
+
+
+@dataclass(frozen=True)
+class Attestation:
+    validator: AccountKey
+    task_id: TaskId
+    created_at: int
+    round: int
+    phase: int
+    set_root: bytes
+    result_root: bytes
+    batch_ids: tuple[bytes, ...]
+
+    kind = KIND_ATTESTATION
+
+    @property
+    def signer(self) -> AccountKey:
+        return self.validator
+
+    def body_fields(self) -> list:
+        return [KIND_ATTESTATION, VERSION, self.validator, self.task_id, self.created_at, self.round,
+                self.phase, self.set_root, self.result_root, list(self.batch_ids)]
+
+
+Body = Union[TaskAnnouncement, AnnotationBatch, GoldReveal, Attestation]
+
+
+@dataclass(frozen=True)
+class SignedMessage:
+    """A decoded message: its body, signature, and the exact bytes it came from."""
+
+    body: Body
+    body_bytes: bytes
+    signature: bytes
+    raw: bytes  # the whole envelope
+
+    @property
+    def kind(self) -> int:
+        return self.body.kind
+
+    def signed_bytes(self, network_id: bytes) -> bytes:
+        return DOMAIN_TAGS[self.body.kind] + network_id + self.body_bytes
+
+    def compute_id(self, network_id: bytes) -> MessageId:
+        return sha256(self.signed_bytes(network_id))
+
+
+def _flatten(pairs) -> list[int]:
+    out: list[int] = []
+    for a, b in pairs:
+        out.append(a)
+        out.append(b)
+    return out
+
+
+# --------------------------------------------------------------------------- signing
+
+
+def sign_message(body: Body, signing_key: nacl.signing.SigningKey, network_id: bytes) -> SignedMessage:
+    """Encode ``body`` canonically and sign it for ``network_id``. The key must be the body's signer."""
+    if bytes(signing_key.verify_key) != body.signer:
+        raise ValueError("signing key does not match the message's signer field")
+    body_bytes = pack(body.body_fields())
+    sig = signing_key.sign(DOMAIN_TAGS[body.kind] + network_id + body_bytes).signature
+    raw = pack([body_bytes, sig])
+    return SignedMessage(body=body, body_bytes=body_bytes, signature=sig, raw=raw)
+
+
+@lru_cache(maxsize=65536)
+def _is_valid_point(pk: bytes) -> bool:
+    try:
+        nacl.signing.VerifyKey(pk)
+        return True
+    except Exception:
+        return False
+
+
+def verify_signature(msg: SignedMessage, network_id: bytes) -> bool:
+    """True iff the signature is a valid ed25519 signature by the body's signer over
+    the domain-separated signed bytes. libsodium rejects non-canonical signatures."""
+    pk = msg.body.signer
+    if not _is_valid_point(pk):
+        return False
+    try:
+        nacl.bindings.crypto_sign_open(msg.signature + msg.signed_bytes(network_id), pk)
+        return True
+    except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, ValueError, TypeError):
+        return False
+
+
+def compute_gold_commitment(salt: bytes, answers) -> bytes:
+    """sha256(tag || salt || canonical msgpack of the flat [item, label, ...] answer list)."""
+    return sha256(GOLD_COMMIT_TAG + salt + pack(_flatten(sorted(answers))))
+
+
+# --------------------------------------------------------------------------- decode
+
+
+def _limits(params: Params) -> dict:
+    biggest_array = max(params.max_items_per_task, 2 * params.max_labels_per_batch,
+                        params.max_batch_ids_per_attestation, params.max_classes, 16)
+    return dict(max_bytes=params.max_message_bytes, max_array=biggest_array,
+                max_bin=max(params.max_inline_item_bytes, 64), max_str=max(params.max_string_bytes, params.max_inline_item_bytes))
+
+
+def _need(cond: bool, what: str) -> None:
+    if not cond:
+        raise DecodeError(what)
+
+
+def _int(v: Any, name: str) -> int:
+    _need(type(v) is int, f"{name} must be an integer")
+    return v
+
+
+def _uint(v: Any, name: str) -> int:
+    _need(type(v) is int and v >= 0, f"{name} must be a non-negative integer")
+    return v
+
+
+def _bin(v: Any, name: str, length: int | None = None) -> bytes:
+    _need(type(v) is bytes, f"{name} must be bytes")
+    if length is not None:
+        _need(len(v) == length, f"{name} must be {length} bytes, got {len(v)}")
+    return v
+
+
+def _str(v: Any, name: str) -> str:
+    _need(type(v) is str, f"{name} must be a string")
+    return v
+
+
+def _list(v: Any, name: str) -> list:
+    _need(type(v) is list, f"{name} must be an array")
+    return v
+
+
+def _pairs(flat: Any, name: str) -> tuple[tuple[int, int], ...]:
+    flat = _list(flat, name)
+    _need(len(flat) % 2 == 0, f"{name} must hold (item, label) pairs: even length")
+    for v in flat:
+        _need(type(v) is int and v >= 0, f"{name} entries must be non-negative integers")
+    return tuple(zip(flat[0::2], flat[1::2]))
+
+
+def decode_message(raw: bytes, params: Params) -> SignedMessage:
+    """Decode an envelope and its body into a SignedMessage.
+
+    Checks structure and types only (plus canonical form); raises DecodeError with
+    the first problem found. Sizes and ranges are ``validate_basic``'s job.
+    """
+    lim = _limits(params)
+    env = unpack(raw, max_bytes=lim["max_bytes"], max_array=2, max_bin=lim["max_bytes"], max_str=0)
+    _need(type(env) is list and len(env) == 2, "envelope must be [body, signature]")
+    body_bytes = _bin(env[0], "body")
+    sig = _bin(env[1], "signature", 64)
+    f = unpack(body_bytes, **lim)
+    _need(type(f) is list and len(f) >= 3, "body must be an array [kind, version, signer, ...]")
+    kind = _int(f[0], "kind")
+    version = _int(f[1], "version")
+    _need(kind in KIND_NAMES, f"unknown message kind {kind}")
+    _need(version == VERSION, f"unsupported {KIND_NAMES[kind]} version {version}; this node speaks version {VERSION}")
+    signer = _bin(f[2], "signer", 32)
+    if kind == KIND_TASK:
+        _need(len(f) == 13, "task announcement must have 13 fields")
+        sch = _list(f[7], "schema")
+        _need(len(sch) == 3, "schema must be [type, domain, labels]")
+        labels = tuple(_str(x, "label name") for x in _list(sch[2], "schema labels"))
+        schema = LabelSchema(_uint(sch[0], "schema type"), _str(sch[1], "schema domain"), labels)
+        items = tuple(_decode_item(x) for x in _list(f[8], "items"))
+        gc = f[11]
+        if gc is not None:
+            gc = _bin(gc, "gold_commitment", 32)
+        body: Body = TaskAnnouncement(
+            requester=signer, nonce=_uint(f[3], "nonce"), created_at=_uint(f[4], "created_at"),
+            deadline=_uint(f[5], "deadline"), title=_str(f[6], "title"), schema=schema, items=items,
+            redundancy=_uint(f[9], "redundancy"), bounty=_uint(f[10], "bounty"), gold_commitment=gc,
+            reward_rule=_uint(f[12], "reward_rule"))
+    elif kind == KIND_BATCH:
+        _need(len(f) == 6, "annotation batch must have 6 fields")
+        body = AnnotationBatch(annotator=signer, task_id=_bin(f[3], "task_id", 32),
+                               created_at=_uint(f[4], "created_at"), labels=_pairs(f[5], "labels"))
+    elif kind == KIND_GOLD:
+        _need(len(f) == 7, "gold reveal must have 7 fields")
+        body = GoldReveal(requester=signer, task_id=_bin(f[3], "task_id", 32), created_at=_uint(f[4], "created_at"),
+                          salt=_bin(f[5], "salt", 32), answers=_pairs(f[6], "answers"))
+    else:
+        _need(len(f) == 10, "attestation must have 10 fields")
+        ids = tuple(_bin(x, "batch id", 32) for x in _list(f[9], "batch_ids"))
+        body = Attestation(validator=signer, task_id=_bin(f[3], "task_id", 32), created_at=_uint(f[4], "created_at"),
+                           round=_uint(f[5], "round"), phase=_uint(f[6], "phase"),
+                           set_root=_bin(f[7], "set_root", 32), result_root=_bin(f[8], "result_root", 32),
+                           batch_ids=ids)
+    return SignedMessage(body=body, body_bytes=body_bytes, signature=sig, raw=bytes(raw))
+
+
+def _decode_item(x: Any) -> Item:
+    x = _list(x, "item")
+    _need(len(x) >= 2, "item must be [type, ...]")
+    t = _uint(x[0], "item type")
+    if t == ITEM_TEXT:
+        _need(len(x) == 2, "text item must be [0, text]")
+        return Item(ITEM_TEXT, text=_str(x[1], "item text"))
+    if t == ITEM_BYTES:
+        _need(len(x) == 3, "bytes item must be [1, payload, media_type]")
+        return Item(ITEM_BYTES, payload=_bin(x[1], "item payload"), media_type=_str(x[2], "media type"))
+    if t == ITEM_BLOB:
+        _need(len(x) == 4, "blob item must be [2, sha256, size, media_type]")
+        return Item(ITEM_BLOB, digest=_bin(x[1], "blob digest", 32), size=_uint(x[2], "blob size"),
+                    media_type=_str(x[3], "media type"))
+    raise DecodeError(f"unknown item type {t}")
+
+
+# --------------------------------------------------------------------------- validate_basic
+
+U64 = (1 << 64) - 1
+
+
+def _utf8_len(s: str) -> int:
+    return len(s.encode("utf-8"))
+
+
+def validate_basic(msg: SignedMessage, params: Params) -> Verdict:
+    """Stateless checks of sizes and ranges. REJECT with a reason, or ACCEPT."""
+    b = msg.body
+    if len(msg.raw) > params.max_message_bytes:
+        return reject(f"message is {len(msg.raw)} bytes; limit {params.max_message_bytes}")
+    for name in ("created_at", "nonce", "deadline", "round"):
+        if getattr(b, name, 0) > U64:
+            return reject(f"{name} does not fit in 64 bits")
+    if isinstance(b, TaskAnnouncement):
+        s = b.schema
+        if s.schema_type != SCHEMA_SINGLE_CHOICE:
+            return reject(f"unsupported schema type {s.schema_type}; version 1 knows 0 (single choice)")
+        if not 2 <= len(s.labels) <= params.max_classes:
+            return reject(f"schema must have 2..{params.max_classes} labels, has {len(s.labels)}")
+        if len(set(s.labels)) != len(s.labels):
+            return reject("label names must be distinct")
+        for txt, what in [(b.title, "title"), (s.domain, "domain"), *[(l, "label name") for l in s.labels]]:
+            if _utf8_len(txt) > params.max_string_bytes:
+                return reject(f"{what} longer than {params.max_string_bytes} bytes")
+        if any(l == "" for l in s.labels):
+            return reject("label names must not be empty")
+        if not 1 <= len(b.items) <= params.max_items_per_task:
+            return reject(f"task must have 1..{params.max_items_per_task} items, has {len(b.items)}")
+        for it in b.items:
+            if it.item_type == ITEM_TEXT and _utf8_len(it.text) > params.max_inline_item_bytes:
+                return reject(f"inline item longer than {params.max_inline_item_bytes} bytes")
+            if it.item_type == ITEM_BYTES and len(it.payload) > params.max_inline_item_bytes:
+                return reject(f"inline item longer than {params.max_inline_item_bytes} bytes")
+            if it.item_type == ITEM_BLOB and it.size > params.max_blob_bytes:
+                return reject(f"blob of {it.size} bytes exceeds {params.max_blob_bytes}")
+            if _utf8_len(it.media_type) > params.max_string_bytes:
+                return reject("media type too long")
+        d = b.deadline - b.created_at
+        if d < params.min_task_duration_ms or d > params.max_task_duration_ms:
+            return reject(f"deadline must be {params.min_task_duration_ms}..{params.max_task_duration_ms} ms after created_at")
+        if not 1 <= b.redundancy <= params.max_redundancy:
+            return reject(f"redundancy must be 1..{params.max_redundancy}")
+        if b.bounty > params.max_bounty:
+            return reject(f"bounty exceeds {params.max_bounty}")
+        if b.reward_rule != REWARD_RULE_ACCURACY:
+            return reject(f"unknown reward rule {b.reward_rule}")
+    elif isinstance(b, AnnotationBatch):
+        if not 1 <= len(b.labels) <= params.max_labels_per_batch:
+            return reject(f"batch must hold 1..{params.max_labels_per_batch} labels, holds {len(b.labels)}")
+        if not _strictly_increasing(b.labels):
+            return reject("batch items must be strictly increasing (one label per item)")
+    elif isinstance(b, GoldReveal):
+        if len(b.answers) > params.max_items_per_task:
+            return reject("more gold answers than items allowed in a task")
+        if not _strictly_increasing(b.answers):
+            return reject("gold items must be strictly increasing")
+    elif isinstance(b, Attestation):
+        if b.phase not in (PHASE_PREVOTE, PHASE_PRECOMMIT):
+            return reject(f"unknown attestation phase {b.phase}")
+        if len(b.batch_ids) > params.max_batch_ids_per_attestation:
+            return reject("too many batch ids in attestation")
+        if any(b.batch_ids[i] >= b.batch_ids[i + 1] for i in range(len(b.batch_ids) - 1)):
+            return reject("attestation batch ids must be sorted and distinct")
+        if b.phase == PHASE_PREVOTE and compute_set_root(b.task_id, b.batch_ids) != b.set_root:
+            return reject("set_root does not match the listed batch ids")
+        if b.phase == PHASE_PRECOMMIT and b.batch_ids:
+            return reject("a precommit lists no batch ids")
+    return ACCEPT
+
+
+def _strictly_increasing(pairs) -> bool:
+    prev = -1
+    for i, _ in pairs:
+        if i <= prev:
+            return False
+        prev = i
+    return True
+
+
+SET_ROOT_TAG = b"labelmesh/set-root/v1\x00"
+
+
+def compute_set_root(task_id: bytes, batch_ids) -> bytes:
+    """Digest of the exact annotation set of a task: sha256(tag || task_id || sorted ids)."""
+    return sha256(SET_ROOT_TAG + task_id + b"".join(sorted(batch_ids)))
+
+
+# --------------------------------------------------------------------------- validate_in_context
+
+
+class Context(Protocol):
+    """What validation needs to know about local state (supplied by the node)."""
+
+    def get_task(self, task_id: bytes) -> TaskAnnouncement | None: ...
+
+    def validator_weight(self, account: bytes) -> int: ...
+
+
+def validate_in_context(msg: SignedMessage, ctx: Context, now_ms: int, params: Params) -> Verdict:
+    """Checks that need the referenced task, the validator set and the clock.
+
+    IGNORE when the message may become valid later (unknown task yet, from the
+    future) or is harmless; REJECT when it can never be valid.
+    """
+    b = msg.body
+    if b.created_at > now_ms + params.clock_skew_ms:
+        return ignore("created_at is in the future beyond the clock-skew tolerance")
+    if isinstance(b, TaskAnnouncement):
+        return ACCEPT
+    task = ctx.get_task(b.task_id)
+    if task is None:
+        return ignore("unknown task (not received yet)")
+    if isinstance(b, AnnotationBatch):
+        n_items, n_classes = len(task.items), len(task.schema.labels)
+        for i, l in b.labels:
+            if i >= n_items:
+                return reject(f"item {i} out of range: task has {n_items} items")
+            if l >= n_classes:
+                return reject(f"label {l} out of range: schema has {n_classes} labels")
+        if b.created_at > task.deadline:
+            return ignore("signed after the task deadline")
+        return ACCEPT
+    if isinstance(b, GoldReveal):
+        if b.requester != task.requester:
+            return reject("gold reveal not signed by the task's requester")
+        if task.gold_commitment is None:
+            return reject("task has no gold commitment")
+        if b.created_at < task.deadline:
+            return reject("gold revealed before the deadline")
+        for i, l in b.answers:
+            if i >= len(task.items) or l >= len(task.schema.labels):
+                return reject("gold answer out of range")
+        if compute_gold_commitment(b.salt, b.answers) != task.gold_commitment:
+            return reject("gold reveal does not match the task's commitment")
+        return ACCEPT
+    if isinstance(b, Attestation):
+        if ctx.validator_weight(b.validator) <= 0:
+            return reject("attestation signer is not a validator of this network")
+        return ACCEPT
+    return reject("unknown message type")
+
+
+def check_message(raw: bytes, ctx: Context, network_id: bytes, now_ms: int, params: Params
+                  ) -> tuple[Verdict, SignedMessage | None]:
+    """The whole pipeline: decode -> validate_basic -> verify -> validate_in_context.
+
+    Never raises on hostile input: a DecodeError becomes a REJECT verdict.
+    """
+    try:
+        msg = decode_message(raw, params)
+    except DecodeError as e:
+        return reject(f"decode: {e}"), None
+    v = validate_basic(msg, params)
+    if not v.ok:
+        return v, msg
+    if not verify_signature(msg, network_id):
+        return reject("bad signature"), msg
+    return validate_in_context(msg, ctx, now_ms, params), msg

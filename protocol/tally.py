@@ -1,0 +1,139 @@
+"""The tally: from a task's set of signed messages to its result, rewards and roots.
+
+A pure function of (task, annotation batches, gold reveal, prior weights, params).
+It does not care in which order messages arrived: batches are keyed by id and
+every list is put in a canonical order before any arithmetic, and the arithmetic
+is integer-only (see ``protocol/aggregate.py``), so every node computes the same
+bytes and the same ``result_root``.
+
+Rules fixed here (documented in docs/consensus.md):
+
+* **Votes.** The vote of annotator A on item i is the set of distinct labels A
+  gave i across all of A's batches for the task. One label: a vote. The same
+  label repeated: still one vote. Two or more different labels: A *equivocated*
+  on i; A's votes on i weigh nothing and (A, i) is reported as evidence.
+* **Weights.** Each annotator's prior weight comes from the reputation snapshot
+  the caller supplies (fixed point, ONE = 65536); unknown accounts get
+  ``params.fresh_weight``.
+* **Rewards** (integer credits). Each annotator's score is the sum, over the
+  items they voted on (not equivocated), of: on a gold item, ONE if the label
+  equals the gold answer else 0; elsewhere the item's confidence if the label
+  equals the consensus label, else 0. reward_A = floor(bounty * score_A / total);
+  the remainder (and the whole bounty when nobody scored) is refunded to the
+  requester, so rewards + refund == bounty exactly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import aggregate
+from .codec import pack, sha256
+from .messages import AnnotationBatch, GoldReveal, TaskAnnouncement, compute_set_root
+from .params import Params
+
+RESULT_ROOT_TAG = b"labelmesh/result-root/v1\x00"
+ONE = 1 << 16
+
+
+@dataclass(frozen=True)
+class AnnotatorResult:
+    account: bytes
+    labels: int          # votes counted (equivocated items excluded)
+    accuracy: int        # fixed point, ONE = 65536
+    score: int           # reward score (fixed point sum)
+    reward: int          # credits
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    task_id: bytes
+    set_root: bytes
+    batch_ids: tuple[bytes, ...]
+    label: tuple[int, ...]         # per item, -1 if no votes
+    confidence: tuple[int, ...]    # per item, fixed point
+    agreement: tuple[int, ...]     # per item, fixed point
+    votes: tuple[int, ...]         # per item, number of counted votes
+    annotators: tuple[AnnotatorResult, ...]  # sorted by account
+    equivocations: tuple[tuple[bytes, int], ...]  # (account, item), sorted
+    alpha: int
+    refund: int
+    gold_items: int
+    result_root: bytes
+
+    def canonical(self) -> list:
+        return [self.task_id, self.set_root, list(self.label), list(self.confidence),
+                list(self.agreement), list(self.votes),
+                [[a.account, a.labels, a.accuracy, a.score, a.reward] for a in self.annotators],
+                [list(e) for e in self.equivocations], self.alpha, self.refund, self.gold_items]
+
+
+def compute_task_result(task_id: bytes, task: TaskAnnouncement,
+                        batches: dict[bytes, AnnotationBatch] | list[tuple[bytes, AnnotationBatch]],
+                        gold: GoldReveal | None, weight_of, params: Params,
+                        method: str = "plurality") -> TaskResult:
+    """Compute the deterministic result of ``task`` over exactly ``batches``.
+
+    ``batches`` maps batch id -> AnnotationBatch (all for this task, already valid).
+    ``weight_of(account) -> int`` gives the fixed-point prior weight snapshot.
+    ``method`` is "consensus" (Dawid–Skene-class) or "plurality".
+    """
+    items_of = dict(batches)
+    batch_ids = tuple(sorted(items_of))
+    set_root = compute_set_root(task_id, batch_ids)
+    n_items, n_classes = len(task.items), len(task.schema.labels)
+
+    # Canonical vote table: (annotator, item) -> set of labels.
+    votes: dict[tuple[bytes, int], set[int]] = {}
+    for bid in batch_ids:
+        b = items_of[bid]
+        for i, l in b.labels:
+            votes.setdefault((b.annotator, i), set()).add(l)
+    accounts = sorted({a for a, _ in votes})
+    index = {a: k for k, a in enumerate(accounts)}
+    equivocations = tuple(sorted((a, i) for (a, i), ls in votes.items() if len(ls) > 1))
+    rows = sorted((index[a], i, next(iter(ls))) for (a, i), ls in votes.items() if len(ls) == 1)
+
+    ann = np.fromiter((r[0] for r in rows), dtype=np.int32, count=len(rows))
+    itm = np.fromiter((r[1] for r in rows), dtype=np.int32, count=len(rows))
+    lab = np.fromiter((r[2] for r in rows), dtype=np.int32, count=len(rows))
+    prior = np.array([min(max(int(weight_of(a)), 0), params.max_weight) for a in accounts], dtype=np.int64)
+    gold_map = dict(gold.answers) if gold is not None else None
+    inp = aggregate.AggregateInput(n_items=n_items, n_classes=n_classes, n_annotators=len(accounts),
+                                   item=itm, annotator=ann, label=lab, prior_weight=prior, gold=gold_map)
+    if method == "plurality" or len(rows) == 0:
+        res = aggregate.compute_weighted_plurality(inp)
+    else:
+        res = aggregate.compute_consensus(inp)
+
+    label = [int(x) for x in res.label]
+    conf = [int(x) for x in res.confidence]
+    counts = np.bincount(itm, minlength=n_items) if len(rows) else np.zeros(n_items, dtype=np.int64)
+
+    # Reward scores: integer fixed point, exact.
+    scores = [0] * len(accounts)
+    nlabels = [0] * len(accounts)
+    for a, i, l in rows:
+        nlabels[a] += 1
+        if gold_map is not None and i in gold_map:
+            if l == gold_map[i]:
+                scores[a] += ONE
+        elif l == label[i]:
+            scores[a] += conf[i]
+    total = sum(scores)
+    bounty = task.bounty
+    rewards = [(bounty * s) // total if total else 0 for s in scores]
+    refund = bounty - sum(rewards)
+
+    annotators = tuple(
+        AnnotatorResult(account=a, labels=nlabels[k], accuracy=int(res.annotator_accuracy[k]),
+                        score=scores[k], reward=rewards[k])
+        for k, a in enumerate(accounts))
+    result = TaskResult(
+        task_id=task_id, set_root=set_root, batch_ids=batch_ids, label=tuple(label),
+        confidence=tuple(conf), agreement=tuple(int(x) for x in res.agreement),
+        votes=tuple(int(x) for x in counts), annotators=annotators, equivocations=equivocations,
+        alpha=int(res.alpha), refund=refund, gold_items=len(gold_map or {}), result_root=b"")
+    root = sha256(RESULT_ROOT_TAG + pack(result.canonical()))
+    return TaskResult(**{**result.__dict__, "result_root": root})

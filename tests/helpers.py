@@ -1,0 +1,57 @@
+"""Shared test harness: deterministic keys, a genesis, message builders."""
+from __future__ import annotations
+
+import nacl.signing
+
+from protocol.genesis import make_genesis
+from protocol.messages import (
+    ITEM_TEXT, SCHEMA_SINGLE_CHOICE, AnnotationBatch, Item, LabelSchema, TaskAnnouncement, sign_message,
+)
+
+T0 = 1_800_000_000_000  # a fixed "now" in ms
+
+
+def key(n: int) -> nacl.signing.SigningKey:
+    """Deterministic signing key number n."""
+    return nacl.signing.SigningKey(n.to_bytes(4, "big") + bytes(28))
+
+
+def pk(n: int) -> bytes:
+    return bytes(key(n).verify_key)
+
+
+def make_test_genesis(n_validators: int = 4, **params):
+    return make_genesis("test", T0, [(pk(1000 + i), 1) for i in range(n_validators)],
+                        [], [(pk(1), 10**9)], params)
+
+
+def make_task(requester: int = 1, n_items: int = 10, labels=("a", "b", "c"), created_at: int = T0,
+              duration_ms: int = 60_000, bounty: int = 1000, nonce: int = 1, gold_commitment=None) -> TaskAnnouncement:
+    return TaskAnnouncement(
+        requester=pk(requester), nonce=nonce, created_at=created_at, deadline=created_at + duration_ms,
+        title="t", schema=LabelSchema(SCHEMA_SINGLE_CHOICE, "d", tuple(labels)),
+        items=tuple(Item(ITEM_TEXT, text=f"item {i}") for i in range(n_items)),
+        redundancy=3, bounty=bounty, gold_commitment=gold_commitment, reward_rule=0)
+
+
+def make_batch(annotator: int, task_id: bytes, pairs, created_at: int = T0 + 1000) -> AnnotationBatch:
+    return AnnotationBatch(annotator=pk(annotator), task_id=task_id, created_at=created_at,
+                           labels=tuple(sorted(pairs)))
+
+
+def signed(body, signer: int, network_id: bytes):
+    return sign_message(body, key(signer), network_id)
+
+
+class DictContext:
+    """protocol.messages.Context over plain dicts."""
+
+    def __init__(self, genesis, tasks=None):
+        self.genesis = genesis
+        self.tasks = dict(tasks or {})
+
+    def get_task(self, task_id):
+        return self.tasks.get(task_id)
+
+    def validator_weight(self, account):
+        return self.genesis.validator_weight(account)
