@@ -1,0 +1,349 @@
+"""The JSON-RPC methods of a node. Each takes the Node and a params object and
+returns a JSON-able result or raises RpcError with a message that says what to fix.
+
+Conventions: ids, keys and raw messages are lowercase hex strings; times are
+integer milliseconds since the Unix epoch; fixed-point values (confidence,
+agreement, accuracy) are also given as floats for people (``*_f`` fields are
+derived from the exact integers, never the other way round).
+
+Reference (``labelmesh rpc rpc_methods`` prints this list):
+
+node_info {}                         identity, network, peers, message counts, pid
+peers_list {}                        connected peers
+rpc_methods {}                       method names with one-line docs
+task_post {account, title, labels, items, [domain], [duration_s | deadline_ms],
+           [bounty], [redundancy], [nonce]}  or  {raw: hex envelope}
+                                     sign (with a local account) and publish a task
+task_get {task_id}                   the task announcement, decoded
+tasks_list {[limit], [offset]}       {"tasks": [{task_id, title, status, ...}]}
+annotations_submit {account, task_id, labels: [[item, label], ...]}  or  {raw: hex | [hex, ...]}
+                                     store durably (acknowledged = on disk) and gossip
+annotations_list {task_id, [limit], [offset]}
+consensus_get {task_id, [items: bool], [limit], [offset]}
+                                     per item label/confidence/votes, set_root, result_root
+account_list {}                      local accounts (public keys only)
+"""
+from __future__ import annotations
+
+import os
+import secrets
+from typing import Any
+
+from protocol.messages import (
+    ITEM_BLOB, ITEM_BYTES, ITEM_TEXT, KIND_BATCH, KIND_NAMES, KIND_TASK, SCHEMA_SINGLE_CHOICE,
+    AnnotationBatch, Item, LabelSchema, Outcome, TaskAnnouncement, decode_message, sign_message,
+)
+from protocol.errors import DecodeError
+from protocol.tally import ONE
+
+from .errors import KeystoreError
+from .rpc import INVALID_PARAMS, NOT_FOUND, REJECTED, STORE_FULL, RpcError
+
+MAX_RAW_PER_CALL = 1000
+MAX_LIST = 10_000
+VERSION = "0.1.0"
+
+
+# ---------------------------------------------------------------- param helpers
+
+def _get(params: dict, name: str, typ, default: Any = ..., *, where: str = "") -> Any:
+    if name not in params:
+        if default is ...:
+            raise RpcError(INVALID_PARAMS, f"missing param {name!r}{where}")
+        return default
+    v = params[name]
+    if typ is int and (not isinstance(v, int) or isinstance(v, bool)):
+        raise RpcError(INVALID_PARAMS, f"param {name!r} must be an integer")
+    if typ is not int and not isinstance(v, typ):
+        tname = typ.__name__ if isinstance(typ, type) else "/".join(t.__name__ for t in typ)
+        raise RpcError(INVALID_PARAMS, f"param {name!r} must be of type {tname}")
+    return v
+
+
+def _hex(params: dict, name: str, length: int | None = 32) -> bytes:
+    v = _get(params, name, str)
+    try:
+        b = bytes.fromhex(v)
+    except ValueError:
+        raise RpcError(INVALID_PARAMS, f"param {name!r} must be a hex string") from None
+    if length is not None and len(b) != length:
+        raise RpcError(INVALID_PARAMS, f"param {name!r} must be {length} bytes ({2 * length} hex characters)")
+    return b
+
+
+def _task_id(node, params) -> bytes:
+    tid = _hex(params, "task_id")
+    if tid not in node.tasks:
+        raise RpcError(NOT_FOUND, f"unknown task {tid.hex()}: not received by this node (check tasks_list)")
+    return tid
+
+
+def _page(params) -> tuple[int, int]:
+    limit = _get(params, "limit", int, 1000)
+    offset = _get(params, "offset", int, 0)
+    if not 0 < limit <= MAX_LIST or offset < 0:
+        raise RpcError(INVALID_PARAMS, f"limit must be 1..{MAX_LIST} and offset >= 0")
+    return limit, offset
+
+
+def _signing_key(node, params):
+    name = _get(params, "account", str)
+    if node.keystore is None:
+        raise RpcError(NOT_FOUND, "this node has no keystore; submit pre-signed messages with 'raw'")
+    try:
+        return node.keystore.signing_key(name)
+    except KeystoreError as e:
+        raise RpcError(NOT_FOUND, str(e)) from None
+
+
+async def _ingest_or_raise(node, raw: bytes) -> tuple[bytes, str]:
+    from .store import StoreFullError
+
+    try:
+        v, mid = await node.ingest(raw, "rpc", publish=True)
+    except StoreFullError as e:
+        raise RpcError(STORE_FULL, f"store is full: {e}. Free disk space; the node resumes by itself.") from None
+    if v.ok:
+        return mid, "accepted"
+    if v.outcome is Outcome.IGNORE and v.reason == "duplicate":
+        return mid, "duplicate"
+    raise RpcError(REJECTED, f"message {v.outcome.value}ed: {v.reason}", {"outcome": v.outcome.value})
+
+
+def _fx(v: int) -> float:
+    return round(v / ONE, 4)
+
+
+# ---------------------------------------------------------------- methods
+
+async def node_info(node, params):
+    """Identity, network, listen addresses, peers and message counts of this node."""
+    c = node.counters
+    peers = node.p2p.peers() if node.p2p else []
+    return {
+        "version": VERSION,
+        "pid": os.getpid(),
+        "peer_id": node.peer_id,
+        "network_id": node.network_id.hex(),
+        "network_name": node.genesis.name,
+        "listen_addrs": node.p2p.listen_addrs() if node.p2p else [],
+        "peer_count": len(peers),
+        "data_dir": str(node.data_dir),
+        "time_ms": node.clock(),
+        "uptime_s": (node.clock() - node.started_at) // 1000,
+        "tasks": len(node.tasks),
+        "messages": {
+            "stored": node.store.count(),
+            "by_kind": {KIND_NAMES.get(k, str(k)): n for k, n in node.store.count_by_kind().items()},
+            "accepted": c.accepted, "rejected": c.rejected, "ignored": c.ignored,
+            "duplicates": c.duplicates, "published": c.published,
+            "orphans": len(node._orphans),
+        },
+    }
+
+
+async def peers_list(node, params):
+    """Connected peers: [{peer_id, addrs}]."""
+    return {"peers": node.p2p.peers() if node.p2p else []}
+
+
+async def rpc_methods(node, params):
+    """Names and one-line descriptions of every RPC method."""
+    return {"methods": {name: (fn.__doc__ or "").strip().split("\n")[0] for name, fn in sorted(METHODS.items())}}
+
+
+def _parse_items(raw_items) -> tuple[Item, ...]:
+    if not isinstance(raw_items, list) or not raw_items:
+        raise RpcError(INVALID_PARAMS, "param 'items' must be a non-empty list")
+    out = []
+    for k, it in enumerate(raw_items):
+        if isinstance(it, str):
+            out.append(Item(ITEM_TEXT, text=it))
+        elif isinstance(it, dict) and isinstance(it.get("text"), str):
+            out.append(Item(ITEM_TEXT, text=it["text"]))
+        elif isinstance(it, dict) and isinstance(it.get("sha256"), str):
+            try:
+                digest = bytes.fromhex(it["sha256"])
+                size = int(it["size"])
+            except (ValueError, KeyError, TypeError):
+                raise RpcError(INVALID_PARAMS, f"item {k}: blob items need hex 'sha256' and integer 'size'") from None
+            if len(digest) != 32:
+                raise RpcError(INVALID_PARAMS, f"item {k}: sha256 must be 32 bytes")
+            out.append(Item(ITEM_BLOB, digest=digest, size=size, media_type=str(it.get("media_type", "application/octet-stream"))))
+        elif isinstance(it, dict) and isinstance(it.get("hex"), str):
+            try:
+                payload = bytes.fromhex(it["hex"])
+            except ValueError:
+                raise RpcError(INVALID_PARAMS, f"item {k}: 'hex' must be hex") from None
+            out.append(Item(ITEM_BYTES, payload=payload, media_type=str(it.get("media_type", "application/octet-stream"))))
+        else:
+            raise RpcError(INVALID_PARAMS, f"item {k}: expected a string or an object with 'text', 'hex' or 'sha256'")
+    return tuple(out)
+
+
+async def task_post(node, params):
+    """Sign a task announcement with a local account (or take a pre-signed 'raw'), store it and gossip it."""
+    if "raw" in params:
+        mid, status = await _ingest_or_raise(node, _hex(params, "raw", None))
+        return {"task_id": mid.hex(), "status": status}
+    sk = _signing_key(node, params)
+    labels = _get(params, "labels", list)
+    if not all(isinstance(x, str) for x in labels):
+        raise RpcError(INVALID_PARAMS, "param 'labels' must be a list of strings")
+    now = node.clock()
+    if "deadline_ms" in params:
+        deadline = _get(params, "deadline_ms", int)
+    else:
+        dur = _get(params, "duration_s", (int, float), 3600)
+        deadline = now + int(dur * 1000)
+    task = TaskAnnouncement(
+        requester=bytes(sk.verify_key), nonce=_get(params, "nonce", int, secrets.randbits(63)),
+        created_at=now, deadline=deadline, title=_get(params, "title", str, ""),
+        schema=LabelSchema(SCHEMA_SINGLE_CHOICE, _get(params, "domain", str, ""), tuple(labels)),
+        items=_parse_items(params.get("items")), redundancy=_get(params, "redundancy", int, 3),
+        bounty=_get(params, "bounty", int, 0), gold_commitment=None, reward_rule=0)
+    try:
+        msg = sign_message(task, sk, node.network_id)
+    except Exception as e:
+        raise RpcError(INVALID_PARAMS, f"cannot encode task: {e}") from None
+    mid, status = await _ingest_or_raise(node, msg.raw)
+    return {"task_id": mid.hex(), "status": status, "items": len(task.items), "deadline_ms": deadline}
+
+
+def _task_summary(node, tid: bytes, t: TaskAnnouncement) -> dict:
+    return {"task_id": tid.hex(), "title": t.title, "requester": t.requester.hex(),
+            "created_at": t.created_at, "deadline_ms": t.deadline, "items": len(t.items),
+            "labels": list(t.schema.labels), "domain": t.schema.domain, "bounty": t.bounty,
+            "redundancy": t.redundancy, "status": node.task_status(tid),
+            "has_gold": t.gold_commitment is not None}
+
+
+async def task_get(node, params):
+    """A task announcement, decoded, with its items."""
+    tid = _task_id(node, params)
+    t = node.tasks[tid]
+    d = _task_summary(node, tid, t)
+    d["items"] = [_item_json(it) for it in t.items]
+    d["batches"] = len(node.store.task_message_ids(tid, KIND_BATCH))
+    return d
+
+
+def _item_json(it: Item) -> dict:
+    if it.item_type == ITEM_TEXT:
+        return {"text": it.text}
+    if it.item_type == ITEM_BYTES:
+        return {"hex": it.payload.hex(), "media_type": it.media_type}
+    return {"sha256": it.digest.hex(), "size": it.size, "media_type": it.media_type}
+
+
+async def tasks_list(node, params):
+    """Known tasks, newest first: {"tasks": [{task_id, title, status, items, deadline_ms, ...}]}."""
+    limit, offset = _page(params)
+    ordered = sorted(node.tasks.items(), key=lambda kv: (-kv[1].created_at, kv[0]))
+    return {"tasks": [_task_summary(node, tid, t) for tid, t in ordered[offset: offset + limit]],
+            "total": len(ordered)}
+
+
+async def annotations_submit(node, params):
+    """Submit labels: signed here by a local 'account', or pre-signed envelopes in 'raw'.
+    Acknowledged only once durably stored; then gossiped."""
+    if "raw" in params:
+        raws = params["raw"]
+        single = isinstance(raws, str)
+        if single:
+            raws = [raws]
+        if not isinstance(raws, list) or not all(isinstance(r, str) for r in raws):
+            raise RpcError(INVALID_PARAMS, "param 'raw' must be a hex string or a list of them")
+        if len(raws) > MAX_RAW_PER_CALL:
+            raise RpcError(INVALID_PARAMS, f"at most {MAX_RAW_PER_CALL} raw messages per call")
+        out = []
+        for r in raws:
+            try:
+                data = bytes.fromhex(r)
+            except ValueError:
+                raise RpcError(INVALID_PARAMS, "param 'raw' must be hex") from None
+            try:
+                decoded = decode_message(data, node.params)
+            except DecodeError as e:
+                raise RpcError(REJECTED, f"message rejected: decode: {e}") from None
+            if decoded.kind != KIND_BATCH:
+                raise RpcError(INVALID_PARAMS, "annotations_submit takes annotation batches; use task_post for tasks")
+            mid, status = await _ingest_or_raise(node, data)
+            out.append({"batch_id": mid.hex(), "status": status, "labels": len(decoded.body.labels)})
+        return out[0] if single else {"results": out}
+    sk = _signing_key(node, params)
+    tid = _task_id(node, params)
+    task = node.tasks[tid]
+    pairs = _get(params, "labels", list)
+    parsed = {}
+    for p in pairs:
+        if not (isinstance(p, list) and len(p) == 2 and isinstance(p[0], int)):
+            raise RpcError(INVALID_PARAMS, "each label must be [item_index, label] (label as index or name)")
+        lab = p[1]
+        if isinstance(lab, str):
+            if lab not in task.schema.labels:
+                raise RpcError(INVALID_PARAMS, f"unknown label {lab!r}; the task's labels are {list(task.schema.labels)}")
+            lab = task.schema.labels.index(lab)
+        if not isinstance(lab, int) or isinstance(lab, bool):
+            raise RpcError(INVALID_PARAMS, "label must be an index or a label name")
+        if p[0] in parsed and parsed[p[0]] != lab:
+            raise RpcError(INVALID_PARAMS, f"item {p[0]} labelled twice with different labels in one batch")
+        parsed[p[0]] = lab
+    if not parsed:
+        raise RpcError(INVALID_PARAMS, "param 'labels' is empty")
+    batch = AnnotationBatch(annotator=bytes(sk.verify_key), task_id=tid, created_at=node.clock(),
+                            labels=tuple(sorted(parsed.items())))
+    msg = sign_message(batch, sk, node.network_id)
+    mid, status = await _ingest_or_raise(node, msg.raw)
+    return {"batch_id": mid.hex(), "status": status, "labels": len(batch.labels)}
+
+
+async def annotations_list(node, params):
+    """Annotation batches of a task in arrival order: [{batch_id, annotator, created_at, labels}]."""
+    tid = _task_id(node, params)
+    limit, offset = _page(params)
+    ids = node.store.task_message_ids(tid, KIND_BATCH)
+    page = ids[offset: offset + limit]
+    out = []
+    for mid, raw in zip(page, node.store.get_many(page)):
+        b = decode_message(raw, node.params).body
+        out.append({"batch_id": mid.hex(), "annotator": b.annotator.hex(), "created_at": b.created_at,
+                    "labels": [list(x) for x in b.labels]})
+    return {"task_id": tid.hex(), "total": len(ids), "batches": out}
+
+
+async def consensus_get(node, params):
+    """Consensus of a task over the annotation set this node holds (provisional until certified):
+    set_root, result_root, per-item label/confidence/agreement/votes, per-annotator accuracy and reward."""
+    tid = _task_id(node, params)
+    res = node.task_result(tid)
+    task = node.tasks[tid]
+    names = task.schema.labels
+    out = {
+        "task_id": tid.hex(), "status": "provisional", "task_status": node.task_status(tid),
+        "set_root": res.set_root.hex(), "result_root": res.result_root.hex(),
+        "batches": len(res.batch_ids), "labels": sum(res.votes), "alpha": res.alpha, "alpha_f": _fx(res.alpha),
+        "refund": res.refund, "bounty": task.bounty,
+        "annotators": [{"account": a.account.hex(), "labels": a.labels, "accuracy": a.accuracy,
+                        "accuracy_f": _fx(a.accuracy), "reward": a.reward} for a in res.annotators],
+        "equivocations": [{"account": a.hex(), "item": i} for a, i in res.equivocations],
+    }
+    if _get(params, "items", bool, True):
+        limit, offset = _page({"limit": params.get("limit", MAX_LIST), "offset": params.get("offset", 0)})
+        out["items"] = [
+            {"item": i, "label": (names[l] if l >= 0 else None), "label_index": l,
+             "confidence": res.confidence[i], "confidence_f": _fx(res.confidence[i]),
+             "agreement": res.agreement[i], "agreement_f": _fx(res.agreement[i]), "votes": res.votes[i]}
+            for i, l in list(enumerate(res.label))[offset: offset + limit]]
+    return out
+
+
+async def account_list(node, params):
+    """The node's local accounts: [{name, public_key}] (never the keys)."""
+    return {"accounts": node.keystore.list() if node.keystore else []}
+
+
+METHODS = {f.__name__: f for f in [
+    node_info, peers_list, rpc_methods, task_post, task_get, tasks_list, annotations_submit,
+    annotations_list, consensus_get, account_list,
+]}

@@ -1,0 +1,357 @@
+"""`labelmesh` — the command-line interface of a labelmesh node.
+
+Every verb takes ``--data-dir`` (default ``$LABELMESH_DATA_DIR`` or
+``~/.labelmesh``) and ``--json`` (machine-readable output). Failures print one
+line on stderr and exit non-zero; tracebacks are only for bugs.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+EXIT_USER = 2
+EXIT_UNAVAILABLE = 3
+
+
+class CliError(Exception):
+    def __init__(self, msg: str, code: int = EXIT_USER):
+        super().__init__(msg)
+        self.code = code
+
+
+def default_data_dir() -> str:
+    return os.environ.get("LABELMESH_DATA_DIR") or str(Path.home() / ".labelmesh")
+
+
+def _out(args, obj, human: str | None = None) -> None:
+    if args.json or human is None:
+        print(json.dumps(obj, indent=None if args.json else 2))
+    else:
+        print(human)
+
+
+def _client(args):
+    from .config import load_config
+    from .rpc import RpcClient
+
+    dd = Path(args.data_dir)
+    sock = dd / "node.sock"
+    try:
+        sock = dd / load_config(dd).rpc_socket
+    except Exception:
+        pass
+    if not sock.exists():
+        raise CliError(f"no node is running with data dir {dd} (no {sock}); start it with `labelmesh run --data-dir {dd}`",
+                       EXIT_UNAVAILABLE)
+    return RpcClient(sock)
+
+
+def _call(args, method: str, params: dict | None = None):
+    from .rpc import RpcCallError
+
+    try:
+        with _client(args) as c:
+            return c.call(method, params or {})
+    except RpcCallError as e:
+        raise CliError(f"{method}: {e.message} (code {e.code})") from None
+    except (ConnectionError, FileNotFoundError, OSError) as e:
+        raise CliError(f"cannot reach the node's RPC socket: {e}", EXIT_UNAVAILABLE) from None
+
+
+# ------------------------------------------------------------------ init / run
+
+def cmd_init(args) -> int:
+    import nacl.signing
+
+    from protocol.genesis import genesis_from_json, make_genesis
+    from .config import CONFIG_FILE, NodeConfig
+    from .keystore import Keystore, write_private
+
+    dd = Path(args.data_dir)
+    if (dd / CONFIG_FILE).exists() and not args.force:
+        raise CliError(f"{dd} is already initialised (use --force to overwrite config and genesis; keys are kept)")
+    dd.mkdir(parents=True, exist_ok=True)
+    os.chmod(dd, 0o700)
+    if not (dd / "node.key").exists():
+        write_private(dd / "node.key", os.urandom(32).hex().encode())
+    ks = Keystore(dd)
+    names = {a["name"] for a in ks.list()}
+    if args.account not in names:
+        ks.create(args.account)
+    pk = ks.public_key(args.account)
+    if args.genesis:
+        try:
+            text = Path(args.genesis).read_text()
+        except OSError as e:
+            raise CliError(f"cannot read genesis file: {e}") from None
+        g = genesis_from_json(text)
+    else:
+        import time
+        g = make_genesis(args.network_name, int(time.time() * 1000), [(pk, 1)], [(pk, "", 1 << 16)], [(pk, 10**9)])
+    (dd / "genesis.json").write_text(g.to_json())
+    cfg = NodeConfig(listen=args.listen or ["/ip4/127.0.0.1/tcp/0"], bootstrap=args.bootstrap or [],
+                     validator_account=args.account if g.validator_weight(pk) > 0 else "").validate()
+    (dd / CONFIG_FILE).write_text(cfg.to_toml())
+    _out(args, {"data_dir": str(dd), "network_id": g.network_id.hex(), "account": args.account,
+                "public_key": pk.hex()},
+         f"initialised {dd}\n  network   {g.name} {g.network_id.hex()[:16]}\n  account   {args.account} {pk.hex()}\n"
+         f"start it with: labelmesh run --data-dir {dd}")
+    return 0
+
+
+def build_node(data_dir: Path, *, listen_override=None):
+    from protocol.genesis import genesis_from_json
+    from .config import load_config
+    from .daemon import Node
+    from .keystore import Keystore
+
+    cfg = load_config(data_dir)
+    gpath = (data_dir / cfg.genesis)
+    try:
+        genesis = genesis_from_json(gpath.read_text())
+    except OSError as e:
+        raise CliError(f"cannot read genesis {gpath}: {e}") from None
+    try:
+        seed = bytes.fromhex((data_dir / "node.key").read_text().strip())
+    except (OSError, ValueError) as e:
+        raise CliError(f"cannot read node key {data_dir / 'node.key'}: {e}") from None
+
+    def p2p_factory(node):
+        from .p2p import GossipOutcome, P2PConfig, P2PNode
+
+        async def validator(topic, data, peer):
+            outcome = await node.gossip_validate(topic, data, peer)
+            return GossipOutcome[outcome.name]
+
+        return P2PNode(P2PConfig(seed=seed, listen=listen_override or cfg.listen, bootstrap=cfg.bootstrap),
+                       validator=validator)
+
+    return cfg, Node(data_dir, genesis, p2p_factory=p2p_factory, keystore=Keystore(data_dir),
+                     rpc_socket=data_dir / cfg.rpc_socket, validator_account=cfg.validator_account)
+
+
+def cmd_run(args) -> int:
+    import trio
+
+    from .logs import setup_logging
+    from .config import load_config
+
+    dd = Path(args.data_dir)
+    cfg = load_config(dd)
+    setup_logging(args.log_level or cfg.log_level, args.log_format or cfg.log_format)
+    _, node = build_node(dd)
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            async def on_signals():
+                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as sigs:
+                    async for s in sigs:
+                        import logging
+                        logging.getLogger("labelmesh.node").info("signal %s: shutting down", signal.Signals(s).name)
+                        nursery.cancel_scope.cancel()
+                        return
+            nursery.start_soon(on_signals)
+            await nursery.start(node.run)
+            if node.p2p is not None:
+                print(json.dumps({"event": "ready", "peer_id": node.peer_id, "listen": node.p2p.listen_addrs(),
+                                  "pid": os.getpid()}), flush=True)
+
+    trio.run(main)
+    return 0
+
+
+# ------------------------------------------------------------------ queries
+
+def cmd_status(args) -> int:
+    info = _call(args, "node_info")
+    m = info["messages"]
+    human = (f"node      {info['peer_id']}  (pid {info['pid']}, up {info['uptime_s']} s)\n"
+             f"network   {info['network_name']} {info['network_id'][:16]}\n"
+             f"peers     {info['peer_count']}\n"
+             f"tasks     {info['tasks']}\n"
+             f"messages  stored {m['stored']}  accepted {m['accepted']}  rejected {m['rejected']}  "
+             f"ignored {m['ignored']}  duplicates {m['duplicates']}")
+    _out(args, info, human)
+    return 0
+
+
+def cmd_rpc(args) -> int:
+    params = {}
+    if args.params:
+        try:
+            params = json.loads(args.params)
+        except json.JSONDecodeError as e:
+            raise CliError(f"PARAMS must be a JSON object: {e}") from None
+        if not isinstance(params, dict):
+            raise CliError("PARAMS must be a JSON object, e.g. '{\"task_id\": \"...\"}'")
+    print(json.dumps(_call(args, args.method, params), indent=2))
+    return 0
+
+
+def _read_items(path: str) -> list:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise CliError(f"cannot read {path}: {e}") from None
+    items = []
+    if p.suffix.lower() == ".csv":
+        rows = list(csv.DictReader(text.splitlines()))
+        if not rows or "text" not in rows[0]:
+            raise CliError(f"{path}: a CSV item file needs a 'text' column")
+        items = [{"text": r["text"]} for r in rows]
+    else:
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                v = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise CliError(f"{path}:{n}: not JSON ({e}); use one JSON object or string per line") from None
+            items.append(v if isinstance(v, (dict, str)) else str(v))
+    if not items:
+        raise CliError(f"{path}: no items")
+    return items
+
+
+def cmd_task_post(args) -> int:
+    labels = [x.strip() for x in args.labels.split(",") if x.strip()]
+    params = {"account": args.account, "title": args.title or Path(args.file).stem, "labels": labels,
+              "items": _read_items(args.file), "duration_s": args.duration, "bounty": args.bounty,
+              "redundancy": args.redundancy, "domain": args.domain}
+    r = _call(args, "task_post", params)
+    _out(args, r, f"task {r['task_id']} posted ({r.get('items')} items, deadline {r.get('deadline_ms')})")
+    return 0
+
+
+def cmd_label(args) -> int:
+    if len(args.pairs) % 2:
+        raise CliError("give ITEM LABEL pairs, e.g. `labelmesh label TASK 0 cat 1 dog`")
+    pairs = []
+    for i in range(0, len(args.pairs), 2):
+        try:
+            item = int(args.pairs[i])
+        except ValueError:
+            raise CliError(f"item must be an integer index, got {args.pairs[i]!r}") from None
+        lab = args.pairs[i + 1]
+        pairs.append([item, int(lab) if lab.isdigit() else lab])
+    r = _call(args, "annotations_submit", {"account": args.account, "task_id": args.task_id, "labels": pairs})
+    _out(args, r, f"batch {r['batch_id']} {r['status']} ({r['labels']} labels)")
+    return 0
+
+
+def cmd_consensus(args) -> int:
+    r = _call(args, "consensus_get", {"task_id": args.task_id})
+    lines = [f"task {r['task_id']}  {r['status']}  ({r['task_status']})",
+             f"set_root    {r['set_root']}", f"result_root {r['result_root']}",
+             f"{r['batches']} batches, {r['labels']} labels, agreement alpha {r['alpha_f']}",
+             "item  label            confidence  votes"]
+    for it in r.get("items", [])[: args.limit]:
+        lines.append(f"{it['item']:>4}  {str(it['label']):<16} {it['confidence_f']:>10.3f}  {it['votes']:>5}")
+    _out(args, r, "\n".join(lines))
+    return 0
+
+
+def cmd_devnet(args) -> int:
+    from . import devnet
+
+    return devnet.main(args)
+
+
+# ------------------------------------------------------------------ parser
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", default=default_data_dir(),
+                        help="node data directory (default: $LABELMESH_DATA_DIR or ~/.labelmesh)")
+    common.add_argument("--json", action="store_true", help="machine-readable JSON output")
+
+    p = argparse.ArgumentParser(prog="labelmesh", parents=[common],
+                                description="labelmesh: a peer-to-peer node for a decentralized data-annotation marketplace.")
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
+    sub.required = True
+
+    s = sub.add_parser("init", parents=[common], help="create a data dir: node key, account, genesis, config")
+    s.add_argument("--genesis", help="genesis JSON file of the network to join (default: a new one-node network)")
+    s.add_argument("--network-name", default="localnet", help="name of the new network when --genesis is not given")
+    s.add_argument("--account", default="default", help="name of the local account to create (default: default)")
+    s.add_argument("--listen", action="append", help="libp2p listen multiaddr (repeatable; default /ip4/127.0.0.1/tcp/0)")
+    s.add_argument("--bootstrap", action="append", help="bootstrap peer multiaddr with /p2p/<id> (repeatable)")
+    s.add_argument("--force", action="store_true", help="overwrite an existing config and genesis")
+    s.set_defaults(fn=cmd_init)
+
+    s = sub.add_parser("run", parents=[common], help="run the node daemon (SIGINT/SIGTERM stop it cleanly)")
+    s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    s.add_argument("--log-format", choices=["text", "json"])
+    s.set_defaults(fn=cmd_run)
+
+    s = sub.add_parser("status", parents=[common], help="identity, network, peers and counts of a running node")
+    s.set_defaults(fn=cmd_status)
+
+    s = sub.add_parser("rpc", parents=[common], help="call a JSON-RPC method and print its JSON result")
+    s.add_argument("method", help="method name (rpc_methods lists them)")
+    s.add_argument("params", nargs="?", help="params as a JSON object")
+    s.set_defaults(fn=cmd_rpc)
+
+    s = sub.add_parser("task", parents=[common], help="task verbs")
+    tsub = s.add_subparsers(dest="task_cmd", metavar="VERB")
+    tsub.required = True
+    t = tsub.add_parser("post", parents=[common], help="post a task whose items come from a JSON Lines or CSV file")
+    t.add_argument("file", help="items: .jsonl (one string or {\"text\": ...} per line) or .csv with a 'text' column")
+    t.add_argument("--labels", required=True, help="comma-separated label names, e.g. pos,neg")
+    t.add_argument("--title", help="task title (default: the file name)")
+    t.add_argument("--domain", default="", help="label domain for reputation (e.g. sentiment)")
+    t.add_argument("--duration", type=float, default=3600, help="seconds until the deadline (default 3600)")
+    t.add_argument("--bounty", type=int, default=0, help="bounty in credits (default 0)")
+    t.add_argument("--redundancy", type=int, default=3, help="annotations wanted per item (default 3)")
+    t.add_argument("--account", default="default", help="local account that signs (default: default)")
+    t.set_defaults(fn=cmd_task_post)
+
+    s = sub.add_parser("label", parents=[common], help="submit labels: labelmesh label TASK ITEM LABEL [ITEM LABEL ...]")
+    s.add_argument("task_id")
+    s.add_argument("pairs", nargs="+", metavar="ITEM LABEL")
+    s.add_argument("--account", default="default", help="local account that signs (default: default)")
+    s.set_defaults(fn=cmd_label)
+
+    s = sub.add_parser("consensus", parents=[common], help="consensus labels, roots and agreement of a task")
+    s.add_argument("task_id")
+    s.add_argument("--limit", type=int, default=20, help="items to show in human output (default 20)")
+    s.set_defaults(fn=cmd_consensus)
+
+    try:
+        from . import offline
+        offline.add_parser(sub, parents=[common])
+    except ImportError:
+        pass
+
+    s = sub.add_parser("devnet", parents=[common], help="local multi-node devnet (same as scripts/devnet)")
+    from . import devnet
+    devnet.add_arguments(s)
+    s.set_defaults(fn=cmd_devnet)
+    return p
+
+
+def main(argv=None) -> int:
+    from protocol.errors import LabelmeshError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.fn(args) or 0
+    except CliError as e:
+        print(f"labelmesh: {e}", file=sys.stderr)
+        return e.code
+    except LabelmeshError as e:
+        print(f"labelmesh: {e}", file=sys.stderr)
+        return EXIT_USER
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

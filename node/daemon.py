@@ -1,0 +1,281 @@
+"""The labelmesh daemon: one Node wires the store, the network and the RPC server.
+
+How it works
+------------
+Every message, whatever its source (RPC, gossip, sync), goes through
+``Node.ingest``: decode -> dedupe by content id -> validate_basic -> verify the
+signature -> validate against local state -> durable group-committed write ->
+in-memory indexes updated. Only then is it acknowledged (RPC) or forwarded
+(gossip validator returns ACCEPT). Messages that name a task we have not seen
+yet are IGNOREd but parked in a bounded orphan pool and re-ingested when the
+task arrives (anti-entropy sync repairs anything else gossip loses).
+
+Results (consensus labels, rewards) are never stored as truth: they are a pure
+function of the stored set, computed on demand by ``protocol.tally`` and
+cached by (task id, set root).
+
+Structured concurrency: ``Node.run`` opens one nursery; the store writer, the
+network, the publisher and the RPC server are started with ``nursery.start``
+and are ready when it returns.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import trio
+
+from protocol.genesis import Genesis
+from protocol.messages import (
+    KIND_ATTESTATION, KIND_BATCH, KIND_GOLD, KIND_NAMES, KIND_TASK, AnnotationBatch, GoldReveal,
+    Outcome, SignedMessage, TaskAnnouncement, Verdict, decode_message, ignore, reject,
+    validate_basic, validate_in_context, verify_signature,
+)
+from protocol.errors import DecodeError
+from protocol.tally import TaskResult, compute_task_result
+
+from .store import Record, Store, StoreWriter
+
+log = logging.getLogger("labelmesh.node")
+
+MAX_ORPHANS = 20_000
+
+
+def wall_clock_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def topic_for(network_id: bytes, kind: int) -> str:
+    return f"/labelmesh/{network_id.hex()[:16]}/{KIND_NAMES[kind]}/1"
+
+
+@dataclass
+class Counters:
+    accepted: int = 0
+    rejected: int = 0
+    ignored: int = 0
+    duplicates: int = 0
+    published: int = 0
+
+
+class Node:
+    """A labelmesh node. ``p2p`` is any object with the P2PNode interface
+    (real libp2p in production, an in-memory fake in tests)."""
+
+    def __init__(self, data_dir: Path, genesis: Genesis, *, p2p_factory: Callable | None,
+                 keystore=None, clock: Callable[[], int] = wall_clock_ms,
+                 rpc_socket: Path | None = None, validator_account: str = ""):
+        self.data_dir = Path(data_dir)
+        self.genesis = genesis
+        self.params = genesis.params
+        self.network_id = genesis.network_id
+        self.clock = clock
+        self.keystore = keystore
+        self.rpc_socket = rpc_socket
+        self.validator_account = validator_account
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.store = Store(self.data_dir / "store")
+        self.writer = StoreWriter(self.store)
+        self.counters = Counters()
+        self.tasks: dict[bytes, TaskAnnouncement] = {}
+        self._orphans: OrderedDict[bytes, tuple[bytes, str]] = OrderedDict()  # msg id -> (raw, source)
+        self._inflight: dict[bytes, trio.Event] = {}
+        self._result_cache: dict[bytes, TaskResult] = {}
+        self.topics = {k: topic_for(self.network_id, k) for k in KIND_NAMES}
+        self._kind_of_topic = {t: k for k, t in self.topics.items()}
+        self.p2p = p2p_factory(self) if p2p_factory else None
+        self._publish_send, self._publish_recv = trio.open_memory_channel(4096)
+        self.started_at = clock()
+        self._load_tasks()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _load_tasks(self) -> None:
+        for raw in self.store.get_many(self.store.kind_message_ids(KIND_TASK)):
+            msg = decode_message(raw, self.params)
+            self.tasks[msg.compute_id(self.network_id)] = msg.body
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        from .rpc import RpcServer  # local import: rpc imports api which imports this module
+
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.writer.run)
+                if self.p2p is not None:
+                    for t in self.topics.values():
+                        self.p2p.subscribe(t)
+                    await nursery.start(self.p2p.run)
+                    nursery.start_soon(self._publisher)
+                if self.rpc_socket is not None:
+                    self.rpc = RpcServer(self, self.rpc_socket)
+                    await nursery.start(self.rpc.run)
+                log.info("node ready", extra={"peer_id": self.peer_id, "network_id": self.network_id.hex(),
+                                              "tasks": len(self.tasks), "messages": self.store.count()})
+                task_status.started(self)
+        finally:
+            self.store.close()
+
+    @property
+    def peer_id(self) -> str:
+        return self.p2p.peer_id if self.p2p is not None else ""
+
+    # ------------------------------------------------------------------ protocol.Context
+
+    def get_task(self, task_id: bytes) -> TaskAnnouncement | None:
+        return self.tasks.get(task_id)
+
+    def validator_weight(self, account: bytes) -> int:
+        return self.genesis.validator_weight(account)
+
+    # ------------------------------------------------------------------ ingest
+
+    async def ingest(self, raw: bytes, source: str, *, publish: bool = False) -> tuple[Verdict, bytes | None]:
+        """Run the whole pipeline on ``raw``; store it durably if valid.
+
+        Returns (verdict, message id or None). ACCEPT means the message is on
+        disk now (newly, or it already was: ``source == "rpc"`` re-submissions
+        of a stored message are acknowledged as accepted duplicates).
+        """
+        try:
+            msg = decode_message(raw, self.params)
+        except DecodeError as e:
+            self.counters.rejected += 1
+            return reject(f"decode: {e}"), None
+        mid = msg.compute_id(self.network_id)
+        # De-duplicate by content id, including messages being written right now.
+        ev = self._inflight.get(mid)
+        if ev is not None:
+            await ev.wait()
+        if self.store.has(mid):
+            self.counters.duplicates += 1
+            return ignore("duplicate"), mid
+        v = validate_basic(msg, self.params)
+        if v.ok and not verify_signature(msg, self.network_id):
+            v = reject("bad signature")
+        if v.ok:
+            v = validate_in_context(msg, self, self.clock(), self.params)
+        if not v.ok:
+            if v.outcome is Outcome.IGNORE and v.reason.startswith("unknown task"):
+                self._park_orphan(mid, raw, source)
+            self._count(v)
+            return v, mid
+        if mid in self._inflight or self.store.has(mid):
+            self.counters.duplicates += 1
+            return ignore("duplicate"), mid
+        ev = self._inflight[mid] = trio.Event()
+        try:
+            task_id = mid if msg.kind == KIND_TASK else msg.body.task_id
+            await self.writer.put([Record(msg_id=mid, kind=msg.kind, task_id=task_id, raw=msg.raw)])
+        finally:
+            del self._inflight[mid]
+            ev.set()
+        self.counters.accepted += 1
+        self._on_accepted(mid, msg)
+        if publish and self.p2p is not None:
+            await self._publish_send.send((self.topics[msg.kind], msg.raw))
+        if msg.kind == KIND_TASK:
+            await self._adopt_orphans(mid)
+        return v, mid
+
+    def _count(self, v: Verdict) -> None:
+        if v.outcome is Outcome.REJECT:
+            self.counters.rejected += 1
+        elif v.outcome is Outcome.IGNORE:
+            self.counters.ignored += 1
+
+    def _on_accepted(self, mid: bytes, msg: SignedMessage) -> None:
+        if msg.kind == KIND_TASK:
+            self.tasks[mid] = msg.body
+        log.debug("stored %s %s", KIND_NAMES[msg.kind], mid.hex()[:16])
+
+    def _park_orphan(self, mid: bytes, raw: bytes, source: str) -> None:
+        if mid in self._orphans:
+            return
+        self._orphans[mid] = (raw, source)
+        while len(self._orphans) > MAX_ORPHANS:
+            self._orphans.popitem(last=False)
+
+    async def _adopt_orphans(self, task_id: bytes) -> None:
+        waiting = []
+        for mid, (raw, source) in list(self._orphans.items()):
+            try:
+                m = decode_message(raw, self.params)
+            except DecodeError:
+                continue
+            if getattr(m.body, "task_id", None) == task_id:
+                waiting.append((mid, raw, source))
+        for mid, raw, source in waiting:
+            self._orphans.pop(mid, None)
+            await self.ingest(raw, source)
+
+    # ------------------------------------------------------------------ gossip
+
+    async def gossip_validate(self, topic: str, data: bytes, from_peer: str) -> Outcome:
+        """Validator for every gossip message: ACCEPT forwards it, REJECT penalises
+        the forwarder, IGNORE drops it quietly."""
+        kind = self._kind_of_topic.get(topic)
+        if from_peer == self.peer_id:
+            return Outcome.ACCEPT  # our own publish: already validated and stored
+        v, _ = await self.ingest(data, "gossip")
+        if v.ok:
+            # The kind must match the topic, or a peer could smuggle messages across topics.
+            try:
+                if decode_message(data, self.params).kind != kind:
+                    return Outcome.REJECT
+            except DecodeError:
+                return Outcome.REJECT
+        return v.outcome
+
+    async def _publisher(self) -> None:
+        async for topic, raw in self._publish_recv:
+            try:
+                await self.p2p.publish(topic, raw)
+                self.counters.published += 1
+            except Exception as e:  # the network must not take the node down
+                log.warning("publish failed: %s", e)
+
+    # ------------------------------------------------------------------ reads
+
+    def task_batches(self, task_id: bytes) -> dict[bytes, AnnotationBatch]:
+        out = {}
+        for raw in self.store.task_messages(task_id, KIND_BATCH):
+            m = decode_message(raw, self.params)
+            out[m.compute_id(self.network_id)] = m.body
+        return out
+
+    def task_gold(self, task_id: bytes) -> GoldReveal | None:
+        raws = self.store.task_messages(task_id, KIND_GOLD)
+        return decode_message(raws[0], self.params).body if raws else None
+
+    def weight_of(self, account: bytes) -> int:
+        """Prior weight snapshot: genesis reputation (domain-agnostic entries) or the fresh weight."""
+        w = self._reputation.get(account) if hasattr(self, "_reputation") else None
+        if w is None:
+            self._reputation = {a: wt for a, d, wt in self.genesis.reputation if d == ""}
+            w = self._reputation.get(account)
+        return self.params.fresh_weight if w is None else w
+
+    def task_result(self, task_id: bytes) -> TaskResult:
+        task = self.tasks[task_id]
+        batches = self.task_batches(task_id)
+        from protocol.messages import compute_set_root
+        root = compute_set_root(task_id, batches.keys())
+        gold = self.task_gold(task_id)
+        key = root + (b"g" if gold else b"")
+        cached = self._result_cache.get(key)
+        if cached is not None:
+            return cached
+        res = compute_task_result(task_id, task, batches, gold, self.weight_of, self.params)
+        if len(self._result_cache) > 256:
+            self._result_cache.clear()
+        self._result_cache[key] = res
+        return res
+
+    def task_status(self, task_id: bytes) -> str:
+        t = self.tasks[task_id]
+        return "open" if self.clock() <= t.deadline else "closed"

@@ -1,0 +1,258 @@
+"""JSON-RPC 2.0 over a Unix socket, one JSON value per line (like bitcoind/geth IPC).
+
+How it works
+------------
+The server listens on ``<data-dir>/node.sock``; the socket file is created with
+mode 0600 (umask 0177 while binding) inside the data dir (mode 0700), so only
+the owner can connect. Each connection is read line by line; a line is a
+request object or a batch (array). Limits, all refused with a JSON-RPC error and
+never a crash: a line over ``MAX_REQUEST_BYTES`` (-32600, then the connection is
+closed since the stream cannot be resynchronised), a batch over ``MAX_BATCH``
+(-32600), more than ``MAX_CONNECTIONS`` clients (the newest is told -32000 and
+closed), a client idle for ``IDLE_TIMEOUT_S`` (closed).
+
+Error codes: -32700 parse error, -32600 invalid request, -32601 method not
+found, -32602 invalid params, -32603 internal error, -32000..-32099 application
+errors (see ``node/api.py``).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import trio
+
+log = logging.getLogger("labelmesh.rpc")
+
+MAX_REQUEST_BYTES = 16 << 20
+MAX_BATCH = 64
+MAX_CONNECTIONS = 128
+IDLE_TIMEOUT_S = 300.0
+MAX_RESPONSE_BYTES = 256 << 20
+
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+APP_ERROR = -32000          # generic application error
+NOT_FOUND = -32001          # unknown task / message / account
+REJECTED = -32002           # the message is invalid (reason in message)
+STORE_FULL = -32003         # disk or map full: free space, the node resumes by itself
+UNAVAILABLE = -32004        # e.g. no peer has a blob
+
+
+class RpcError(Exception):
+    def __init__(self, code: int, message: str, data: Any = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.data = data
+
+
+def _error(id_, code, message, data=None) -> dict:
+    e = {"code": code, "message": message}
+    if data is not None:
+        e["data"] = data
+    return {"jsonrpc": "2.0", "id": id_, "error": e}
+
+
+class RpcServer:
+    def __init__(self, node, path: Path):
+        from . import api
+
+        self.node = node
+        self.path = Path(path)
+        self.methods = api.METHODS
+        self.connections = 0
+        self.calls = 0
+
+    def _bind(self) -> trio.socket.SocketType:
+        path = str(self.path)
+        if len(path.encode()) > 100:
+            raise OSError(f"socket path too long for a Unix socket: {path} (use a shorter --data-dir)")
+        if self.path.exists():
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(path)
+                probe.close()
+                raise OSError(f"another node is already serving {path}")
+            except (ConnectionRefusedError, FileNotFoundError):
+                os.unlink(path)  # stale socket of a dead node
+            finally:
+                probe.close()
+        raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)  # the socket file is born 0600: no window for other users
+        try:
+            raw.bind(path)
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+        raw.listen(128)
+        return trio.socket.from_stdlib_socket(raw)
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        sock = self._bind()
+        listener = trio.SocketListener(sock)
+        task_status.started()
+        try:
+            await trio.serve_listeners(self._handle, [listener])
+        finally:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        if self.connections >= MAX_CONNECTIONS:
+            try:
+                await self._send(stream, _error(None, APP_ERROR, f"too many RPC clients (max {MAX_CONNECTIONS}); retry later"))
+            finally:
+                await stream.aclose()
+            return
+        self.connections += 1
+        buf = bytearray()
+        try:
+            while True:
+                nl = buf.find(b"\n")
+                if nl < 0:
+                    if len(buf) > MAX_REQUEST_BYTES:
+                        await self._send(stream, _error(None, INVALID_REQUEST,
+                                                        f"request larger than {MAX_REQUEST_BYTES} bytes; split it"))
+                        return
+                    with trio.move_on_after(IDLE_TIMEOUT_S) as scope:
+                        chunk = await stream.receive_some(1 << 16)
+                    if scope.cancelled_caught or not chunk:
+                        return
+                    buf += chunk
+                    continue
+                line = bytes(buf[:nl])
+                del buf[: nl + 1]
+                if len(line) > MAX_REQUEST_BYTES:
+                    await self._send(stream, _error(None, INVALID_REQUEST, f"request larger than {MAX_REQUEST_BYTES} bytes; split it"))
+                    return
+                if not line.strip():
+                    continue
+                reply = await self.handle_line(line)
+                if reply is not None:
+                    await self._send(stream, reply)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
+            pass  # client went away mid-request: nothing to do
+        finally:
+            self.connections -= 1
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+
+    async def _send(self, stream, obj) -> None:
+        data = json.dumps(obj, separators=(",", ":")).encode() + b"\n"
+        if len(data) > MAX_RESPONSE_BYTES:
+            data = json.dumps(_error(obj.get("id") if isinstance(obj, dict) else None, APP_ERROR,
+                                     "response too large; ask for less (limit/offset)")).encode() + b"\n"
+        with trio.fail_after(60):
+            await stream.send_all(data)
+
+    async def handle_line(self, line: bytes):
+        """Answer one line: a request, a notification or a batch. Never raises."""
+        try:
+            req = json.loads(line)
+        except (ValueError, UnicodeDecodeError) as e:
+            return _error(None, PARSE_ERROR, f"parse error: {e}")
+        if isinstance(req, list):
+            if not req:
+                return _error(None, INVALID_REQUEST, "empty batch")
+            if len(req) > MAX_BATCH:
+                return _error(None, INVALID_REQUEST, f"batch of {len(req)} requests; the limit is {MAX_BATCH}")
+            out = [r for r in [await self._one(x) for x in req] if r is not None]
+            return out or None
+        return await self._one(req)
+
+    async def _one(self, req) -> dict | None:
+        if not isinstance(req, dict):
+            return _error(None, INVALID_REQUEST, "a request must be a JSON object")
+        id_ = req.get("id")
+        if not isinstance(id_, (str, int, type(None))) or isinstance(id_, bool):
+            return _error(None, INVALID_REQUEST, "id must be a string, an integer or null")
+        is_notification = "id" not in req
+        if req.get("jsonrpc") != "2.0":
+            return _error(id_, INVALID_REQUEST, 'missing "jsonrpc": "2.0"')
+        method = req.get("method")
+        if not isinstance(method, str):
+            return _error(id_, INVALID_REQUEST, "method must be a string")
+        params = req.get("params", {})
+        if isinstance(params, list):
+            params = {"_args": params}
+        if not isinstance(params, dict):
+            return _error(id_, INVALID_PARAMS, "params must be an object")
+        fn = self.methods.get(method)
+        self.calls += 1
+        if fn is None:
+            return None if is_notification else _error(
+                id_, METHOD_NOT_FOUND, f"unknown method {method!r}; call rpc_methods for the list")
+        try:
+            result = await fn(self.node, params)
+        except RpcError as e:
+            return None if is_notification else _error(id_, e.code, e.message, e.data)
+        except Exception as e:  # a bug must not take the node down; log it, tell the client
+            log.exception("RPC method %s failed", method)
+            return None if is_notification else _error(id_, INTERNAL_ERROR, f"internal error: {type(e).__name__}: {e}")
+        return None if is_notification else {"jsonrpc": "2.0", "id": id_, "result": result}
+
+
+class RpcCallError(Exception):
+    def __init__(self, code: int, message: str, data=None):
+        super().__init__(f"{message} (code {code})")
+        self.code = code
+        self.message = message
+        self.data = data
+
+
+class RpcClient:
+    """Blocking client for the CLI, scripts and tests."""
+
+    def __init__(self, path: str | os.PathLike, timeout: float = 60.0):
+        self.path = str(path)
+        self.timeout = timeout
+        self._sock: socket.socket | None = None
+        self._buf = b""
+        self._id = 0
+
+    def _connect(self) -> socket.socket:
+        if self._sock is None:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(self.timeout)
+            s.connect(self.path)
+            self._sock = s
+        return self._sock
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def call(self, method: str, params: dict | None = None):
+        self._id += 1
+        s = self._connect()
+        s.sendall(json.dumps({"jsonrpc": "2.0", "id": self._id, "method": method,
+                              "params": params or {}}).encode() + b"\n")
+        while b"\n" not in self._buf:
+            chunk = s.recv(1 << 20)
+            if not chunk:
+                self.close()
+                raise ConnectionError("node closed the RPC connection")
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        resp = json.loads(line)
+        if "error" in resp:
+            e = resp["error"]
+            raise RpcCallError(e.get("code", 0), e.get("message", ""), e.get("data"))
+        return resp["result"]

@@ -1,0 +1,160 @@
+"""The JSON-RPC socket of a real node (no network): errors, limits, the main flows."""
+from __future__ import annotations
+
+import json
+import os
+import stat
+import tempfile
+from pathlib import Path
+
+import pytest
+import trio
+
+from node import rpc as rpcmod
+from node.daemon import Node
+from node.keystore import Keystore
+from protocol.genesis import make_genesis
+
+from .helpers import T0, key, pk, make_batch, signed
+from .test_inprocess import FakeClock
+
+
+@pytest.fixture
+def short_dir():
+    # Unix socket paths are limited to ~100 bytes: keep the data dir short.
+    d = tempfile.mkdtemp(prefix="lm", dir="/tmp")
+    yield Path(d)
+    import shutil
+    shutil.rmtree(d, ignore_errors=True)
+
+
+class Conn:
+    def __init__(self, stream):
+        self.stream = stream
+        self.buf = b""
+
+    async def send_raw(self, data: bytes):
+        await self.stream.send_all(data)
+
+    async def recv(self):
+        with trio.fail_after(10):
+            while b"\n" not in self.buf:
+                chunk = await self.stream.receive_some(1 << 16)
+                if not chunk:
+                    return None
+                self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return json.loads(line)
+
+    async def call(self, method, params=None, id_=1):
+        await self.send_raw(json.dumps({"jsonrpc": "2.0", "id": id_, "method": method,
+                                        "params": params or {}}).encode() + b"\n")
+        return await self.recv()
+
+
+@pytest.fixture
+async def node(short_dir, nursery):
+    ks = Keystore(short_dir)
+    ks.create("alice", seed=bytes(key(1)))
+    g = make_genesis("rpc", T0, [(pk(1000), 1)], [], [(pk(1), 10**9)])
+    clock = FakeClock()
+    n = Node(short_dir, g, p2p_factory=None, keystore=ks, clock=clock, rpc_socket=short_dir / "node.sock")
+    await nursery.start(n.run)
+    n.test_clock = clock
+    return n
+
+
+async def connect(node) -> Conn:
+    return Conn(await trio.open_unix_socket(str(node.rpc_socket)))
+
+
+async def test_socket_mode_0600(node):
+    st = os.stat(node.rpc_socket)
+    assert stat.S_ISSOCK(st.st_mode)
+    assert stat.S_IMODE(st.st_mode) == 0o600
+
+
+async def test_node_info(node):
+    c = await connect(node)
+    r = await c.call("node_info")
+    assert r["result"]["pid"] == os.getpid()
+    assert r["result"]["network_id"] == node.network_id.hex()
+
+
+async def test_protocol_errors(node):
+    c = await connect(node)
+    await c.send_raw(b"{not json\n")
+    assert (await c.recv())["error"]["code"] == -32700
+    assert (await c.call("no_such_method"))["error"]["code"] == -32601
+    assert (await c.call("task_get", {"task_id": "zz"}))["error"]["code"] == -32602
+    assert (await c.call("task_get", {}))["error"]["code"] == -32602
+    assert (await c.call("task_get", {"task_id": "00" * 32}))["error"]["code"] == -32001
+    await c.send_raw(b'{"id": 1, "method": "node_info"}\n')  # missing jsonrpc
+    assert (await c.recv())["error"]["code"] == -32600
+    await c.send_raw(b"[]\n")
+    assert (await c.recv())["error"]["code"] == -32600
+    await c.send_raw(b"42\n")
+    assert (await c.recv())["error"]["code"] == -32600
+    await c.send_raw(json.dumps([{"jsonrpc": "2.0", "id": i, "method": "node_info"} for i in range(3)]).encode() + b"\n")
+    batch = await c.recv()
+    assert [x["id"] for x in batch] == [0, 1, 2]
+    too_many = [{"jsonrpc": "2.0", "id": i, "method": "node_info"} for i in range(rpcmod.MAX_BATCH + 1)]
+    await c.send_raw(json.dumps(too_many).encode() + b"\n")
+    assert (await c.recv())["error"]["code"] == -32600
+    # a notification gets no reply; the next call still works
+    await c.send_raw(b'{"jsonrpc": "2.0", "method": "node_info"}\n')
+    assert (await c.call("node_info", id_=7))["id"] == 7
+
+
+async def test_oversized_request_refused_node_survives(node, monkeypatch):
+    monkeypatch.setattr(rpcmod, "MAX_REQUEST_BYTES", 1000)
+    c = await connect(node)
+    await c.send_raw(b'{"jsonrpc": "2.0", "id": 1, "method": "node_info", "params": {"x": "' + b"a" * 5000)
+    r = await c.recv()
+    assert r["error"]["code"] == -32600 and "larger" in r["error"]["message"]
+    c2 = await connect(node)
+    assert "result" in await c2.call("node_info")
+
+
+async def test_client_disconnect_mid_request(node):
+    for _ in range(20):
+        s = await trio.open_unix_socket(str(node.rpc_socket))
+        await s.send_all(b'{"jsonrpc": "2.0", "id": 1, "method": "tasks_li')
+        await s.aclose()
+    c = await connect(node)
+    assert "result" in await c.call("tasks_list")
+
+
+async def test_post_label_consensus_flow(node):
+    c = await connect(node)
+    r = await c.call("task_post", {"account": "alice", "title": "t", "labels": ["yes", "no"],
+                                   "items": ["a", "b", {"text": "c"}], "duration_s": 60, "bounty": 100})
+    tid = r["result"]["task_id"]
+    assert (await c.call("tasks_list"))["result"]["tasks"][0]["task_id"] == tid
+    assert len((await c.call("task_get", {"task_id": tid}))["result"]["items"]) == 3
+    r = await c.call("annotations_submit", {"account": "alice", "task_id": tid, "labels": [[0, "yes"], [1, "no"], [2, 0]]})
+    assert r["result"]["status"] == "accepted" and r["result"]["labels"] == 3
+    bad = await c.call("annotations_submit", {"account": "alice", "task_id": tid, "labels": [[0, "maybe"]]})
+    assert bad["error"]["code"] == -32602 and "unknown label" in bad["error"]["message"]
+    out = await c.call("annotations_submit", {"account": "alice", "task_id": tid, "labels": [[9, 0]]})
+    assert out["error"]["code"] == -32002 and "out of range" in out["error"]["message"]
+    # pre-signed batches, one duplicate
+    m = signed(make_batch(7, bytes.fromhex(tid), [(0, 0), (1, 1)], created_at=T0), 7, node.network_id)
+    r = await c.call("annotations_submit", {"raw": [m.raw.hex(), m.raw.hex()]})
+    assert [x["status"] for x in r["result"]["results"]] == ["accepted", "duplicate"]
+    lst = (await c.call("annotations_list", {"task_id": tid}))["result"]
+    assert lst["total"] == 2
+    cons = (await c.call("consensus_get", {"task_id": tid}))["result"]
+    assert cons["task_id"] == tid and len(cons["set_root"]) == 64 and len(cons["result_root"]) == 64
+    assert [it["label"] for it in cons["items"]] == ["yes", "no", "yes"]
+    assert (await c.call("account_list"))["result"]["accounts"][0]["name"] == "alice"
+    unknown = await c.call("annotations_submit", {"account": "bob", "task_id": tid, "labels": [[0, 0]]})
+    assert unknown["error"]["code"] == -32001
+
+
+async def test_garbage_raw_rejected(node):
+    c = await connect(node)
+    r = await c.call("annotations_submit", {"raw": "00ff"})
+    assert r["error"]["code"] == -32002
+    r = await c.call("annotations_submit", {"raw": "zz"})
+    assert r["error"]["code"] == -32602
