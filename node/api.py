@@ -10,6 +10,7 @@ Reference (``labelmesh rpc rpc_methods`` prints this list):
 
 node_info {}                         identity, network, peers, message counts, pid
 peers_list {}                        connected peers
+sync_status {}                       anti-entropy sync state per peer
 rpc_methods {}                       method names with one-line docs
 task_post {account, title, labels, items, [domain], [duration_s | deadline_ms],
            [bounty], [redundancy], [nonce]}  or  {raw: hex envelope}
@@ -139,7 +140,25 @@ async def node_info(node, params):
             "duplicates": c.duplicates, "published": c.published,
             "orphans": len(node._orphans),
         },
+        "sync": _sync_summary(node),
     }
+
+
+def _sync_summary(node) -> dict:
+    if node.sync is None:
+        return {"peers": 0}
+    st = node.sync.status()["peers"]
+    last = [p["last_sync_ms"] for p in st if p["last_sync_ms"]]
+    return {"peers": len(st), "synced_peers": len(last), "last_sync_ms": max(last) if last else None,
+            "lag_tasks": max((p["lag_tasks"] for p in st), default=0),
+            "fetched": sum(p["fetched"] for p in st), "served": sum(p["served"] for p in st)}
+
+
+async def sync_status(node, params):
+    """Anti-entropy sync per peer: last sync, messages fetched/served, lag (tasks that differed), errors."""
+    if node.sync is None:
+        return {"protocol": None, "peers": []}
+    return node.sync.status()
 
 
 async def peers_list(node, params):
@@ -344,6 +363,6 @@ async def account_list(node, params):
 
 
 METHODS = {f.__name__: f for f in [
-    node_info, peers_list, rpc_methods, task_post, task_get, tasks_list, annotations_submit,
+    node_info, peers_list, sync_status, rpc_methods, task_post, task_get, tasks_list, annotations_submit,
     annotations_list, consensus_get, account_list,
 ]}

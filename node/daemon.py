@@ -29,11 +29,12 @@ from pathlib import Path
 from typing import Callable
 
 import trio
+from sortedcontainers import SortedList
 
 from protocol.genesis import Genesis
 from protocol.messages import (
     KIND_ATTESTATION, KIND_BATCH, KIND_GOLD, KIND_NAMES, KIND_TASK, AnnotationBatch, GoldReveal,
-    Outcome, SignedMessage, TaskAnnouncement, Verdict, decode_message, ignore, reject,
+    ACCEPT, Outcome, SignedMessage, TaskAnnouncement, Verdict, decode_message, ignore, reject,
     validate_basic, validate_in_context, verify_signature,
 )
 from protocol.errors import DecodeError
@@ -54,6 +55,39 @@ def topic_for(network_id: bytes, kind: int) -> str:
     return f"/labelmesh/{network_id.hex()[:16]}/{KIND_NAMES[kind]}/1"
 
 
+class TaskIndex:
+    """Per task: the sorted ids of the messages we hold and their fingerprint sum
+    (what anti-entropy sync compares). Kept in memory, rebuilt from the store at start."""
+
+    def __init__(self):
+        self.task_ids = SortedList()
+        self.ids: dict[bytes, SortedList] = {}
+        self.sums: dict[bytes, int] = {}
+
+    def add_task(self, task_id: bytes) -> None:
+        if task_id not in self.ids:
+            self.task_ids.add(task_id)
+            self.ids[task_id] = SortedList()
+            self.sums[task_id] = 0
+
+    def add(self, task_id: bytes, mid: bytes) -> None:
+        lst = self.ids.get(task_id)
+        if lst is None:
+            self.add_task(task_id)
+            lst = self.ids[task_id]
+        if mid in lst:
+            return
+        lst.add(mid)
+        self.sums[task_id] = (self.sums[task_id] + int.from_bytes(mid, "big")) % (1 << 256)
+
+    def fingerprint(self, task_id: bytes) -> tuple[int, bytes]:
+        from protocol.sync import fingerprint_from_sum
+        lst = self.ids.get(task_id)
+        if lst is None:
+            return 0, fingerprint_from_sum(0, 0)
+        return len(lst), fingerprint_from_sum(self.sums[task_id], len(lst))
+
+
 @dataclass
 class Counters:
     accepted: int = 0
@@ -69,7 +103,7 @@ class Node:
 
     def __init__(self, data_dir: Path, genesis: Genesis, *, p2p_factory: Callable | None,
                  keystore=None, clock: Callable[[], int] = wall_clock_ms,
-                 rpc_socket: Path | None = None, validator_account: str = ""):
+                 rpc_socket: Path | None = None, validator_account: str = "", sync_interval_s: float = 3.0):
         self.data_dir = Path(data_dir)
         self.genesis = genesis
         self.params = genesis.params
@@ -83,12 +117,15 @@ class Node:
         self.writer = StoreWriter(self.store)
         self.counters = Counters()
         self.tasks: dict[bytes, TaskAnnouncement] = {}
+        self.task_index = TaskIndex()
         self._orphans: OrderedDict[bytes, tuple[bytes, str]] = OrderedDict()  # msg id -> (raw, source)
         self._inflight: dict[bytes, trio.Event] = {}
         self._result_cache: dict[bytes, TaskResult] = {}
         self.topics = {k: topic_for(self.network_id, k) for k in KIND_NAMES}
         self._kind_of_topic = {t: k for k, t in self.topics.items()}
         self.p2p = p2p_factory(self) if p2p_factory else None
+        from .sync import SyncService
+        self.sync = SyncService(self, interval_s=sync_interval_s) if self.p2p is not None else None
         self._publish_send, self._publish_recv = trio.open_memory_channel(4096)
         self.started_at = clock()
         self._load_tasks()
@@ -98,7 +135,11 @@ class Node:
     def _load_tasks(self) -> None:
         for raw in self.store.get_many(self.store.kind_message_ids(KIND_TASK)):
             msg = decode_message(raw, self.params)
-            self.tasks[msg.compute_id(self.network_id)] = msg.body
+            tid = msg.compute_id(self.network_id)
+            self.tasks[tid] = msg.body
+            self.task_index.add_task(tid)
+            for mid in self.store.task_message_ids(tid):
+                self.task_index.add(tid, mid)
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         from .rpc import RpcServer  # local import: rpc imports api which imports this module
@@ -111,6 +152,7 @@ class Node:
                         self.p2p.subscribe(t)
                     await nursery.start(self.p2p.run)
                     nursery.start_soon(self._publisher)
+                    await nursery.start(self.sync.run)
                 if self.rpc_socket is not None:
                     self.rpc = RpcServer(self, self.rpc_socket)
                     await nursery.start(self.rpc.run)
@@ -135,52 +177,83 @@ class Node:
     # ------------------------------------------------------------------ ingest
 
     async def ingest(self, raw: bytes, source: str, *, publish: bool = False) -> tuple[Verdict, bytes | None]:
-        """Run the whole pipeline on ``raw``; store it durably if valid.
+        """Run the whole pipeline on one message; see ``ingest_many``."""
+        return (await self.ingest_many([raw], source, publish=publish))[0]
 
-        Returns (verdict, message id or None). ACCEPT means the message is on
-        disk now (newly, or it already was: ``source == "rpc"`` re-submissions
-        of a stored message are acknowledged as accepted duplicates).
+    async def ingest_many(self, raws: list[bytes], source: str, *, publish: bool = False
+                          ) -> list[tuple[Verdict, bytes | None]]:
+        """Run the pipeline on many messages and store the valid ones in one group commit.
+
+        Returns one (verdict, message id or None) per input, in input order.
+        ACCEPT means the message is on disk now. A message already stored (or
+        listed twice) is IGNOREd as "duplicate". Task announcements are stored
+        before the messages that refer to them, so a sync chunk may hold both.
         """
-        try:
-            msg = decode_message(raw, self.params)
-        except DecodeError as e:
-            self.counters.rejected += 1
-            return reject(f"decode: {e}"), None
-        mid = msg.compute_id(self.network_id)
-        # De-duplicate by content id, including messages being written right now.
-        ev = self._inflight.get(mid)
-        if ev is not None:
-            await ev.wait()
-        if self.store.has(mid):
-            self.counters.duplicates += 1
-            return ignore("duplicate"), mid
-        v = validate_basic(msg, self.params)
-        if v.ok and not verify_signature(msg, self.network_id):
-            v = reject("bad signature")
-        if v.ok:
-            v = validate_in_context(msg, self, self.clock(), self.params)
-        if not v.ok:
-            if v.outcome is Outcome.IGNORE and v.reason.startswith("unknown task"):
-                self._park_orphan(mid, raw, source)
-            self._count(v)
-            return v, mid
-        if mid in self._inflight or self.store.has(mid):
-            self.counters.duplicates += 1
-            return ignore("duplicate"), mid
-        ev = self._inflight[mid] = trio.Event()
-        try:
+        results: list = [None] * len(raws)
+        tasks, others = [], []
+        for k, raw in enumerate(raws):
+            try:
+                msg = decode_message(raw, self.params)
+            except DecodeError as e:
+                self.counters.rejected += 1
+                results[k] = (reject(f"decode: {e}"), None)
+                continue
+            (tasks if msg.kind == KIND_TASK else others).append((k, msg.compute_id(self.network_id), msg))
+        for group in (tasks, others):
+            if group:
+                await self._ingest_group(group, source, publish, results)
+        return results
+
+    async def _ingest_group(self, group, source: str, publish: bool, results: list) -> None:
+        now = self.clock()
+        records, accepted, seen = [], [], set()
+        for k, mid, msg in group:
+            ev = self._inflight.get(mid)
+            if ev is not None:  # being written by another caller right now
+                await ev.wait()
+            if mid in seen or self.store.has(mid):
+                self.counters.duplicates += 1
+                results[k] = (ignore("duplicate"), mid)
+                continue
+            v = validate_basic(msg, self.params)
+            if v.ok and not verify_signature(msg, self.network_id):
+                v = reject("bad signature")
+            if v.ok:
+                v = validate_in_context(msg, self, now, self.params)
+            if not v.ok:
+                if v.outcome is Outcome.IGNORE and v.reason.startswith("unknown task"):
+                    self._park_orphan(mid, msg.raw, source)
+                self._count(v)
+                results[k] = (v, mid)
+                continue
+            seen.add(mid)
             task_id = mid if msg.kind == KIND_TASK else msg.body.task_id
-            await self.writer.put([Record(msg_id=mid, kind=msg.kind, task_id=task_id, raw=msg.raw)])
+            records.append(Record(msg_id=mid, kind=msg.kind, task_id=task_id, raw=msg.raw))
+            accepted.append((k, mid, msg))
+        if not records:
+            return
+        events = {}
+        for _, mid, _ in accepted:
+            events[mid] = self._inflight[mid] = trio.Event()
+        try:
+            flags = await self.writer.put(records)
         finally:
-            del self._inflight[mid]
-            ev.set()
-        self.counters.accepted += 1
-        self._on_accepted(mid, msg)
-        if publish and self.p2p is not None:
-            await self._publish_send.send((self.topics[msg.kind], msg.raw))
-        if msg.kind == KIND_TASK:
-            await self._adopt_orphans(mid)
-        return v, mid
+            for mid, ev in events.items():
+                self._inflight.pop(mid, None)
+                ev.set()
+        for (k, mid, msg), new in zip(accepted, flags):
+            if not new:  # raced with another writer: already stored
+                self.counters.duplicates += 1
+                results[k] = (ignore("duplicate"), mid)
+                continue
+            self.counters.accepted += 1
+            self._on_accepted(mid, msg)
+            results[k] = (ACCEPT, mid)
+            if publish and self.p2p is not None:
+                await self._publish_send.send((self.topics[msg.kind], msg.raw))
+        for k, mid, msg in accepted:
+            if msg.kind == KIND_TASK:
+                await self._adopt_orphans(mid)
 
     def _count(self, v: Verdict) -> None:
         if v.outcome is Outcome.REJECT:
@@ -191,6 +264,8 @@ class Node:
     def _on_accepted(self, mid: bytes, msg: SignedMessage) -> None:
         if msg.kind == KIND_TASK:
             self.tasks[mid] = msg.body
+            self.task_index.add_task(mid)
+        self.task_index.add(mid if msg.kind == KIND_TASK else msg.body.task_id, mid)
         log.debug("stored %s %s", KIND_NAMES[msg.kind], mid.hex()[:16])
 
     def _park_orphan(self, mid: bytes, raw: bytes, source: str) -> None:

@@ -1,0 +1,245 @@
+"""Anti-entropy sync service: the I/O half of ``protocol/sync.py``.
+
+Serves SUMMARY / RANGE / GET requests from peers over a libp2p request/response
+protocol, and pulls from every connected peer: at once when a peer appears,
+then every ``interval_s``. What it fetches goes through ``Node.ingest_many``,
+exactly like gossip. Bounds: a session with one peer makes at most
+``MAX_REQUESTS_PER_SESSION`` requests and recurses at most ``MAX_DEPTH`` levels;
+responses are size-limited by the transport and by the decoders. A peer whose
+responses are malformed or carry invalid messages collects penalty points and is
+disconnected (and skipped for ``BAN_S`` seconds) past ``PENALTY_LIMIT``.
+"""
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+
+import trio
+
+from protocol import sync as sp
+from protocol.messages import Outcome
+
+log = logging.getLogger("labelmesh.sync")
+
+MAX_DEPTH = 16
+MAX_REQUESTS_PER_SESSION = 20_000
+REQUEST_TIMEOUT_S = 20.0
+PENALTY_LIMIT = 10
+BAN_S = 300.0
+
+
+@dataclass
+class PeerSyncState:
+    last_sync_ms: int = 0
+    sessions: int = 0
+    fetched: int = 0          # messages we stored thanks to this peer
+    served: int = 0           # messages we sent to this peer
+    requests: int = 0
+    errors: int = 0
+    penalty: int = 0
+    lag_tasks: int = 0        # tasks whose fingerprints differed at the last session
+    last_error: str = ""
+    banned_until: float = 0.0
+
+
+@dataclass
+class SyncService:
+    node: object
+    interval_s: float = 3.0
+    peers: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.protocol_id = f"/labelmesh/{self.node.network_id.hex()[:16]}/sync/1"
+        self._wake = trio.Event()
+        self.running_sessions = 0
+
+    # ------------------------------------------------------------------ server
+
+    async def handle(self, peer_id: str, data: bytes) -> bytes:
+        """Answer one sync request. Raises SyncProtocolError on a bad request
+        (the transport resets the stream)."""
+        req = sp.decode_request(data)
+        idx = self.node.task_index
+        if req.kind == sp.REQ_SUMMARY:
+            tids = idx.task_ids
+            start = tids.bisect_right(req.cursor) if req.cursor else 0
+            page = list(tids.islice(start, start + req.limit))
+            rows = [(t, *idx.fingerprint(t)) for t in page]
+            nxt = page[-1] if start + req.limit < len(tids) and page else None
+            return sp.encode_summary_response(rows, nxt)
+        if req.kind == sp.REQ_RANGE:
+            ids = idx.ids.get(req.task_id)
+            return sp.encode_range_response(list(ids) if ids else [], req.lo, req.hi)
+        raws = self.node.store.get_many(list(req.ids))
+        out = sp.select_get_response(raws)
+        self._state(peer_id).served += len(out)
+        return sp.encode_get_response(out)
+
+    # ------------------------------------------------------------------ client
+
+    def _state(self, peer_id: str) -> PeerSyncState:
+        st = self.peers.get(peer_id)
+        if st is None:
+            st = self.peers[peer_id] = PeerSyncState()
+        return st
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        self.node.p2p.set_request_handler(self.protocol_id, self.handle)
+        task_status.started()
+        known: set[str] = set()
+        while True:
+            peers = [p["peer_id"] for p in self.node.p2p.peers()]
+            new = [p for p in peers if p not in known]
+            known = set(peers)
+            # New peers first (catch-up on connect), then everyone in random order.
+            order = new + random.sample([p for p in peers if p not in new], len(peers) - len(new))
+            for p in order:
+                st = self._state(p)
+                if st.banned_until > trio.current_time():
+                    continue
+                await self.sync_with(p)
+            self._wake = trio.Event()
+            with trio.move_on_after(self.interval_s * random.uniform(0.8, 1.2) if not new else 0.5):
+                await self._wake.wait()
+
+    async def _req(self, peer_id: str, data: bytes, st: PeerSyncState) -> bytes:
+        st.requests += 1
+        return await self.node.p2p.request(peer_id, self.protocol_id, data, timeout=REQUEST_TIMEOUT_S)
+
+    async def sync_with(self, peer_id: str) -> int:
+        """One pull session with ``peer_id``; returns the number of messages stored."""
+        st = self._state(peer_id)
+        st.sessions += 1
+        self.running_sessions += 1
+        stored = 0
+        try:
+            budget = [MAX_REQUESTS_PER_SESSION]
+            cursor = b""
+            lag = 0
+            while True:
+                budget[0] -= 1
+                rows, nxt = sp.decode_summary_response(
+                    await self._req(peer_id, sp.encode_summary_request(cursor, sp.MAX_SUMMARY_TASKS), st))
+                for tid, count, fp in rows:
+                    if (count, fp) == self.node.task_index.fingerprint(tid) or count == 0:
+                        continue
+                    lag += 1
+                    stored += await self._reconcile_task(peer_id, tid, st, budget)
+                if nxt is None or not rows or budget[0] <= 0:
+                    break
+                if nxt <= cursor:
+                    raise sp.SyncProtocolError("summary cursor did not advance")
+                cursor = nxt
+            st.lag_tasks = lag
+            st.last_sync_ms = self.node.clock()
+        except _Banned as e:
+            st.last_error = str(e)
+        except sp.SyncProtocolError as e:
+            try:
+                await self._penalise(peer_id, st, 5, f"protocol: {e}")
+            except _Banned as b:
+                st.last_error = str(b)
+        except Exception as e:  # peer gone, timeout, reset: try again next round
+            st.errors += 1
+            st.last_error = f"{type(e).__name__}: {e}"
+            log.debug("sync with %s failed: %s", peer_id, st.last_error)
+        finally:
+            self.running_sessions -= 1
+        return stored
+
+    async def _reconcile_task(self, peer_id: str, task_id: bytes, st: PeerSyncState, budget: list) -> int:
+        stack = [(b"", None, 0)]
+        missing: list[bytes] = []
+        stored = 0
+        while stack and budget[0] > 0:
+            lo, hi, depth = stack.pop()
+            if depth > MAX_DEPTH:
+                raise sp.SyncProtocolError("range recursion too deep")
+            budget[0] -= 1
+            mode, payload = sp.decode_range_response(
+                await self._req(peer_id, sp.encode_range_request(task_id, lo, hi), st))
+            local = self.node.task_index.ids.get(task_id)
+            local_list = list(local) if local else []
+            if mode == "ids":
+                for i in payload:
+                    if i < lo or (hi is not None and i >= hi):
+                        raise sp.SyncProtocolError("range answer outside the asked range")
+                have = set(local_list[slice(*sp.range_slice(local_list, lo, hi))])
+                missing.extend(i for i in payload if i not in have)
+            else:
+                prev = lo
+                for plo, phi, _, _ in payload:
+                    if plo < prev or (hi is not None and (phi is None or phi > hi)) or (phi is not None and phi <= plo):
+                        raise sp.SyncProtocolError("split ranges out of order or outside the asked range")
+                    prev = phi if phi is not None else prev
+                for sub in sp.compare_split(local_list, payload):
+                    stack.append((sub[0], sub[1], depth + 1))
+            if len(missing) >= sp.MAX_GET_IDS:
+                stored += await self._fetch(peer_id, missing, st, budget)
+                missing = []
+        if missing:
+            stored += await self._fetch(peer_id, missing, st, budget)
+        return stored
+
+    async def _fetch(self, peer_id: str, ids: list[bytes], st: PeerSyncState, budget: list) -> int:
+        stored = 0
+        want = list(dict.fromkeys(ids))
+        while want and budget[0] > 0:
+            chunk = want[: sp.MAX_GET_IDS]
+            budget[0] -= 1
+            raws = sp.decode_get_response(
+                await self._req(peer_id, sp.encode_get_request(chunk), st), self.node.params.max_message_bytes)
+            if not raws:
+                break
+            results = await self.node.ingest_many(raws, "sync")
+            got = set()
+            bad = 0
+            for v, mid in results:
+                if mid is not None:
+                    got.add(mid)
+                if v.outcome is Outcome.ACCEPT:
+                    stored += 1
+                elif v.outcome is Outcome.REJECT:
+                    bad += 1
+            st.fetched += sum(1 for v, _ in results if v.outcome is Outcome.ACCEPT)
+            if bad:
+                await self._penalise(peer_id, st, bad, f"{bad} invalid messages in a sync response")
+            unasked = got - set(chunk)
+            if unasked:
+                await self._penalise(peer_id, st, 1, "sent messages we did not ask for")
+            progressed = [i for i in chunk if i in got]
+            if not progressed:
+                break
+            want = [i for i in want if i not in got]
+        return stored
+
+    async def _penalise(self, peer_id: str, st: PeerSyncState, points: int, why: str) -> None:
+        st.penalty += points
+        st.errors += 1
+        st.last_error = why
+        log.warning("sync peer %s misbehaved: %s (penalty %d)", peer_id, why, st.penalty)
+        if st.penalty >= PENALTY_LIMIT:
+            st.banned_until = trio.current_time() + BAN_S
+            try:
+                await self.node.p2p.disconnect(peer_id)
+            except Exception:
+                pass
+            raise _Banned(f"peer {peer_id} banned for {BAN_S:.0f} s after repeated misbehaviour")
+
+    def status(self) -> dict:
+        now = self.node.clock()
+        return {"protocol": self.protocol_id, "interval_s": self.interval_s, "peers": [
+            {"peer_id": p, "last_sync_ms": s.last_sync_ms,
+             "last_sync_age_s": (now - s.last_sync_ms) / 1000 if s.last_sync_ms else None,
+             "sessions": s.sessions, "fetched": s.fetched, "served": s.served, "requests": s.requests,
+             "errors": s.errors, "penalty": s.penalty, "lag_tasks": s.lag_tasks, "last_error": s.last_error,
+             "banned": s.banned_until > trio.current_time()}
+            for p, s in sorted(self.peers.items())]}
+
+
+class _Banned(Exception):
+    """Raised inside a session to stop it once the peer is banned."""

@@ -1,0 +1,204 @@
+"""Anti-entropy sync: pure reconciliation, and in-process nodes under loss, partitions, late joins."""
+from __future__ import annotations
+
+import os
+import random
+
+import trio
+from hypothesis import given, settings, strategies as st
+
+from node.daemon import Node
+from protocol import sync as sp
+from protocol.codec import pack
+
+from .fakenet import FakeNet
+from .helpers import T0, make_batch, make_task, make_test_genesis, signed
+from .test_inprocess import FakeClock, wait_for
+
+
+# ------------------------------------------------------------------ pure
+
+
+def reconcile(local: list[bytes], remote: list[bytes]) -> tuple[set[bytes], int]:
+    """Drive the pure protocol between two sorted id lists; return (ids A must fetch, requests)."""
+    stack = [(b"", None)]
+    missing, reqs = set(), 0
+    while stack:
+        lo, hi = stack.pop()
+        reqs += 1
+        mode, payload = sp.decode_range_response(sp.encode_range_response(remote, lo, hi))
+        if mode == "ids":
+            a, b = sp.range_slice(local, lo, hi)
+            missing |= set(payload) - set(local[a:b])
+        else:
+            stack.extend(sp.compare_split(local, payload))
+    return missing, reqs
+
+
+@settings(max_examples=60, deadline=None)
+@given(n_common=st.integers(0, 3000), n_a=st.integers(0, 200), n_b=st.integers(0, 200), seed=st.integers(0, 10**6))
+def test_reconcile_finds_exactly_the_difference(n_common, n_a, n_b, seed):
+    rng = random.Random(seed)
+    common = {rng.randbytes(32) for _ in range(n_common)}
+    only_a = {rng.randbytes(32) for _ in range(n_a)}
+    only_b = {rng.randbytes(32) for _ in range(n_b)}
+    missing, _ = reconcile(sorted(common | only_a), sorted(common | only_b))
+    assert missing == only_b - common - only_a
+
+
+def test_reconcile_cost_grows_with_difference_not_size():
+    rng = random.Random(1)
+    common = sorted({rng.randbytes(32) for _ in range(50_000)})
+    extra = rng.randbytes(32)
+    missing, reqs = reconcile(common, sorted(common + [extra]))
+    assert missing == {extra}
+    assert reqs < 20
+
+
+def test_request_decoder_limits():
+    import pytest
+    for bad in [b"", b"\xc1", pack([9, 1]), pack([sp.REQ_GET, []]), pack([sp.REQ_GET, [b"x" * 31]]),
+                pack([sp.REQ_SUMMARY, b"", 0]), pack([sp.REQ_SUMMARY, b"", 10**6]),
+                pack([sp.REQ_GET, [os.urandom(32)] * (sp.MAX_GET_IDS + 1)]), pack([sp.REQ_RANGE, b"", b"", None])]:
+        with pytest.raises(sp.SyncProtocolError):
+            sp.decode_request(bad)
+
+
+# ------------------------------------------------------------------ in-process
+
+
+async def start(nursery, tmp_path, net, names, clock, g):
+    out = []
+    for name in names:
+        p2p = net.make(name)
+
+        def factory(node, p2p=p2p):
+            async def validator(topic, data, peer):
+                return await node.gossip_validate(topic, data, peer)
+            p2p.validator = validator
+            return p2p
+
+        n = Node(tmp_path / name, g, p2p_factory=factory, clock=clock, sync_interval_s=0.1)
+        await nursery.start(n.run)
+        out.append(n)
+    return out
+
+
+def ids_of(node):
+    return {t: set(l) for t, l in node.task_index.ids.items()}
+
+
+async def submit_batches(nodes, tid, g, count, rng, first_annotator=100):
+    for k in range(count):
+        pairs = [(i, rng.randrange(3)) for i in range(10)]
+        m = signed(make_batch(first_annotator + k, tid, pairs), first_annotator + k, g.network_id)
+        v, _ = await rng.choice(nodes).ingest(m.raw, "rpc", publish=True)
+        assert v.ok
+
+
+async def test_converge_with_half_of_gossip_dropped(tmp_path):
+    g = make_test_genesis()
+    net = FakeNet(drop_rate=0.5, seed=3)
+    clock = FakeClock()
+    rng = random.Random(5)
+    async with trio.open_nursery() as nursery:
+        net.nursery = nursery
+        nodes = await start(nursery, tmp_path, net, [f"n{i}" for i in range(4)], clock, g)
+        net.connect_all()
+        tm = signed(make_task(), 1, g.network_id)
+        v, tid = await nodes[0].ingest(tm.raw, "rpc", publish=True)
+        await wait_for(lambda: all(tid in n.tasks for n in nodes), 20)
+        await submit_batches(nodes, tid, g, 40, rng)
+        await wait_for(lambda: all(ids_of(n) == ids_of(nodes[0]) for n in nodes)
+                       and len(nodes[0].task_index.ids[tid]) == 41, 30)
+        assert net.dropped > 0
+        roots = {n.task_result(tid).result_root for n in nodes}
+        assert len(roots) == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_partition_and_heal(tmp_path):
+    g = make_test_genesis()
+    net = FakeNet(seed=4)
+    clock = FakeClock()
+    rng = random.Random(6)
+    async with trio.open_nursery() as nursery:
+        net.nursery = nursery
+        nodes = await start(nursery, tmp_path, net, ["a", "b", "c", "d"], clock, g)
+        net.connect_all()
+        tm = signed(make_task(), 1, g.network_id)
+        _, tid = await nodes[0].ingest(tm.raw, "rpc", publish=True)
+        await wait_for(lambda: all(tid in n.tasks for n in nodes))
+        net.partition(["a", "b"], ["c", "d"])
+        await submit_batches(nodes[:2], tid, g, 10, rng, 100)
+        await submit_batches(nodes[2:], tid, g, 10, rng, 200)
+        await wait_for(lambda: len(nodes[0].task_index.ids[tid]) == 11 and len(nodes[3].task_index.ids[tid]) == 11)
+        await trio.sleep(0.3)  # several sync rounds: the sides must stay apart while cut
+        assert ids_of(nodes[0]) != ids_of(nodes[3])
+        net.connect_all()
+        await wait_for(lambda: all(len(n.task_index.ids[tid]) == 21 for n in nodes), 20)
+        assert len({n.task_result(tid).result_root for n in nodes}) == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_late_joiner_catches_up(tmp_path):
+    g = make_test_genesis()
+    net = FakeNet(seed=5)
+    clock = FakeClock()
+    rng = random.Random(7)
+    async with trio.open_nursery() as nursery:
+        net.nursery = nursery
+        nodes = await start(nursery, tmp_path, net, ["a", "b"], clock, g)
+        net.connect_all()
+        tids = []
+        for t in range(3):
+            tm = signed(make_task(nonce=t), 1, g.network_id)
+            _, tid = await nodes[0].ingest(tm.raw, "rpc", publish=True)
+            tids.append(tid)
+            await wait_for(lambda: all(tid in n.tasks for n in nodes))
+            await submit_batches(nodes, tid, g, 150, rng, 1000 * (t + 1))
+        late = (await start(nursery, tmp_path, net, ["late"], clock, g))[0]
+        net.connect("late", "b")
+        await wait_for(lambda: ids_of(late) == ids_of(nodes[0]) == ids_of(nodes[1]), 30)
+        assert sum(len(v) for v in ids_of(late).values()) == 3 * 151
+        # Almost all of it came through sync (a few stragglers of the publish queue may arrive by gossip).
+        assert late.sync.peers["b"].fetched >= 400, (late.counters, late.sync.peers)
+        assert late.counters.accepted == 453
+        nursery.cancel_scope.cancel()
+
+
+async def test_hostile_sync_peer_is_bounded_and_banned(tmp_path):
+    g = make_test_genesis()
+    net = FakeNet(seed=8)
+    clock = FakeClock()
+    async with trio.open_nursery() as nursery:
+        net.nursery = nursery
+        (honest,) = await start(nursery, tmp_path, net, ["h"], clock, g)
+        evil = net.make("evil")
+        evil.running = True
+        evil.topics = set()
+        calls = {"n": 0}
+        tid = os.urandom(32)
+        junk_msg = signed(make_task(nonce=99), 1, g.network_id).raw
+        bad = bytearray(junk_msg)
+        bad[-1] ^= 1
+
+        async def handler(peer, data):
+            calls["n"] += 1
+            req = sp.decode_request(data)
+            if req.kind == sp.REQ_SUMMARY:
+                return sp.encode_summary_response([(tid, 10**6, b"\x00" * 16)], None)
+            if req.kind == sp.REQ_RANGE:
+                # endless: always claim a split of the very same range
+                return pack([sp.RESP_SPLIT, [[req.lo, req.hi, 10**6, b"\x01" * 16]]])
+            return sp.encode_get_response([bytes(bad)])
+
+        evil.set_request_handler(honest.sync.protocol_id, handler)
+        net.connect("h", "evil")
+        await wait_for(lambda: honest.sync.peers.get("evil") and honest.sync.peers["evil"].penalty >= 10, 20)
+        st = honest.sync.peers["evil"]
+        assert st.errors >= 1
+        assert not net.linked("h", "evil")  # disconnected
+        assert calls["n"] < 200  # bounded work
+        assert honest.store.count() == 0  # nothing invalid stored
+        nursery.cancel_scope.cancel()
