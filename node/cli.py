@@ -128,8 +128,13 @@ def build_node(data_dir: Path, *, listen_override=None):
             outcome = await node.gossip_validate(topic, data, peer)
             return GossipOutcome[outcome.name]
 
-        return P2PNode(P2PConfig(seed=seed, listen=listen_override or cfg.listen, bootstrap=cfg.bootstrap),
-                       validator=validator)
+        async def on_peer_connected(peer):
+            if node.sync is not None:
+                node.sync.wake()  # catch up with a new peer at once
+
+        return P2PNode(P2PConfig(seed=seed, listen=listen_override or cfg.listen, bootstrap=cfg.bootstrap,
+                                 max_message_bytes=genesis.params.max_message_bytes),
+                       validator=validator, on_peer_connected=on_peer_connected)
 
     return cfg, Node(data_dir, genesis, p2p_factory=p2p_factory, keystore=Keystore(data_dir),
                      rpc_socket=data_dir / cfg.rpc_socket, validator_account=cfg.validator_account)

@@ -15,7 +15,7 @@ from .errors import ParamsError
 @dataclass(frozen=True)
 class Params:
     # ---- sizes (decoders enforce these before allocating) ----
-    max_message_bytes: int = 1 << 20        # bytes; whole encoded message. Range 1 KiB..1 MiB (gossip cap is 1 MiB)
+    max_message_bytes: int = 960 << 10      # bytes; whole encoded message. Range 1 KiB..960 KiB (gossip caps at 1 MiB incl. framing)
     max_items_per_task: int = 10_000        # items in one TaskAnnouncement. Range 1..100_000
     max_classes: int = 64                   # labels in a single-choice schema. Range 2..1024
     max_labels_per_batch: int = 10_000      # (item, label) pairs in one AnnotationBatch. Range 1..100_000
@@ -40,7 +40,7 @@ class Params:
     def validate(self) -> "Params":
         """Raise ParamsError naming the first field out of range; return self."""
         checks = {
-            "max_message_bytes": (1024, 1 << 20),
+            "max_message_bytes": (1024, 960 << 10),
             "max_items_per_task": (1, 100_000),
             "max_classes": (2, 1024),
             "max_labels_per_batch": (1, 100_000),

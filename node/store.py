@@ -1,0 +1,1019 @@
+"""Durable message store of the node, on LMDB.  The only module that imports lmdb.
+
+How it works
+------------
+The node's durable state is a grow-only set of signed messages.  Each one is written as a
+``Record(msg_id, kind, task_id, raw)``; writing an id that is already stored is a no-op, so
+every write is idempotent and replaying gossip or sync is harmless.  Each newly stored
+message gets the next value of a local arrival counter ``seq`` (1, 2, 3, ...; 0 means
+"nothing yet"), assigned in the order the records were handed to ``put_records`` and never
+reused.  ``seq`` is local bookkeeping, not part of any message: two nodes number the same
+message differently.
+
+Key layouts (integers are unsigned big-endian, so byte order == numeric order)::
+
+    db        key                                 value        why this key
+    --------  ----------------------------------  -----------  ------------------------------
+    msgs      msg_id (32)                         raw bytes    lookup by hash; random keys
+    arrival   seq (8)                             msg_id (32)  "everything since seq N"; keys
+                                                               only ever grow (MDB_APPEND)
+    by_task   task_id (32) | kind (1) | seq (8)   msg_id (32)  per-task scans, by kind;
+                                                               ascending within a task
+    by_kind   kind (1) | seq (8)                  msg_id (32)  per-kind scans
+    meta      utf-8 str                           bytes        see below
+    derived   bytes (1..511)                      bytes        caches that can be rebuilt
+                                                               (consensus results, certs)
+
+Reserved ``meta`` keys, written only by this module (``put_meta`` refuses them):
+
+    schema_version  ASCII decimal, currently b"1"; written when the store is created
+    next_seq        8-byte big-endian; the seq the next new message gets
+    kind_counts     msgpack map {kind: number of messages of that kind}
+
+Random 32-byte ids make ``msgs`` inserts the expensive part (each dirties a random page),
+while the index tables get time-ordered keys and stay cheap (see LIMITS.md).  A batch
+inserts its ``msgs`` entries in sorted id order and its index entries in key order (the
+cursor walks forward instead of jumping), all in one write transaction.
+
+Transactions and threads
+------------------------
+* Writes (``put_records``, ``put_derived``, ``delete_derived``, ``put_meta``) are
+  synchronous, one write transaction each, serialized by a lock (LMDB allows one write
+  transaction at a time).  The environment is opened ``sync=True, metasync=True``: when a
+  write returns, it is on disk and survives ``kill -9`` and power loss.  Each commit costs
+  an fsync, so group many records into one call -- from async code use ``StoreWriter``,
+  which does exactly that in a worker thread.
+* Reads open a short read-only transaction per call and copy values out, so they never
+  hold a snapshot across calls.  They are safe from any thread, concurrent with a write in
+  another thread (LMDB MVCC), and fast enough to call directly on the trio event loop
+  (microseconds for point lookups).  Large scans (``iter_since`` with a big ``limit``, the
+  messages of a huge task) can be pushed to ``trio.to_thread.run_sync`` if they matter.
+* The map size grows on demand: when a write transaction hits ``MDB_MAP_FULL`` it is
+  aborted, the map is doubled (up to ``max_map_size``) and the whole transaction is retried.
+  Re-mapping requires that no transaction is open in the process, so read transactions
+  hold a shared "map gate" and the resize holds it exclusively for the instant it takes.
+  A waiting resize holds back new reads only until the reads in flight finish (so reads
+  can pause for about as long as the longest concurrent read); it waits for a ``copy_to``
+  in progress without holding anyone back.
+* Out of space: when the map cannot grow further, or the filesystem is full, a write raises
+  ``StoreFullError``.  The failed transaction was aborted, so nothing of it is stored; the
+  store stays readable, and writes succeed again once space is freed or the limit raised
+  (``set_max_map_size``), without reopening.  (LMDB reports a short write on a full disk
+  as EIO; an EIO with almost no free space left, or at RLIMIT_FSIZE, counts as full.)
+* One process, one ``Store`` object per directory: an exclusive ``flock`` on
+  ``store.lock`` in the directory enforces it (the in-memory arrival counter relies on it).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import resource
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, NamedTuple, TypeVar
+
+import lmdb
+import msgpack
+import trio
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "BadInputError",
+    "Record",
+    "Store",
+    "StoreError",
+    "StoreFullError",
+    "StoreVersionError",
+    "StoreWriter",
+]
+
+SCHEMA_VERSION = 1
+"""On-disk layout version this code reads and writes (``meta["schema_version"]``)."""
+
+ID_LEN = 32          # bytes in a msg_id / task_id
+_SEQ_LEN = 8         # bytes in an encoded seq
+_MAX_SEQ = (1 << 64) - 1
+_MAX_DBS = 16        # named databases the environment can hold (6 used; room to grow)
+_MAX_READERS = 126   # concurrent read transactions (LMDB default)
+_LOCK_FILE = "store.lock"
+_DATA_FILE = "data.mdb"
+_OS_PAGE = 4096
+_LOW_DISK_BYTES = 16 << 20   # an I/O error with less free space than this means "disk full"
+
+_META_SCHEMA_VERSION = "schema_version"
+_META_NEXT_SEQ = "next_seq"
+_META_KIND_COUNTS = "kind_counts"
+_RESERVED_META_KEYS = frozenset({_META_SCHEMA_VERSION, _META_NEXT_SEQ, _META_KIND_COUNTS})
+
+_DB_NAMES = ("msgs", "arrival", "by_task", "by_kind", "meta", "derived")
+
+# errno values that mean "no room to write" (ENOSPC: filesystem full, EDQUOT: quota,
+# EFBIG: file size limit).  LMDB reports a *short* write as EIO ("filesystem full?"); that
+# case is told apart by looking at the free space, see Store._is_out_of_space.
+_OUT_OF_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+T = TypeVar("T")
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class StoreError(Exception):
+    """Root of every error this module raises.  The message says what to do."""
+
+
+class StoreFullError(StoreError):
+    """The map cannot grow further or the filesystem is full.  Nothing of the failed write
+    was stored; the store stays readable and writes work again once there is room."""
+
+
+class StoreVersionError(StoreError):
+    """The store on disk has a schema version this code does not understand."""
+
+
+class BadInputError(StoreError, ValueError):
+    """A record or an argument is malformed (wrong type, length or range)."""
+
+
+# --------------------------------------------------------------------------- records
+
+
+class Record(NamedTuple):
+    """One message as the store keeps it.
+
+    msg_id:  32-byte content hash of the signed message.
+    kind:    message kind, 0..255 (the protocol's message type tag).
+    task_id: 32-byte id of the task the message belongs to; a task announcement uses its
+             own msg_id.
+    raw:     the signed message bytes, exactly as received.
+    """
+
+    msg_id: bytes
+    kind: int
+    task_id: bytes
+    raw: bytes
+
+
+def _check_id(value: object, what: str) -> bytes:
+    if not isinstance(value, bytes) or len(value) != ID_LEN:
+        got = f"{len(value)} bytes" if isinstance(value, (bytes, bytearray)) else type(value).__name__
+        raise BadInputError(f"{what} must be {ID_LEN} bytes, got {got}")
+    return value
+
+
+def _check_kind(kind: object) -> int:
+    if not isinstance(kind, int) or isinstance(kind, bool) or not 0 <= kind <= 255:
+        raise BadInputError(f"kind must be an int in 0..255, got {kind!r}")
+    return kind
+
+
+def _check_record(record: object) -> Record:
+    if not isinstance(record, Record):
+        raise BadInputError(f"expected a store.Record, got {type(record).__name__}")
+    _check_id(record.msg_id, "Record.msg_id")
+    _check_id(record.task_id, "Record.task_id")
+    _check_kind(record.kind)
+    if not isinstance(record.raw, bytes):
+        raise BadInputError(f"Record.raw must be bytes, got {type(record.raw).__name__}")
+    return record
+
+
+def _check_records(records: Iterable[object]) -> list[Record]:
+    """Check a batch; the fast path costs a few type tests per record."""
+    recs = list(records)
+    for r in recs:
+        if type(r) is not Record:
+            _check_record(r)
+            continue
+        msg_id, kind, task_id, raw = r
+        if not (
+            type(msg_id) is bytes and len(msg_id) == ID_LEN and type(task_id) is bytes
+            and len(task_id) == ID_LEN and type(kind) is int and 0 <= kind <= 255 and type(raw) is bytes
+        ):
+            _check_record(r)  # raises with a precise message (or accepts a subclass)
+    return recs  # type: ignore[return-value]
+
+
+_KIND_BYTES = [bytes((k,)) for k in range(256)]
+
+
+def _seq_bytes(seq: int) -> bytes:
+    return seq.to_bytes(_SEQ_LEN, "big")
+
+
+# --------------------------------------------------------------------------- map gate
+
+
+class _MapGate:
+    """Shared/exclusive gate between read transactions (shared) and re-mapping or closing
+    the environment (exclusive).  Writer-preferring: once a resize waits, new reads wait
+    behind it, so a steady stream of reads cannot starve it; the wait is as long as the
+    reads already in flight (microseconds).  ``copy_to`` is the one long reader: a resize
+    first waits for it on ``Store._copy_lock`` *without* announcing itself, so reads go on
+    during a backup."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._readers = 0
+        self._exclusive = False
+        self._waiting = 0  # exclusive acquirers waiting
+
+    def acquire_shared(self) -> None:
+        with self._cond:
+            while self._exclusive or self._waiting:
+                self._cond.wait()
+            self._readers += 1
+
+    def release_shared(self) -> None:
+        with self._cond:
+            self._readers -= 1
+            if not self._readers:
+                self._cond.notify_all()
+
+    def acquire_exclusive(self) -> None:
+        with self._cond:
+            self._waiting += 1
+            try:
+                while self._exclusive or self._readers:
+                    self._cond.wait()
+            finally:
+                self._waiting -= 1
+            self._exclusive = True
+
+    def release_exclusive(self) -> None:
+        with self._cond:
+            self._exclusive = False
+            self._cond.notify_all()
+
+
+class _ReadTxn:
+    """``with _ReadTxn(store) as txn``: a short read transaction under the shared gate;
+    lmdb errors come out as StoreError."""
+
+    __slots__ = ("_store", "_txn")
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._txn: Any = None
+
+    def __enter__(self) -> Any:
+        store = self._store
+        store._gate.acquire_shared()
+        try:
+            env = store._env
+            if env is None:
+                raise StoreError(f"store at {store.path} is closed; open a new Store")
+            self._txn = env.begin()
+        except BaseException as exc:
+            store._gate.release_shared()
+            if isinstance(exc, lmdb.Error):
+                raise store._translate(exc, "start a read") from exc
+            raise
+        return self._txn
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        try:
+            self._txn.abort()
+        finally:
+            self._store._gate.release_shared()
+        if isinstance(exc, lmdb.Error):
+            raise self._store._translate(exc, "read") from exc
+        return False
+
+
+# --------------------------------------------------------------------------- store
+
+
+class Store:
+    """The node's LMDB store.  See the module docstring for layouts and threading.
+
+    ``path`` is a directory (created with mode 0700 if missing) holding ``data.mdb``,
+    ``lock.mdb`` and ``store.lock``.  The map starts at ``initial_map_size`` bytes (or the
+    size of the existing data, if larger) and doubles on demand up to ``max_map_size``.
+    The data file only takes the disk space the data needs, not the map size.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        initial_map_size: int = 64 << 20,
+        max_map_size: int = 1 << 40,
+    ) -> None:
+        self.path = os.path.abspath(os.fspath(path))
+        for name, value in (("initial_map_size", initial_map_size), ("max_map_size", max_map_size)):
+            if not isinstance(value, int) or value < 16 * _OS_PAGE:
+                raise BadInputError(f"{name} must be an int of at least {16 * _OS_PAGE} bytes, got {value!r}")
+        if initial_map_size > max_map_size:
+            raise BadInputError(
+                f"initial_map_size ({initial_map_size}) is larger than max_map_size ({max_map_size}); "
+                "raise max_map_size or lower initial_map_size"
+            )
+        self._max_map_size = max_map_size
+        self._write_lock = threading.Lock()
+        self._gate = _MapGate()
+        self._copy_lock = threading.Lock()  # held by copy_to; lock order: write, copy, gate
+        self._env: Any = None
+        self._lock_fd: int | None = None
+        self._next_seq = 1
+
+        created = self._make_dir()
+        self._lock_fd = self._take_dir_lock()
+        try:
+            try:
+                self._env = lmdb.open(
+                    self.path,
+                    subdir=True,
+                    map_size=_round_up(initial_map_size),
+                    max_dbs=_MAX_DBS,
+                    max_readers=_MAX_READERS,
+                    sync=True,
+                    metasync=True,
+                    map_async=False,
+                    writemap=False,
+                    lock=True,
+                    readahead=False,
+                    mode=0o600,
+                    create=True,
+                )
+            except lmdb.Error as exc:
+                raise self._translate(exc, "open") from exc
+            self._open_databases()
+            if created:
+                _fsync_dir(self.path)
+        except BaseException:
+            self._release()
+            raise
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def _make_dir(self) -> bool:
+        try:
+            os.mkdir(self.path, 0o700)
+        except FileExistsError:
+            if not os.path.isdir(self.path):
+                raise StoreError(f"{self.path} exists and is not a directory; pass a directory for the store")
+            return False
+        except OSError as exc:
+            if exc.errno in _OUT_OF_SPACE_ERRNOS:
+                raise StoreFullError(f"cannot create store directory {self.path}: {exc.strerror}; free disk space") from exc
+            raise StoreError(f"cannot create store directory {self.path}: {exc.strerror}") from exc
+        os.chmod(self.path, 0o700)  # mkdir's mode is filtered by the umask
+        return True
+
+    def _take_dir_lock(self) -> int:
+        lock_path = os.path.join(self.path, _LOCK_FILE)
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise StoreError(f"cannot open {lock_path}: {exc.strerror}; check the directory's permissions") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StoreError(
+                f"store at {self.path} is already open (another node process, or another Store "
+                "in this process); stop it or use a different data directory"
+            ) from None
+        return fd
+
+    def _open_databases(self) -> None:
+        """Open (or create) the named databases and check the schema version, in one write
+        transaction: a store we refuse is left exactly as it was."""
+
+        def body(txn: Any) -> tuple[dict[str, Any], int]:
+            env = self._env
+            meta = env.open_db(b"meta", txn=txn, create=True)
+            raw_version = txn.get(_META_SCHEMA_VERSION.encode(), db=meta)
+            if raw_version is None:
+                ours = {n.encode() for n in _DB_NAMES}
+                foreign = [k for k, _ in txn.cursor() if k not in ours]
+                others = [n for n in _DB_NAMES if n != "meta" and txn.get(n.encode()) is not None]
+                if foreign or others:
+                    raise StoreVersionError(
+                        f"{self.path} holds an LMDB environment without a labelmesh schema version "
+                        "(not a labelmesh store, or damaged); use an empty directory or restore a backup"
+                    )
+                dbs = {n: env.open_db(n.encode(), txn=txn, create=True) for n in _DB_NAMES}
+                txn.put(_META_SCHEMA_VERSION.encode(), str(SCHEMA_VERSION).encode(), db=meta)
+                txn.put(_META_NEXT_SEQ.encode(), _seq_bytes(1), db=meta)
+                txn.put(_META_KIND_COUNTS.encode(), msgpack.packb({}), db=meta)
+            else:
+                _check_version(self.path, raw_version)
+                try:
+                    dbs = {n: env.open_db(n.encode(), txn=txn, create=False) for n in _DB_NAMES}
+                except lmdb.NotFoundError as exc:
+                    raise StoreError(
+                        f"store at {self.path} is damaged: a named database is missing ({exc}); restore a backup"
+                    ) from exc
+            next_seq = int.from_bytes(txn.get(_META_NEXT_SEQ.encode(), _seq_bytes(1), db=meta), "big")
+            with txn.cursor(db=dbs["arrival"]) as cur:
+                if cur.last():
+                    next_seq = max(next_seq, int.from_bytes(cur.key(), "big") + 1)
+            return dbs, next_seq
+
+        dbs, self._next_seq = self._write(body)
+        self._msgs = dbs["msgs"]
+        self._arrival = dbs["arrival"]
+        self._by_task = dbs["by_task"]
+        self._by_kind = dbs["by_kind"]
+        self._meta = dbs["meta"]
+        self._derived = dbs["derived"]
+
+    def close(self) -> None:
+        """Close the store.  Waits for a write in progress and for open reads; idempotent."""
+        with self._write_lock:
+            self._gate.acquire_exclusive()
+            try:
+                self._release()
+            finally:
+                self._gate.release_exclusive()
+
+    def _release(self) -> None:
+        env, self._env = self._env, None
+        if env is not None:
+            env.close()
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)  # also drops the flock
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._env is None
+
+    def set_max_map_size(self, max_map_size: int) -> None:
+        """Change how far the map may grow.  Takes effect for the next write: after a
+        ``StoreFullError`` caused by the limit, raising it lets writes resume."""
+        if not isinstance(max_map_size, int) or max_map_size < 16 * _OS_PAGE:
+            raise BadInputError(f"max_map_size must be an int of at least {16 * _OS_PAGE} bytes, got {max_map_size!r}")
+        self._max_map_size = max_map_size
+
+    # ----------------------------------------------------------------- write machinery
+
+    def _write(self, body: Callable[[Any], T]) -> T:
+        """Run ``body(txn)`` in one write transaction and commit it.  On MDB_MAP_FULL the
+        transaction is aborted, the map grown and ``body`` run again from scratch, so
+        ``body`` must not change anything outside the transaction."""
+        with self._write_lock:
+            while True:
+                env = self._env
+                if env is None:
+                    raise StoreError(f"store at {self.path} is closed; open a new Store")
+                try:
+                    with env.begin(write=True) as txn:
+                        return body(txn)
+                except lmdb.MapFullError:
+                    self._grow_map()
+                except lmdb.Error as exc:
+                    raise self._translate(exc, "write") from exc
+
+    def _grow_map(self) -> None:
+        current = self._env.info()["map_size"]
+        limit = self._max_map_size - self._max_map_size % _OS_PAGE
+        if current >= limit:
+            raise StoreFullError(
+                f"store at {self.path} is full: the map is {current} bytes and max_map_size is "
+                f"{self._max_map_size}; raise the limit (Store.set_max_map_size / config) -- "
+                "nothing of this write was stored"
+            )
+        new_size = min(limit, _round_up(current * 2))
+        with self._copy_lock:  # let a backup in progress finish first (see _MapGate)
+            self._gate.acquire_exclusive()
+            try:
+                self._env.set_mapsize(new_size)
+            finally:
+                self._gate.release_exclusive()
+
+    def _translate(self, exc: lmdb.Error, doing: str) -> StoreError:
+        """Turn an lmdb error into a StoreError that says what to do."""
+        if isinstance(exc, lmdb.MapFullError) or self._is_out_of_space(exc):
+            return StoreFullError(
+                f"cannot {doing} store at {self.path}: the filesystem is full or a file size "
+                f"limit was hit ({exc}); free disk space and retry -- nothing of this write was stored"
+            )
+        if isinstance(exc, lmdb.TxnFullError):
+            return StoreError(f"cannot {doing} store at {self.path}: too much data for one transaction ({exc}); write smaller batches")
+        if isinstance(exc, lmdb.BadValsizeError):
+            return BadInputError(f"cannot {doing} store at {self.path}: a key or value has a size LMDB refuses ({exc})")
+        if isinstance(exc, (lmdb.InvalidError, lmdb.VersionMismatchError, lmdb.CorruptedError)):
+            return StoreError(f"cannot {doing} store at {self.path}: it is not a readable LMDB store ({exc}); restore a backup or use another directory")
+        if isinstance(exc, lmdb.PanicError):
+            return StoreError(f"cannot {doing} store at {self.path}: LMDB needs the store reopened after a failed disk write ({exc}); restart the node")
+        if isinstance(exc, lmdb.ReadersFullError):
+            return StoreError(f"cannot {doing} store at {self.path}: too many concurrent readers ({exc}); reduce reader threads")
+        return StoreError(f"cannot {doing} store at {self.path}: {exc}")
+
+    def _is_out_of_space(self, exc: lmdb.Error) -> bool:
+        code = getattr(exc, "code", None)
+        if code is None and len(exc.args) >= 2 and isinstance(exc.args[1], int):
+            code = exc.args[1]
+        if code in _OUT_OF_SPACE_ERRNOS:
+            return True
+        if code != errno.EIO:
+            return False
+        # LMDB turns a short write ("filesystem full?") into EIO.  Call it out-of-space when
+        # the filesystem has (almost) nothing left, or the data file reached RLIMIT_FSIZE.
+        try:
+            st = os.statvfs(self.path)
+            if st.f_bavail * st.f_frsize < _LOW_DISK_BYTES:
+                return True
+            soft, _hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+            if soft != resource.RLIM_INFINITY:
+                size = os.path.getsize(os.path.join(self.path, _DATA_FILE))
+                return size + (1 << 20) >= soft
+        except OSError:
+            pass
+        return False
+
+    # ----------------------------------------------------------------- writes
+
+    def put_records(self, records: Sequence[Record]) -> list[bool]:
+        """Store ``records`` in ONE write transaction, durable when this returns.
+
+        Returns one flag per record: True where the message was newly stored, False where
+        its id was already stored (before, or earlier in this same call -- the first
+        occurrence wins).  Duplicates are no-ops.  All or nothing: on any error nothing of
+        the call is stored.  Raises BadInputError (before touching the store),
+        StoreFullError (no room), StoreError.
+        """
+        return self._put_valid(_check_records(records))
+
+    def _put_valid(self, recs: list[Record]) -> list[bool]:
+        """put_records for records already checked by _check_records."""
+        if not recs:
+            return []
+        first: dict[bytes, int] = {}  # msg_id -> index of its first occurrence, in call order
+        for i, r in enumerate(recs):
+            first.setdefault(r[0], i)
+        ids_sorted = sorted(first)
+
+        def body(txn: Any) -> tuple[list[bool], int]:
+            put = txn.put
+            msgs = self._msgs
+            new_ids: set[bytes] = set()
+            for msg_id in ids_sorted:  # sorted: neighbouring random keys share pages
+                if put(msg_id, recs[first[msg_id]][3], overwrite=False, db=msgs):
+                    new_ids.add(msg_id)
+            flags = [False] * len(recs)
+            seq = self._next_seq
+            if not new_ids:
+                return flags, seq
+            arrival: list[tuple[bytes, bytes]] = []
+            by_task: list[tuple[bytes, bytes]] = []
+            by_kind: list[tuple[bytes, bytes]] = []
+            kind_delta: dict[int, int] = {}
+            for msg_id, i in first.items():  # call order: seq follows arrival
+                if msg_id in new_ids:
+                    flags[i] = True
+                    _, kind, task_id, _raw = recs[i]
+                    s = seq.to_bytes(_SEQ_LEN, "big")
+                    seq += 1
+                    k = _KIND_BYTES[kind]
+                    arrival.append((s, msg_id))
+                    by_task.append((task_id + k + s, msg_id))
+                    by_kind.append((k + s, msg_id))
+                    kind_delta[kind] = kind_delta.get(kind, 0) + 1
+            if seq - 1 > _MAX_SEQ:
+                raise StoreError(f"store at {self.path} has run out of arrival numbers")
+            by_task.sort()
+            by_kind.sort()
+            with txn.cursor(db=self._arrival) as cur:
+                _consumed, added = cur.putmulti(arrival, append=True)  # seq only grows: append
+            if added != len(arrival):
+                raise StoreError(f"store at {self.path} is damaged: arrival numbers are out of order; restore a backup")
+            with txn.cursor(db=self._by_task) as cur:
+                cur.putmulti(by_task)
+            with txn.cursor(db=self._by_kind) as cur:
+                cur.putmulti(by_kind)
+            counts = _unpack_counts(txn.get(_META_KIND_COUNTS.encode(), db=self._meta))
+            for kind, n in kind_delta.items():
+                counts[kind] = counts.get(kind, 0) + n
+            put(_META_KIND_COUNTS.encode(), msgpack.packb(counts), db=self._meta)
+            put(_META_NEXT_SEQ.encode(), _seq_bytes(seq), db=self._meta)
+            return flags, seq
+
+        flags, next_seq = self._write(body)
+        self._next_seq = next_seq  # only after the commit succeeded
+        return flags
+
+    def put_derived(self, key: bytes, value: bytes) -> None:
+        """Set a cache entry (overwrites).  Durable when it returns."""
+        key = self._check_derived_key(key)
+        if not isinstance(value, bytes):
+            raise BadInputError(f"derived value must be bytes, got {type(value).__name__}")
+        self._write(lambda txn: txn.put(key, value, db=self._derived))
+
+    def get_derived(self, key: bytes) -> bytes | None:
+        key = self._check_derived_key(key)
+        with _ReadTxn(self) as txn:
+            return txn.get(key, db=self._derived)
+
+    def delete_derived(self, key: bytes) -> bool:
+        """Remove a cache entry; True if it existed."""
+        key = self._check_derived_key(key)
+        return self._write(lambda txn: txn.delete(key, db=self._derived))
+
+    def put_meta(self, key: str, value: bytes) -> None:
+        """Set a local bookkeeping entry (overwrites).  The store's own keys
+        (schema_version, next_seq, kind_counts) are read-only."""
+        raw_key = self._check_meta_key(key)
+        if key in _RESERVED_META_KEYS:
+            raise BadInputError(f"meta key {key!r} is maintained by the store itself; pick another key")
+        if not isinstance(value, bytes):
+            raise BadInputError(f"meta value must be bytes, got {type(value).__name__}")
+        self._write(lambda txn: txn.put(raw_key, value, db=self._meta))
+
+    def get_meta(self, key: str) -> bytes | None:
+        raw_key = self._check_meta_key(key)
+        with _ReadTxn(self) as txn:
+            return txn.get(raw_key, db=self._meta)
+
+    def _put_reserved_meta(self, key: str, value: bytes) -> None:
+        """Overwrite one of the store's own meta keys.  For schema migrations and tests only."""
+        raw_key = self._check_meta_key(key)
+        self._write(lambda txn: txn.put(raw_key, value, db=self._meta))
+
+    def _check_derived_key(self, key: object) -> bytes:
+        if not isinstance(key, bytes) or not 1 <= len(key) <= 511:
+            raise BadInputError(f"derived key must be 1..511 bytes, got {key!r:.80}")
+        return key
+
+    def _check_meta_key(self, key: object) -> bytes:
+        if not isinstance(key, str):
+            raise BadInputError(f"meta key must be a str, got {type(key).__name__}")
+        raw = key.encode()
+        if not 1 <= len(raw) <= 511:
+            raise BadInputError(f"meta key must be 1..511 bytes of UTF-8, got {len(raw)}")
+        return raw
+
+    # ----------------------------------------------------------------- reads
+
+    def has(self, msg_id: bytes) -> bool:
+        with _ReadTxn(self) as txn, txn.cursor(db=self._msgs) as cur:
+            return cur.set_key(msg_id) if msg_id else False
+
+    def has_many(self, ids: Iterable[bytes]) -> list[bool]:
+        with _ReadTxn(self) as txn, txn.cursor(db=self._msgs) as cur:
+            return [bool(i) and cur.set_key(i) for i in ids]
+
+    def get(self, msg_id: bytes) -> bytes | None:
+        """The raw bytes of a stored message, or None."""
+        if not msg_id:
+            return None
+        with _ReadTxn(self) as txn:
+            return txn.get(msg_id, db=self._msgs)
+
+    def get_many(self, ids: Iterable[bytes]) -> list[bytes | None]:
+        with _ReadTxn(self) as txn:
+            get, msgs = txn.get, self._msgs
+            return [get(i, db=msgs) if i else None for i in ids]
+
+    def task_message_ids(self, task_id: bytes, kind: int | None = None) -> list[bytes]:
+        """Ids of a task's messages (of one kind, or all), in arrival order."""
+        with _ReadTxn(self) as txn:
+            return [msg_id for _seq, msg_id in self._task_entries(txn, task_id, kind)]
+
+    def task_messages(self, task_id: bytes, kind: int | None = None) -> list[bytes]:
+        """Raw bytes of a task's messages (of one kind, or all), in arrival order; one
+        snapshot."""
+        with _ReadTxn(self) as txn:
+            get, msgs = txn.get, self._msgs
+            return [self._must(get(msg_id, db=msgs), msg_id) for _s, msg_id in self._task_entries(txn, task_id, kind)]
+
+    def _task_entries(self, txn: Any, task_id: bytes, kind: int | None) -> list[tuple[bytes, bytes]]:
+        _check_id(task_id, "task_id")
+        prefix = task_id if kind is None else task_id + bytes((_check_kind(kind),))
+        out = []
+        with txn.cursor(db=self._by_task) as cur:
+            if cur.set_range(prefix):
+                for key, msg_id in cur:
+                    if not key.startswith(prefix):
+                        break
+                    out.append((key[-_SEQ_LEN:], msg_id))
+        if kind is None:
+            out.sort()  # one ascending run per kind: merge them into arrival order
+        return out
+
+    def kind_message_ids(self, kind: int) -> list[bytes]:
+        """Ids of all messages of one kind, in arrival order."""
+        prefix = bytes((_check_kind(kind),))
+        out = []
+        with _ReadTxn(self) as txn, txn.cursor(db=self._by_kind) as cur:
+            if cur.set_range(prefix):
+                for key, msg_id in cur:
+                    if key[:1] != prefix:
+                        break
+                    out.append(msg_id)
+        return out
+
+    def iter_since(self, seq: int, limit: int) -> list[tuple[int, bytes, bytes]]:
+        """Up to ``limit`` messages that arrived after ``seq``, as (seq, msg_id, raw) in
+        arrival order.  Page through everything with ``seq = result[-1][0]``."""
+        if not isinstance(seq, int) or not isinstance(limit, int) or limit < 0:
+            raise BadInputError(f"iter_since needs int seq and int limit >= 0, got {seq!r}, {limit!r}")
+        start = max(seq, 0) + 1
+        if limit == 0 or start > _MAX_SEQ:
+            return []
+        out = []
+        with _ReadTxn(self) as txn, txn.cursor(db=self._arrival) as cur:
+            get, msgs = txn.get, self._msgs
+            if cur.set_range(_seq_bytes(start)):
+                for key, msg_id in cur:
+                    out.append((int.from_bytes(key, "big"), msg_id, self._must(get(msg_id, db=msgs), msg_id)))
+                    if len(out) >= limit:
+                        break
+        return out
+
+    def count(self) -> int:
+        """Number of stored messages."""
+        with _ReadTxn(self) as txn:
+            return txn.stat(self._msgs)["entries"]
+
+    def count_by_kind(self) -> dict[int, int]:
+        """{kind: number of stored messages of that kind}, kinds ascending."""
+        with _ReadTxn(self) as txn:
+            counts = _unpack_counts(txn.get(_META_KIND_COUNTS.encode(), db=self._meta))
+        return {k: counts[k] for k in sorted(counts) if counts[k]}
+
+    def last_seq(self) -> int:
+        """Arrival number of the newest stored message; 0 when empty."""
+        if self._env is None:
+            raise StoreError(f"store at {self.path} is closed; open a new Store")
+        return self._next_seq - 1
+
+    def stats(self) -> dict[str, Any]:
+        """Sizes and counts, for status output and metrics."""
+        with _ReadTxn(self) as txn:
+            info = self._env.info()
+            page = self._env.stat()["psize"]
+            entries = {name: txn.stat(getattr(self, "_" + name))["entries"] for name in _DB_NAMES}
+        try:
+            file_bytes = os.path.getsize(os.path.join(self.path, _DATA_FILE))
+        except OSError:
+            file_bytes = 0
+        return {
+            "path": self.path,
+            "map_size": info["map_size"],
+            "max_map_size": self._max_map_size,
+            "used_bytes": (info["last_pgno"] + 1) * page,
+            "file_bytes": file_bytes,
+            "page_size": page,
+            "entries": entries,
+            "last_seq": self._next_seq - 1,
+            "readers": info["num_readers"],
+            "max_readers": info["max_readers"],
+        }
+
+    def copy_to(self, dest_dir: str | os.PathLike[str], compact: bool = True) -> None:
+        """Write a consistent copy of the store (one read snapshot) into ``dest_dir``,
+        which is created (0700) if missing and must not already hold a store.  Safe while
+        the node runs: writes continue meanwhile (only map growth waits for the copy).
+        ``compact`` drops free pages.  The copy opens with ``Store(dest_dir)``."""
+        dest = os.path.abspath(os.fspath(dest_dir))
+        try:
+            os.makedirs(dest, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create backup directory {dest}: {exc.strerror}") from exc
+        target = os.path.join(dest, _DATA_FILE)
+        if os.path.exists(target):
+            raise StoreError(f"{dest} already contains a store; copy into an empty directory")
+        with self._copy_lock:
+            self._copy(dest, target, compact)
+        _fsync_dir(dest)
+
+    def _copy(self, dest: str, target: str, compact: bool) -> None:
+        self._gate.acquire_shared()
+        try:
+            if self._env is None:
+                raise StoreError(f"store at {self.path} is closed; open a new Store")
+            self._env.copy(dest, compact=compact)
+        except lmdb.Error as exc:
+            try:
+                os.unlink(target)
+            except OSError:
+                pass
+            err = self._translate(exc, "copy")
+            if isinstance(err, StoreFullError):
+                err = StoreFullError(f"cannot copy store to {dest}: no room there ({exc}); free space or pick another place")
+            raise err from exc
+        finally:
+            self._gate.release_shared()
+
+    def _must(self, raw: bytes | None, msg_id: bytes) -> bytes:
+        if raw is None:
+            raise StoreError(
+                f"store at {self.path} is damaged: index entry for {msg_id.hex()} has no message; restore a backup"
+            )
+        return raw
+
+
+def _check_version(path: str, raw_version: bytes) -> None:
+    try:
+        version = int(raw_version.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        raise StoreVersionError(
+            f"store at {path} has an unreadable schema version record {raw_version!r:.40}; it is damaged "
+            "or not a labelmesh store -- restore a backup or use another directory"
+        ) from None
+    if version != SCHEMA_VERSION:
+        newer = version > SCHEMA_VERSION
+        raise StoreVersionError(
+            f"store at {path} has schema version {version}, but this labelmesh only understands "
+            f"version {SCHEMA_VERSION}"
+            + ("; it was written by a newer labelmesh: upgrade labelmesh" if newer else "; it is not a store this labelmesh can read")
+            + ", or use another data directory"
+        )
+
+
+def _unpack_counts(raw: bytes | None) -> dict[int, int]:
+    if not raw:
+        return {}
+    return msgpack.unpackb(raw, strict_map_key=False)
+
+
+def _round_up(n: int) -> int:
+    return -(-n // _OS_PAGE) * _OS_PAGE
+
+
+def _fsync_dir(path: str) -> None:
+    """Make a new directory entry (the store's files) survive power loss."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------- group commit
+
+
+class _Request:
+    __slots__ = ("records", "flags", "error", "done")
+
+    def __init__(self, records: list[Record]) -> None:
+        self.records = records
+        self.flags: list[bool] | None = None
+        self.error: BaseException | None = None
+        self.done = trio.Event()
+
+
+class StoreWriter:
+    """Async group-commit front end for ``Store.put_records``.
+
+    Many tasks call ``await writer.put(records)``; one worker (``run``) takes everything
+    queued, merges it into ONE ``put_records`` call -- one write transaction, one fsync --
+    run in a worker thread (at most one at a time: LMDB allows one writer), then wakes each
+    caller with its own slice of the flags, or with the error.  While a group commits, the
+    next one accumulates, so commits stay few under load and a lone put waits for one
+    commit only.
+
+    Backpressure: at most ``max_pending_records`` records wait in the queue; further puts
+    block (first come, first served) until the worker takes a group.  A single put larger
+    than the bound is admitted when the queue is empty.  A group holds at most
+    ``max_group_records`` records (whole requests; one larger request forms its own group).
+
+    Start it with ``await nursery.start(writer.run)``.  Cancelling ``put`` while it waits
+    for its group does not withdraw the records: they may still be stored (harmless: the
+    store is a grow-only set).  When ``run`` exits, queued puts fail with StoreError and
+    new puts are refused.
+
+    Counters (for tests and metrics): ``commits`` (successful put_records calls, i.e.
+    write transactions), ``failed_commits``, ``puts`` (put calls that returned flags),
+    ``records_written`` (records in successful groups, duplicates included).
+    """
+
+    def __init__(self, store: Store, *, max_pending_records: int = 50_000, max_group_records: int = 10_000) -> None:
+        if max_pending_records < 1 or max_group_records < 1:
+            raise BadInputError("max_pending_records and max_group_records must be >= 1")
+        self._store = store
+        self._max_pending = max_pending_records
+        self._max_group = max_group_records
+        self._queue: deque[_Request] = deque()
+        self._queued_records = 0
+        self._admission = trio.Lock()           # FIFO fairness among blocked puts
+        self._space = trio.lowlevel.ParkingLot()  # head-of-line put waits here for room
+        self._work = trio.lowlevel.ParkingLot()   # the worker waits here for requests
+        self._limiter = trio.CapacityLimiter(1)   # one writer thread
+        self._running = False
+        self._stopped = False
+        self.commits = 0
+        self.failed_commits = 0
+        self.puts = 0
+        self.records_written = 0
+
+    @property
+    def queued_records(self) -> int:
+        """Records waiting for the worker (not counting the group being committed)."""
+        return self._queued_records
+
+    async def put(self, records: Sequence[Record]) -> list[bool]:
+        """Store ``records``; returns after the group holding them is durable.  Flags as in
+        ``Store.put_records`` (True = newly stored; a duplicate of a record put
+        concurrently by another caller is False for whichever comes second)."""
+        recs = _check_records(records)  # a bad record fails only its caller
+        self._check_running()
+        if not recs:
+            await trio.lowlevel.checkpoint()
+            return []
+        request = _Request(recs)
+        async with self._admission:
+            self._check_running()  # the worker may have stopped while we queued for the lock
+            while self._queued_records and self._queued_records + len(recs) > self._max_pending:
+                await self._space.park()
+                self._check_running()
+            self._queue.append(request)
+            self._queued_records += len(recs)
+            self._work.unpark_all()
+        await request.done.wait()
+        if request.error is not None:
+            err = request.error
+            if isinstance(err, StoreError):
+                raise type(err)(str(err)) from err  # one exception object per waiter
+            raise StoreError(f"group commit failed: {err!r}") from err
+        self.puts += 1
+        assert request.flags is not None
+        return request.flags
+
+    async def write(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run another synchronous store write (``put_derived``, ``put_meta``, ...) in the
+        writer thread, so it neither blocks the event loop on its fsync nor contends with
+        group commits."""
+        self._check_running()
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+
+    def _check_running(self) -> None:
+        if self._stopped:
+            raise StoreError("the store writer has stopped (node shutting down); the records were not stored")
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The worker.  Runs until cancelled; start with ``nursery.start(writer.run)``."""
+        if self._running or self._stopped:
+            raise RuntimeError("StoreWriter.run can be started only once")
+        self._running = True
+        try:
+            task_status.started()
+            while True:
+                while not self._queue:
+                    await self._work.park()
+                group = self._take_group()
+                self._space.unpark_all()
+                await self._commit(group)
+        finally:
+            self._running = False
+            self._stopped = True
+            err = StoreError("the store writer stopped before these records were written; they were not stored")
+            while self._queue:
+                request = self._queue.popleft()
+                request.error = err
+                request.done.set()
+            self._queued_records = 0
+            self._space.unpark_all()
+
+    def _take_group(self) -> list[_Request]:
+        group = [self._queue.popleft()]
+        size = len(group[0].records)
+        while self._queue and size + len(self._queue[0].records) <= self._max_group:
+            request = self._queue.popleft()
+            group.append(request)
+            size += len(request.records)
+        self._queued_records -= size
+        return group
+
+    async def _commit(self, group: list[_Request]) -> None:
+        records = [r for request in group for r in request.records]
+        try:
+            # abandon_on_cancel=False (the default): once the thread runs, a cancelled
+            # worker still waits for the commit, so every caller learns the real outcome.
+            flags = await trio.to_thread.run_sync(self._store._put_valid, records, limiter=self._limiter)
+        except Exception as exc:
+            self.failed_commits += 1
+            for request in group:
+                request.error = exc
+                request.done.set()
+        except BaseException:  # cancelled before the thread started: nothing was written
+            for request in group:
+                request.error = StoreError("the store writer stopped before these records were written; they were not stored")
+                request.done.set()
+            raise
+        else:
+            self.commits += 1
+            self.records_written += len(records)
+            at = 0
+            for request in group:
+                request.flags = flags[at : at + len(request.records)]
+                at += len(request.records)
+                request.done.set()
