@@ -40,7 +40,7 @@ from protocol.messages import (
 from protocol.errors import DecodeError
 from protocol.tally import TaskResult, compute_task_result
 
-from .store import Record, Store, StoreWriter
+from .store import Record, Store, StoreError, StoreWriter
 
 log = logging.getLogger("labelmesh.node")
 
@@ -296,7 +296,11 @@ class Node:
         kind = self._kind_of_topic.get(topic)
         if from_peer == self.peer_id:
             return Outcome.ACCEPT  # our own publish: already validated and stored
-        v, _ = await self.ingest(data, "gossip")
+        try:
+            v, _ = await self.ingest(data, "gossip")
+        except StoreError as e:  # e.g. disk full: drop quietly, sync repairs once space is back
+            log.warning("cannot store gossip message: %s", e)
+            return Outcome.IGNORE
         if v.ok:
             # The kind must match the topic, or a peer could smuggle messages across topics.
             try:
