@@ -328,11 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, default=20, help="items to show in human output (default 20)")
     s.set_defaults(fn=cmd_consensus)
 
-    try:
-        from . import offline
-        offline.add_parser(sub, parents=[common])
-    except ImportError:
-        pass
+    from . import offline
+    s = offline.add_parser(sub)
+    s.set_defaults(fn=offline.run_aggregate, json=False, data_dir=default_data_dir())
 
     s = sub.add_parser("devnet", parents=[common], help="local multi-node devnet (same as scripts/devnet)")
     from . import devnet
