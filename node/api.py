@@ -22,6 +22,7 @@ annotations_submit {account, task_id, labels: [[item, label], ...]}  or  {raw: h
 annotations_list {task_id, [limit], [offset]}
 consensus_get {task_id, [items: bool], [limit], [offset]}
                                      per item label/confidence/votes, set_root, result_root
+certificate_get {task_id}            finality certificate (hex) and round state
 account_list {}                      local accounts (public keys only)
 """
 from __future__ import annotations
@@ -335,11 +336,14 @@ async def consensus_get(node, params):
     """Consensus of a task over the annotation set this node holds (provisional until certified):
     set_root, result_root, per-item label/confidence/agreement/votes, per-annotator accuracy and reward."""
     tid = _task_id(node, params)
-    res = node.task_result(tid)
+    cert, cres = node.finality.certified_result(tid)
+    res = cres if cres is not None else node.task_result(tid)
+    status = "certified" if cres is not None else ("certified-fetching" if cert is not None else "provisional")
     task = node.tasks[tid]
     names = task.schema.labels
     out = {
-        "task_id": tid.hex(), "status": "provisional", "task_status": node.task_status(tid),
+        "task_id": tid.hex(), "status": status, "task_status": node.task_status(tid),
+        "certificate": _cert_json(node, cert),
         "set_root": res.set_root.hex(), "result_root": res.result_root.hex(),
         "batches": len(res.batch_ids), "labels": sum(res.votes), "alpha": res.alpha, "alpha_f": _fx(res.alpha),
         "refund": res.refund, "bounty": task.bounty,
@@ -357,6 +361,28 @@ async def consensus_get(node, params):
     return out
 
 
+def _cert_json(node, cert) -> dict | None:
+    if cert is None:
+        return None
+    weights = dict(node.genesis.validators)
+    return {"round": cert.round, "set_root": cert.set_root.hex(), "result_root": cert.result_root.hex(),
+            "signers": [m.body.validator.hex() for m in cert.attestations],
+            "weight": sum(weights.get(m.body.validator, 0) for m in cert.attestations),
+            "total_weight": node.genesis.total_validator_weight}
+
+
+async def certificate_get(node, params):
+    """The finality certificate of a task (if any), encoded (hex) and summarised, plus the finality state."""
+    from protocol.finality import encode_certificate
+
+    tid = _task_id(node, params)
+    fin = node.finality.machine(tid)
+    cert = fin.certificate
+    return {"task_id": tid.hex(), "certified": cert is not None, "certificate": _cert_json(node, cert),
+            "encoded": encode_certificate(cert).hex() if cert is not None else None,
+            "finality": fin.status()}
+
+
 async def account_list(node, params):
     """The node's local accounts: [{name, public_key}] (never the keys)."""
     return {"accounts": node.keystore.list() if node.keystore else []}
@@ -364,5 +390,5 @@ async def account_list(node, params):
 
 METHODS = {f.__name__: f for f in [
     node_info, peers_list, sync_status, rpc_methods, task_post, task_get, tasks_list, annotations_submit,
-    annotations_list, consensus_get, account_list,
+    annotations_list, consensus_get, certificate_get, account_list,
 ]}

@@ -103,7 +103,8 @@ class Node:
 
     def __init__(self, data_dir: Path, genesis: Genesis, *, p2p_factory: Callable | None,
                  keystore=None, clock: Callable[[], int] = wall_clock_ms,
-                 rpc_socket: Path | None = None, validator_account: str = "", sync_interval_s: float = 3.0):
+                 rpc_socket: Path | None = None, validator_account: str = "", sync_interval_s: float = 3.0,
+                 validator_key=None, finality_tick_s: float = 0.25):
         self.data_dir = Path(data_dir)
         self.genesis = genesis
         self.params = genesis.params
@@ -126,6 +127,10 @@ class Node:
         self.p2p = p2p_factory(self) if p2p_factory else None
         from .sync import SyncService
         self.sync = SyncService(self, interval_s=sync_interval_s) if self.p2p is not None else None
+        from .finality import FinalityService
+        if validator_key is None and validator_account and keystore is not None:
+            validator_key = keystore.signing_key(validator_account)
+        self.finality = FinalityService(self, validator_key, tick_s=finality_tick_s)
         self._publish_send, self._publish_recv = trio.open_memory_channel(4096)
         self.started_at = clock()
         self._load_tasks()
@@ -153,6 +158,7 @@ class Node:
                     await nursery.start(self.p2p.run)
                     nursery.start_soon(self._publisher)
                     await nursery.start(self.sync.run)
+                await nursery.start(self.finality.run)
                 if self.rpc_socket is not None:
                     self.rpc = RpcServer(self, self.rpc_socket)
                     await nursery.start(self.rpc.run)
@@ -266,6 +272,8 @@ class Node:
             self.tasks[mid] = msg.body
             self.task_index.add_task(mid)
         self.task_index.add(mid if msg.kind == KIND_TASK else msg.body.task_id, mid)
+        if msg.kind == KIND_ATTESTATION and hasattr(self, "finality"):
+            self.finality.on_attestation(msg)
         log.debug("stored %s %s", KIND_NAMES[msg.kind], mid.hex()[:16])
 
     def _park_orphan(self, mid: bytes, raw: bytes, source: str) -> None:
@@ -320,9 +328,14 @@ class Node:
 
     # ------------------------------------------------------------------ reads
 
-    def task_batches(self, task_id: bytes) -> dict[bytes, AnnotationBatch]:
+    def task_batches(self, task_id: bytes, ids=None) -> dict[bytes, AnnotationBatch]:
+        """Decoded batches of a task: all we hold, or exactly ``ids`` (which must be held)."""
+        if ids is None:
+            raws = self.store.task_messages(task_id, KIND_BATCH)
+        else:
+            raws = self.store.get_many(list(ids))
         out = {}
-        for raw in self.store.task_messages(task_id, KIND_BATCH):
+        for raw in raws:
             m = decode_message(raw, self.params)
             out[m.compute_id(self.network_id)] = m.body
         return out
@@ -340,16 +353,23 @@ class Node:
         return self.params.fresh_weight if w is None else w
 
     def task_result(self, task_id: bytes) -> TaskResult:
-        task = self.tasks[task_id]
-        batches = self.task_batches(task_id)
+        """Provisional result over every batch this node holds for the task."""
+        return self.compute_result(task_id, None)
+
+    def compute_result(self, task_id: bytes, ids) -> TaskResult:
+        """Result over exactly the batch ids ``ids`` (None: all held). Cached by set root."""
         from protocol.messages import compute_set_root
-        root = compute_set_root(task_id, batches.keys())
+
+        if ids is None:
+            ids = self.store.task_message_ids(task_id, KIND_BATCH)
+        root = compute_set_root(task_id, ids)
         gold = self.task_gold(task_id)
         key = root + (b"g" if gold else b"")
         cached = self._result_cache.get(key)
         if cached is not None:
             return cached
-        res = compute_task_result(task_id, task, batches, gold, self.weight_of, self.params)
+        batches = self.task_batches(task_id, ids)
+        res = compute_task_result(task_id, self.tasks[task_id], batches, gold, self.weight_of, self.params)
         if len(self._result_cache) > 256:
             self._result_cache.clear()
         self._result_cache[key] = res

@@ -90,13 +90,13 @@ def _alive(pid: int, data_dir: str) -> bool:
 
 
 def start_node(root: Path, i: int) -> int:
-    dd = root / f"node-{i}"
+    dd = (root / f"node-{i}").resolve()  # absolute: `down` recognises its processes by this path
     log = open(dd / "node.log", "ab")
     proc = subprocess.Popen([sys.executable, "-m", "node.cli", "run", "--data-dir", str(dd)],
                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     pids = _pids(root)
-    pids[str(i)] = {"pid": proc.pid, "data_dir": str(dd.resolve())}
+    pids[str(i)] = {"pid": proc.pid, "data_dir": str(dd)}
     (root / "pids.json").write_text(json.dumps(pids, indent=1))
     return proc.pid
 
@@ -261,13 +261,14 @@ def demo(root: Path, n_items: int, deadline_s: float, seed: int) -> dict:
     print(f"waiting {wait_s:.0f} s for the deadline…", flush=True)
     time.sleep(wait_s)
 
-    def same_everywhere():
+    def certified_everywhere():
         rs = [_rpc(root, i, "consensus_get", {"task_id": task_id}) for i in range(n)]
-        if all(x["batches"] == batches for x in rs) and len({x["result_root"] for x in rs}) == 1:
+        if all(x["status"] == "certified" for x in rs) and len({x["result_root"] for x in rs}) == 1:
             return rs
         return None
 
-    rs = _wait(same_everywhere, 60, "every node to hold the same annotation set", interval=0.5)
+    print("waiting for the validators' certificate…", flush=True)
+    rs = _wait(certified_everywhere, 90, "every node to report the same certified result", interval=0.5)
     res = rs[0]
     got = [it["label_index"] for it in res["items"]]
     acc = sum(1 for g, t in zip(got, truth) if g == t) / n_items
@@ -281,7 +282,9 @@ def demo(root: Path, n_items: int, deadline_s: float, seed: int) -> dict:
     summary = {"task_id": task_id, "nodes": n, "labels_submitted": submitted, "batches": batches,
                "accuracy": round(acc, 4), "majority_vote_accuracy": round(mv, 4), "alpha": res["alpha_f"],
                "result_root": res["result_root"], "identical_on_all_nodes": True,
-               "status": res["status"], "seconds": round(time.monotonic() - t0, 1), "annotators": []}
+               "status": res["status"], "certificate": res["certificate"], "batches_certified": res["batches"],
+               "certified_after_deadline_s": round(time.time() - deadline_ms / 1000, 1),
+               "seconds": round(time.monotonic() - t0, 1), "annotators": []}
     for k, a in enumerate(annotators):
         pk = bytes(a["key"].verify_key).hex()
         row = by_key.get(pk, {})
@@ -299,7 +302,11 @@ def print_summary(s: dict) -> None:
     print(f"labels submitted          {s['labels_submitted']} in {s['batches']} signed batches")
     print(f"agreement (Krippendorff α) {s['alpha']:.3f}")
     print(f"consensus accuracy        {s['accuracy']:.1%}  (plain majority vote: {s['majority_vote_accuracy']:.1%})")
+    c = s["certificate"]
+    print(f"certificate               round {c['round']}, {len(c['signers'])} validators holding "
+          f"{c['weight']}/{c['total_weight']} of the weight; {s['batches_certified']} of {s['batches']} batches pinned")
     print(f"result_root               {s['result_root'][:32]}…  identical on all {s['nodes']} nodes")
+    print(f"certified                 {s['certified_after_deadline_s']} s after the deadline")
     print()
     print("annotator   true acc  estimated  reward (credits)")
     for a in s["annotators"]:

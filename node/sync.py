@@ -217,6 +217,26 @@ class SyncService:
             want = [i for i in want if i not in got]
         return stored
 
+    async def fetch_ids(self, ids: list[bytes]) -> int:
+        """Fetch specific messages (e.g. batches a certificate pins) from connected peers."""
+        stored = 0
+        want = [i for i in ids if not self.node.store.has(i)]
+        for p in [p["peer_id"] for p in self.node.p2p.peers()]:
+            if not want:
+                break
+            st = self._state(p)
+            if st.banned_until > trio.current_time():
+                continue
+            try:
+                stored += await self._fetch(p, want, st, [MAX_REQUESTS_PER_SESSION])
+            except _Banned:
+                continue
+            except Exception as e:
+                st.errors += 1
+                st.last_error = f"{type(e).__name__}: {e}"
+            want = [i for i in want if not self.node.store.has(i)]
+        return stored
+
     async def _penalise(self, peer_id: str, st: PeerSyncState, points: int, why: str) -> None:
         st.penalty += points
         st.errors += 1

@@ -72,7 +72,7 @@ class TaskResult:
 def compute_task_result(task_id: bytes, task: TaskAnnouncement,
                         batches: dict[bytes, AnnotationBatch] | list[tuple[bytes, AnnotationBatch]],
                         gold: GoldReveal | None, weight_of, params: Params,
-                        method: str = "plurality") -> TaskResult:
+                        method: str = "consensus") -> TaskResult:
     """Compute the deterministic result of ``task`` over exactly ``batches``.
 
     ``batches`` maps batch id -> AnnotationBatch (all for this task, already valid).

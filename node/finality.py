@@ -1,0 +1,167 @@
+"""Certified finality service: drives ``protocol.finality.TaskFinality`` per task.
+
+How it works
+------------
+Every node (validator or observer) keeps one TaskFinality per task and feeds it
+every stored attestation (``on_attestation``; at start-up all stored attestations
+are replayed first, so a restarted validator remembers its own votes and its
+lock). Every ``tick_s`` it ticks each task that is past deadline + grace and not
+yet certified. A validator node signs the intents the state machine returns
+and ingests them like any message, so its own attestation is durably stored
+before it is gossiped (a crash cannot make it equivocate).
+
+The proposal handed to the state machine is the value over the node's own
+current set, except when the round's leader has prevoted a value that this node
+can check and that leaves nothing out: it holds every listed batch, recomputes
+the same result_root over exactly them, and the list contains every batch the
+node held when it first ticked past deadline + grace (its *snapshot*). Then the
+leader's value is the proposal. So a leader whose set is merely *bigger* (late
+or back-dated batches) is followed, a leader that misses a batch some validator
+already held at grace end is not (and catches up through sync before a later
+round), and an adversary who keeps injecting back-dated batches after grace end
+cannot stall finality: they never enter a snapshot. Batches listed by the leader's prevote, by a polka
+or by the certificate that this node lacks are fetched from peers.
+
+Once certified, ``certified_result`` is the result over exactly the certified
+batch ids, and it is what ``consensus_get`` reports.
+"""
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from protocol.errors import ValidationError
+from protocol.finality import TaskFinality
+from protocol.messages import (
+    KIND_ATTESTATION, PHASE_PREVOTE, Attestation, Outcome, SignedMessage, decode_message, sign_message,
+)
+
+log = logging.getLogger("labelmesh.finality")
+
+
+class FinalityService:
+    def __init__(self, node, signing_key=None, tick_s: float = 0.25):
+        self.node = node
+        self.key = signing_key
+        self.me = bytes(signing_key.verify_key) if signing_key is not None else None
+        self.validators = {a: w for a, w in node.genesis.validators}
+        if self.me is not None and self.me not in self.validators:
+            log.warning("account %s is not a genesis validator: running as an observer", self.me.hex()[:16])
+            self.me, self.key = None, None
+        self.tick_s = tick_s
+        self.tasks: dict[bytes, TaskFinality] = {}
+        self._pending: dict[bytes, list[SignedMessage]] = {}  # attestations the machine IGNOREd for now
+        self._certified_logged: set[bytes] = set()
+        self._snapshots: dict[bytes, frozenset] = {}
+        self.fetch_requests = 0
+
+    def machine(self, task_id: bytes) -> TaskFinality | None:
+        fin = self.tasks.get(task_id)
+        if fin is None:
+            task = self.node.tasks.get(task_id)
+            if task is None:
+                return None
+            fin = self.tasks[task_id] = TaskFinality(task_id, self.validators, self.me, task.deadline,
+                                                     self.node.params)
+        return fin
+
+    def replay(self) -> None:
+        """Feed every stored attestation to its task's machine (start-up)."""
+        for task_id in list(self.node.tasks):
+            for raw in self.node.store.task_messages(task_id, KIND_ATTESTATION):
+                self.on_attestation(decode_message(raw, self.node.params))
+
+    def on_attestation(self, msg: SignedMessage) -> None:
+        fin = self.machine(msg.body.task_id)
+        if fin is None:
+            return
+        v = fin.on_attestation(msg)
+        if v.outcome is Outcome.IGNORE and "ahead" in v.reason:
+            self._pending.setdefault(msg.body.task_id, []).append(msg)
+
+    def is_certified(self, task_id: bytes) -> bool:
+        fin = self.tasks.get(task_id)
+        return fin is not None and fin.certificate is not None
+
+    # ------------------------------------------------------------------ loop
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        self.replay()
+        task_status.started()
+        while True:
+            await self.tick()
+            await trio.sleep(self.tick_s)
+
+    async def tick(self) -> None:
+        now = self.node.clock()
+        p = self.node.params
+        for task_id, task in list(self.node.tasks.items()):
+            if now < task.deadline + p.grace_period_ms:
+                continue
+            fin = self.machine(task_id)
+            if fin.certificate is not None:
+                if task_id not in self._certified_logged:
+                    self._certified_logged.add(task_id)
+                    c = fin.certificate
+                    log.info("task certified", extra={"task": task_id.hex()[:16], "round": c.round,
+                                                      "result_root": c.result_root.hex()[:16]})
+                await self._fetch_missing(task_id, fin)
+                continue
+            for msg in self._pending.pop(task_id, []):
+                self.on_attestation(msg)
+            await self._fetch_missing(task_id, fin)
+            try:
+                proposal = self._proposal(task_id, fin)
+                intents = fin.on_tick(now, proposal)
+            except ValidationError as e:  # a bug, not input: log and go on
+                log.error("finality tick failed for %s: %s", task_id.hex()[:16], e)
+                continue
+            for it in intents:
+                att = Attestation(validator=self.me, task_id=task_id, created_at=now, round=it.round,
+                                  phase=it.phase, set_root=it.set_root, result_root=it.result_root,
+                                  batch_ids=it.batch_ids if it.phase == PHASE_PREVOTE else ())
+                msg = sign_message(att, self.key, self.node.network_id)
+                v, _ = await self.node.ingest(msg.raw, "local", publish=True)
+                if not v.ok and v.reason != "duplicate":
+                    log.error("own attestation refused: %s", v.reason)
+
+    def _proposal(self, task_id: bytes, fin: TaskFinality):
+        """The value this node can vouch for now (see the module docstring)."""
+        snap = self._snapshots.get(task_id)
+        if snap is None:
+            from protocol.messages import KIND_BATCH
+            snap = self._snapshots[task_id] = frozenset(self.node.store.task_message_ids(task_id, KIND_BATCH))
+        if fin.round >= 0:
+            lv = fin.get_leader_value(fin.round)
+            if lv is not None:
+                ids = fin.get_batch_ids(lv[0])
+                if ids is not None and snap.issubset(ids) and all(self.node.store.has(i) for i in ids):
+                    res = self.node.compute_result(task_id, ids)
+                    if res.result_root == lv[1]:
+                        return (res.set_root, res.result_root, res.batch_ids)
+        res = self.node.task_result(task_id)
+        return (res.set_root, res.result_root, res.batch_ids)
+
+    async def _fetch_missing(self, task_id: bytes, fin: TaskFinality) -> None:
+        want = fin.missing_batch_ids(self.node.store.has)
+        if fin.round >= 0:
+            lv = fin.get_leader_value(fin.round)
+            if lv is not None:
+                want |= {i for i in (fin.get_batch_ids(lv[0]) or ()) if not self.node.store.has(i)}
+        if want and self.node.sync is not None:
+            self.fetch_requests += 1
+            await self.node.sync.fetch_ids(sorted(want))
+
+    # ------------------------------------------------------------------ results
+
+    def certified_result(self, task_id: bytes):
+        """(certificate, result over exactly the certified set) — result None while
+        some certified batches are still being fetched."""
+        fin = self.tasks.get(task_id)
+        if fin is None or fin.certificate is None:
+            return None, None
+        ids = fin.certified_batch_ids
+        if ids is None or not all(self.node.store.has(i) for i in ids):
+            return fin.certificate, None
+        return fin.certificate, self.node.compute_result(task_id, ids)

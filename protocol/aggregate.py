@@ -1,0 +1,698 @@
+"""Label aggregation: reputation-weighted consensus labels, bit-identical everywhere.
+
+How it works
+------------
+Input is a bag of votes ``(item, annotator, label)`` in any order, a fixed-point prior
+weight per annotator (reputation; ``WEIGHT_ONE`` = one full vote, 0 = no weight at all)
+and optionally revealed gold answers.  Two estimators are offered:
+
+* :func:`compute_weighted_plurality` -- per item, the label with the largest sum of prior
+  weights (ties: lowest class index).  Cheap; used as a first pass and as the EM start.
+* :func:`compute_consensus` -- a Dawid-Skene estimator (per-annotator confusion matrix with
+  Dirichlet priors, variational-Bayes EM), initialised from the weighted plurality, with
+  reputation as a competence prior and as a cap on each annotator's say, gold clamped; a
+  fixed number of iterations entirely in integer fixed-point arithmetic (log2, exp2 and
+  digamma are integer algorithms: ``_fixed_log2``, ``_fixed_exp2_neg``,
+  ``_fixed_digamma2``).
+
+Everything that decides a label is integer (numpy int64) arithmetic: integer addition is
+exact and associative, so the result does not depend on the order of the input rows, on
+the CPU or on the numpy build.  ``docs/consensus.md`` describes the algorithm in enough
+detail to re-implement it.
+
+Rule for repeated (worker, item) rows (order-independent by construction): identical
+repeats count once; an annotator who gave two *different* labels to the same item is an
+equivocator on that item and none of its votes on that item count.
+
+This module imports the standard library, numpy, and msgpack (for ``encode_result``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import msgpack
+import numpy as np
+
+# --------------------------------------------------------------------------- constants
+
+#: Fixed-point one for every reported share/probability (confidence, agreement,
+#: annotator accuracy, alpha): a value v means v / ONE.
+ONE_SHIFT = 16
+ONE = 1 << ONE_SHIFT
+#: Fixed-point one for prior weights: WEIGHT_ONE is the weight of one fully trusted vote.
+WEIGHT_SHIFT = 16
+WEIGHT_ONE = 1 << WEIGHT_SHIFT
+#: Largest accepted prior weight (inclusive).  Keeps every weighted sum far below 2**63.
+MAX_PRIOR_WEIGHT = 1 << 32
+
+#: Hard size limits (inclusive).  The network's protocol params may be tighter; these are
+#: the limits under which this module guarantees no int64 overflow and bounded memory.
+MAX_CLASSES = 256
+MAX_ITEMS = 1 << 24
+MAX_ANNOTATORS = 1 << 20
+MAX_VOTES = 1 << 24
+#: Largest number of cells of any dense work array: votes * classes, items * classes and
+#: annotators * classes * classes must each stay at or below this.
+MAX_CELLS = 1 << 26
+
+#: Version tag of :func:`encode_result`'s byte layout.
+RESULT_ENCODING_VERSION = 1
+
+
+class AggregateError(ValueError):
+    """Input to the aggregation functions is malformed or out of range."""
+
+
+# --------------------------------------------------------------------------- data types
+
+
+@dataclasses.dataclass(frozen=True)
+class AggregateInput:
+    """Votes to aggregate.
+
+    ``item``, ``annotator`` and ``label`` are parallel integer arrays, one row per vote, in
+    any order.  ``prior_weight[a]`` is annotator ``a``'s prior weight in units of
+    ``1/WEIGHT_ONE`` (0 = the annotator's votes do not influence any label).  ``gold`` maps
+    an item index to its revealed true label.
+    """
+
+    n_items: int
+    n_classes: int
+    n_annotators: int
+    item: np.ndarray
+    annotator: np.ndarray
+    label: np.ndarray
+    prior_weight: np.ndarray
+    gold: dict[int, int] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class AggregateResult:
+    """Per-item consensus and per-annotator estimates (all fixed point, see ``ONE``).
+
+    - ``label``: int32 per item, -1 when no vote with positive weight (and no gold).
+    - ``confidence``: int64 per item in [0, ONE], the (posterior) probability of ``label``.
+    - ``agreement``: int64 per item in [0, ONE], share of the item's counted votes of
+      positive-weight annotators that equal ``label`` (each annotator counts once).
+    - ``annotator_accuracy``: int64 per annotator in [0, ONE], estimated share of its
+      counted votes that are correct (0 for an annotator with no counted vote).
+    - ``alpha``: Krippendorff's alpha (nominal) over the counted votes of positive-weight
+      annotators, as a signed fixed-point integer (ONE = perfect agreement).
+    """
+
+    label: np.ndarray
+    confidence: np.ndarray
+    agreement: np.ndarray
+    annotator_accuracy: np.ndarray
+    alpha: int
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _as_int_array(name: str, value: object, length: int | None = None) -> np.ndarray:
+    if not isinstance(value, np.ndarray):
+        raise AggregateError(f"{name} must be a numpy integer array, got {type(value).__name__}")
+    if value.ndim != 1:
+        raise AggregateError(f"{name} must be one-dimensional, got shape {value.shape}")
+    if value.dtype.kind not in "iu":
+        raise AggregateError(f"{name} must have an integer dtype, got {value.dtype}")
+    if length is not None and value.shape[0] != length:
+        raise AggregateError(f"{name} has length {value.shape[0]}, expected {length}")
+    if value.dtype.kind == "u" and value.dtype.itemsize >= 8 and value.size and value.max() > np.iinfo(np.int64).max:
+        raise AggregateError(f"{name} has values too large for int64")
+    return value.astype(np.int64, copy=False)
+
+
+def _check_count(name: str, value: object, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise AggregateError(f"{name} must be an integer, got {type(value).__name__}")
+    value = int(value)
+    if not low <= value <= high:
+        raise AggregateError(f"{name} = {value} is outside [{low}, {high}]")
+    return value
+
+
+def _check_range(name: str, values: np.ndarray, high_exclusive: int, what: str) -> None:
+    if values.size == 0:
+        return
+    lo = int(values.min())
+    hi = int(values.max())
+    if lo < 0 or hi >= high_exclusive:
+        bad = lo if lo < 0 else hi
+        raise AggregateError(f"{name} contains {bad}, outside [0, {high_exclusive - 1}] ({what})")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Votes:
+    """Validated, canonical votes: sorted by (item, annotator), one per pair."""
+
+    n_items: int
+    n_classes: int
+    n_annotators: int
+    item: np.ndarray  # int64, sorted ascending (ties by annotator ascending)
+    annotator: np.ndarray  # int64
+    label: np.ndarray  # int64
+    prior_weight: np.ndarray  # int64 per annotator
+    gold_item: np.ndarray  # int64, ascending
+    gold_label: np.ndarray  # int64
+
+
+def _sorted_vote_keys(
+    item: np.ndarray, annotator: np.ndarray, label: np.ndarray, n_annotators: int, n_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct vote keys (item, annotator, label) ascending, and which are equivocations.
+
+    key = (item * n_annotators + annotator) * n_classes + label < 2**24 * 2**20 * 2**8.
+    Identical repeats collapse to one key; a (item, annotator) pair present with two or
+    more different labels is flagged on all of its keys.
+    """
+    key = np.sort((item * n_annotators + annotator) * n_classes + label)
+    if key.size > 1:
+        key = key[np.r_[True, key[1:] != key[:-1]]]
+    bad = np.zeros(key.size, dtype=bool)
+    if key.size > 1:
+        pair = key // n_classes
+        dup = pair[1:] == pair[:-1]
+        bad[1:] |= dup
+        bad[:-1] |= dup
+    return key, bad
+
+
+def compute_equivocations(inp: AggregateInput) -> tuple[np.ndarray, np.ndarray]:
+    """(items, annotators) of every pair whose votes name two or more different labels.
+
+    Sorted by (item, annotator); these votes count for nothing in both estimators.
+    Raises AggregateError on malformed input.
+    """
+    _canonical_votes(inp)  # validation
+    n_annotators, n_classes = int(inp.n_annotators), int(inp.n_classes)
+    key, bad = _sorted_vote_keys(
+        inp.item.astype(np.int64), inp.annotator.astype(np.int64), inp.label.astype(np.int64),
+        n_annotators, n_classes,
+    )
+    pair = np.unique(key[bad] // n_classes)
+    item = pair // n_annotators if n_annotators else pair
+    return item, pair - item * n_annotators
+
+
+def validate_aggregate_input(inp: AggregateInput) -> None:
+    """Raise :class:`AggregateError` if ``inp`` is malformed; return None otherwise."""
+    _canonical_votes(inp)
+
+
+def _canonical_votes(inp: AggregateInput) -> _Votes:
+    if not isinstance(inp, AggregateInput):
+        raise AggregateError(f"expected an AggregateInput, got {type(inp).__name__}")
+    n_items = _check_count("n_items", inp.n_items, 0, MAX_ITEMS)
+    n_classes = _check_count("n_classes", inp.n_classes, 1, MAX_CLASSES)
+    n_annotators = _check_count("n_annotators", inp.n_annotators, 0, MAX_ANNOTATORS)
+    item = _as_int_array("item", inp.item)
+    n_votes = item.shape[0]
+    if n_votes > MAX_VOTES:
+        raise AggregateError(f"{n_votes} votes exceed the limit of {MAX_VOTES}")
+    annotator = _as_int_array("annotator", inp.annotator, n_votes)
+    label = _as_int_array("label", inp.label, n_votes)
+    prior_weight = _as_int_array("prior_weight", inp.prior_weight, n_annotators)
+    for name, cells in (
+        ("votes x classes", n_votes * n_classes),
+        ("items x classes", n_items * n_classes),
+        ("annotators x classes x classes", n_annotators * n_classes * n_classes),
+    ):
+        if cells > MAX_CELLS:
+            raise AggregateError(f"{name} = {cells} exceeds the limit of {MAX_CELLS} cells")
+    _check_range("item", item, n_items, "item index must be below n_items")
+    _check_range("annotator", annotator, n_annotators, "annotator index must be below n_annotators")
+    _check_range("label", label, n_classes, "label must be below n_classes")
+    if prior_weight.size and (int(prior_weight.min()) < 0 or int(prior_weight.max()) > MAX_PRIOR_WEIGHT):
+        raise AggregateError(f"prior_weight values must lie in [0, {MAX_PRIOR_WEIGHT}]")
+
+    gold = inp.gold or {}
+    if not isinstance(gold, dict):
+        raise AggregateError(f"gold must be a dict item -> label or None, got {type(gold).__name__}")
+    gold_pairs = []
+    for key, value in gold.items():
+        g_item = _check_count("gold item", key, 0, n_items - 1) if n_items else None
+        if g_item is None:
+            raise AggregateError("gold given for a task with no items")
+        g_label = _check_count(f"gold label of item {g_item}", value, 0, n_classes - 1)
+        gold_pairs.append((g_item, g_label))
+    gold_pairs.sort()
+    gold_item = np.array([p[0] for p in gold_pairs], dtype=np.int64)
+    gold_label = np.array([p[1] for p in gold_pairs], dtype=np.int64)
+
+    key, bad = _sorted_vote_keys(item, annotator, label, n_annotators, n_classes)
+    key = key[~bad]
+    pair = key // n_classes
+    label = key - pair * n_classes
+    item = pair // n_annotators if n_annotators else pair
+    annotator = pair - item * n_annotators
+    return _Votes(
+        n_items=n_items,
+        n_classes=n_classes,
+        n_annotators=n_annotators,
+        item=item,
+        annotator=annotator,
+        label=label,
+        prior_weight=prior_weight,
+        gold_item=gold_item,
+        gold_label=gold_label,
+    )
+
+
+# --------------------------------------------------------------------------- shared pieces
+
+
+def _vote_counts(votes: _Votes, mask: np.ndarray) -> np.ndarray:
+    """Per (item, class) number of counted votes selected by ``mask`` (int64, flat)."""
+    k = votes.n_classes
+    return np.bincount(
+        votes.item[mask] * k + votes.label[mask], minlength=votes.n_items * k
+    ).astype(np.int64)
+
+
+def _share(numer: np.ndarray, denom: np.ndarray) -> np.ndarray:
+    """floor(numer * ONE / denom), 0 where denom == 0 (numer <= denom, both < 2**46)."""
+    out = np.zeros(numer.shape, dtype=np.int64)
+    pos = denom > 0
+    out[pos] = (numer[pos] * ONE) // denom[pos]
+    return out
+
+
+def _compute_alpha_from_counts(counts: np.ndarray) -> int:
+    """Krippendorff's alpha (nominal) as fixed point, from per (item, class) counts.
+
+    alpha = 1 - (n - 1) * sum_u [(m_u^2 - sum_c n_uc^2) / (m_u - 1)] / (n^2 - sum_c n_c^2)
+    over units u with m_u >= 2 values (n = pairable values, n_c = pairable values of c).
+    The per-unit quotient is rounded down to 1/2**32 (fixed, order-free); the rest is exact
+    Python-integer arithmetic with a floor at the end.  Returns ONE when the pairable values
+    show no variation at all, 0 when there are fewer than two pairable values.
+    """
+    m = counts.sum(axis=1)
+    pairable = m >= 2
+    c = counts[pairable]
+    m = m[pairable]
+    n = int(m.sum())
+    if n < 2:
+        return 0
+    n_c = c.sum(axis=0)
+    d_e = n * n - int((n_c * n_c).sum())
+    if d_e == 0:
+        return ONE
+    numer = m * m - (c * c).sum(axis=1)  # <= m^2 <= 2**40
+    den = m - 1
+    q = numer // den
+    r = numer - q * den  # < den <= 2**20
+    scale = 1 << 32
+    d_o_scaled = int(q.sum()) * scale + int(((r * scale) // den).sum())
+    # alpha * ONE = ONE - (n - 1) * d_o * ONE / d_e, floored
+    return ONE - (-((-(n - 1) * d_o_scaled * ONE) // (scale * d_e)))
+
+
+def _finish(
+    votes: _Votes,
+    label: np.ndarray,
+    confidence: np.ndarray,
+    accuracy: np.ndarray,
+) -> AggregateResult:
+    """Agreement, alpha and final dtypes shared by both estimators."""
+    weighted = votes.prior_weight[votes.annotator] > 0
+    counts = _vote_counts(votes, weighted).reshape(votes.n_items, votes.n_classes)
+    total = counts.sum(axis=1)
+    idx = np.arange(votes.n_items)
+    agree = np.where(label >= 0, counts[idx, np.maximum(label, 0)], 0)
+    return AggregateResult(
+        label=label.astype(np.int32),
+        confidence=confidence.astype(np.int64),
+        agreement=_share(agree, total),
+        annotator_accuracy=accuracy.astype(np.int64),
+        alpha=_compute_alpha_from_counts(counts),
+    )
+
+
+# --------------------------------------------------------------------------- plurality
+
+
+def compute_weighted_plurality(inp: AggregateInput) -> AggregateResult:
+    """Reputation-weighted plurality vote.
+
+    Per item the score of a class is the sum of the prior weights of the annotators who
+    voted for it (after the repeated-row rule).  The label is the class with the highest
+    score; ties go to the lowest class index.  An item whose votes all have weight 0 (or
+    that has no votes) gets label -1 and confidence 0.  Confidence is the winning score's
+    share of the item's total weight, floored to 1/ONE.  Revealed gold items get their gold
+    label with confidence ONE.  Annotator accuracy is the share of the annotator's counted
+    votes that equal the resulting label (over items with a label).
+
+    Raises AggregateError on malformed input.
+    """
+    votes = _canonical_votes(inp)
+    k = votes.n_classes
+    w = votes.prior_weight[votes.annotator]
+    score = np.zeros(votes.n_items * k, dtype=np.int64)
+    np.add.at(score, votes.item * k + votes.label, w)  # <= 2**20 * 2**32 per cell
+    score = score.reshape(votes.n_items, k)
+    total = score.sum(axis=1)
+    label = np.argmax(score, axis=1).astype(np.int64)  # first maximum = lowest index
+    best = score[np.arange(votes.n_items), label]
+    label[total == 0] = -1
+    # totals reach 2**52; drop low bits so that best * ONE stays below 2**63
+    shift = np.maximum(_bit_length(total) - 46, 0)
+    confidence = _share(best >> shift, total >> shift)
+    if votes.gold_item.size:
+        label[votes.gold_item] = votes.gold_label
+        confidence[votes.gold_item] = ONE
+    accuracy = _compute_accuracy_vs_labels(votes, label)
+    return _finish(votes, label, confidence, accuracy)
+
+
+def _compute_accuracy_vs_labels(votes: _Votes, label: np.ndarray) -> np.ndarray:
+    """Per annotator share (fixed point) of its votes equal to ``label`` (labelled items)."""
+    vote_label = label[votes.item]
+    has = vote_label >= 0
+    n = np.bincount(votes.annotator[has], minlength=votes.n_annotators).astype(np.int64)
+    right = np.bincount(
+        votes.annotator[has & (vote_label == votes.label)], minlength=votes.n_annotators
+    ).astype(np.int64)
+    return _share(right, n)
+
+
+# --------------------------------------------------------------------------- fixed point
+
+#: Posterior probabilities and pseudo-counts are integers in units of 1/PROB_ONE.
+PROB_SHIFT = 30
+PROB_ONE = 1 << PROB_SHIFT
+#: Logarithms (always base 2) are integers in units of 1/LOG_ONE bit.
+LOG_SHIFT = 20
+LOG_ONE = 1 << LOG_SHIFT
+#: round(log2(e) * 2**32): converts nats to bits.  tests/test_aggregate.py re-derives it.
+LOG2E_Q32 = 6196328019
+#: Below this argument (in units of PROB_ONE) digamma is shifted up by its recurrence.
+_DIGAMMA_SHIFT_TO = 4
+
+#: Dawid-Skene prior, in units of PROB_ONE pseudo-votes.  Every cell of every annotator's
+#: confusion matrix gets CONFUSION_PRIOR; the diagonal gets in addition
+#: prior_weight / WEIGHT_ONE pseudo-votes (a reputable annotator is presumed competent, a
+#: fresh one is not).  Class proportions get CLASS_PRIOR per class.
+CONFUSION_PRIOR = PROB_ONE // 10
+CLASS_PRIOR = PROB_ONE
+#: Fixed number of EM iterations of compute_consensus (each = M step + E step).
+CONSENSUS_ITERATIONS = 20
+MAX_CONSENSUS_ITERATIONS = 1000
+
+
+def _isqrt_chain(bits: int, count: int) -> list[int]:
+    """[floor(2**bits * 2**(-2**-b)) for b = 1..count], by integer square roots only."""
+    value = math.isqrt(1 << (2 * bits - 1))  # 2**bits * sqrt(1/2)
+    out = [value]
+    for _ in range(count - 1):
+        value = math.isqrt(value << bits)  # 2**bits * sqrt(value / 2**bits)
+        out.append(value)
+    return out
+
+
+def _exp2_neg_table(first_bit: int, n_bits: int) -> np.ndarray:
+    """Table T[a] = round(PROB_ONE * 2**(-a / 2**(first_bit + n_bits))) for a < 2**n_bits.
+
+    Built from the square-root chain 2**(-2**-b) with exact integer arithmetic (Python
+    ints, 62 fractional bits), so it is the same on every machine.
+    """
+    work = 62
+    chain = _isqrt_chain(work, first_bit + n_bits)  # chain[b-1] = 2**(-2**-b)
+    out = np.empty(1 << n_bits, dtype=np.int64)
+    for a in range(1 << n_bits):
+        value = 1 << work
+        for bit in range(n_bits):  # bit 0 of a is worth 2**-(first_bit + n_bits)
+            if a >> bit & 1:
+                value = (value * chain[first_bit + n_bits - bit - 1]) >> work
+        out[a] = (value + (1 << (work - PROB_SHIFT - 1))) >> (work - PROB_SHIFT)
+    return out
+
+
+# 2**-f for the fraction f = hi/2**10 + lo/2**20 of a bit, f in units of 1/LOG_ONE.
+_EXP2_HI = _exp2_neg_table(0, LOG_SHIFT // 2)
+_EXP2_LO = _exp2_neg_table(LOG_SHIFT // 2, LOG_SHIFT - LOG_SHIFT // 2)
+
+
+_POWERS_OF_TWO = np.array([1 << i for i in range(63)], dtype=np.int64)
+
+
+def _bit_length(x: np.ndarray) -> np.ndarray:
+    """Vectorised int.bit_length for 0 <= x < 2**63 (int64): a search among powers of 2."""
+    return np.searchsorted(_POWERS_OF_TWO, x, side="right").astype(np.int64)
+
+
+def _log2_mantissa_table(index_bits: int, frac_bits: int) -> np.ndarray:
+    """T[i] = round(log2(1 + i / 2**index_bits) * 2**frac_bits), i = 0 .. 2**index_bits.
+
+    Exact integer algorithm (Python ints): the mantissa is squared with 64 fractional
+    bits and each squaring yields one bit of the logarithm; two guard bits are rounded.
+    """
+    work = 64
+    one = 1 << work
+    out = np.empty((1 << index_bits) + 1, dtype=np.int64)
+    for i in range((1 << index_bits) + 1):
+        m = one + (i << (work - index_bits))  # in [1, 2] with `work` fractional bits
+        if m == 2 * one:
+            out[i] = 1 << frac_bits
+            continue
+        bits = 0
+        for _ in range(frac_bits + 2):
+            m = (m * m) >> work
+            bits <<= 1
+            if m >= 2 * one:
+                m >>= 1
+                bits |= 1
+        out[i] = (bits + 2) >> 2
+    return out
+
+
+_LOG2_INDEX_BITS = 12
+_LOG2_TABLE_EXTRA = 8  # table precision beyond LOG_SHIFT, dropped after interpolation
+_LOG2_TABLE = _log2_mantissa_table(_LOG2_INDEX_BITS, LOG_SHIFT + _LOG2_TABLE_EXTRA)
+
+
+def _fixed_log2(x: np.ndarray) -> np.ndarray:
+    """log2(x) * LOG_ONE, floored, for integers 1 <= x < 2**62 (int64 in, int64 out).
+
+    Integer part from the bit length; the 30-bit mantissa's logarithm by linear
+    interpolation in _LOG2_TABLE (4097 entries; interpolation error < 2**-26).
+    """
+    x = np.asarray(x, dtype=np.int64)
+    e = _bit_length(x) - 1
+    m = np.where(e <= 30, x << np.maximum(30 - e, 0), x >> np.maximum(e - 30, 0)) - (1 << 30)
+    low_bits = 30 - _LOG2_INDEX_BITS
+    idx = m >> low_bits
+    rem = m & ((1 << low_bits) - 1)
+    base = _LOG2_TABLE[idx]
+    step = _LOG2_TABLE[idx + 1] - base  # < 2**18
+    frac = (base + ((step * rem) >> low_bits)) >> _LOG2_TABLE_EXTRA
+    return (e << LOG_SHIFT) + frac
+
+
+def _fixed_exp2_neg(d: np.ndarray) -> np.ndarray:
+    """round(PROB_ONE * 2**(-d / LOG_ONE)) (approximately) for integers d >= 0."""
+    whole = np.minimum(d >> LOG_SHIFT, 62)
+    frac = d & (LOG_ONE - 1)
+    hi = _EXP2_HI[frac >> (LOG_SHIFT - LOG_SHIFT // 2)]
+    lo = _EXP2_LO[frac & ((1 << (LOG_SHIFT - LOG_SHIFT // 2)) - 1)]
+    return ((hi * lo) >> PROB_SHIFT) >> whole
+
+
+def _fixed_digamma2(x: np.ndarray) -> np.ndarray:
+    """digamma(x / PROB_ONE) / ln 2 in units of 1/LOG_ONE, for 2**26 <= x < 2**61 (int64).
+
+    digamma(x) = digamma(x + n) - sum_{i<n} 1/(x + i) brings the argument y to >= 4, where
+    digamma(y) = ln y - 1/(2y) - 1/(12y^2) + 1/(120y^4) - 1/(252y^6) (error < 1e-7).
+    All terms are integer quotients; the correction terms are summed in nats (units
+    1/LOG_ONE) and converted to bits with LOG2E_Q32.
+    """
+    shape = np.shape(x)
+    x = np.array(x, dtype=np.int64, order="C").reshape(-1)  # a flat copy, shifted below
+    corr = np.zeros(x.shape, dtype=np.int64)  # nats * LOG_ONE, subtracted at the end
+    num = PROB_ONE << LOG_SHIFT  # 1.0 in units of 1/(PROB_ONE * LOG_ONE)
+    limit = _DIGAMMA_SHIFT_TO * PROB_ONE
+    for _ in range(_DIGAMMA_SHIFT_TO):
+        low = x < limit
+        if not low.any():
+            break
+        corr += np.where(low, num // x, 0)
+        x += np.where(low, PROB_ONE, 0)
+    r = num // x  # 1/y in units of 1/LOG_ONE; y >= 4, so r <= 2**18
+    r2 = (r * r) >> LOG_SHIFT
+    r4 = (r2 * r2) >> LOG_SHIFT
+    r6 = (r4 * r2) >> LOG_SHIFT
+    corr += (r >> 1) + r2 // 12 - r4 // 120 + r6 // 252
+    log2_y = _fixed_log2(x) - (PROB_SHIFT << LOG_SHIFT)
+    return (log2_y - ((corr * LOG2E_Q32) >> 32)).reshape(shape)
+
+
+# --------------------------------------------------------------------------- consensus
+
+
+def _segment_sum(values: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sum rows of ``values`` over runs of equal ``keys`` (keys sorted).  Exact int64."""
+    if keys.size == 0:
+        return keys[:0], values[:0]
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    return keys[starts], np.add.reduceat(values, starts, axis=0)
+
+
+def compute_consensus(inp: AggregateInput, *, iterations: int = CONSENSUS_ITERATIONS) -> AggregateResult:
+    """Reputation-weighted Dawid-Skene consensus, integer fixed point, bit-identical.
+
+    Model: each item has a true class; annotator ``a`` reports class ``l`` for true class
+    ``k`` with probability theta[a, k, l] (a full confusion matrix).  Priors:
+    theta[a, k, :] ~ Dirichlet(CONFUSION_PRIOR + diag * prior_weight[a] / WEIGHT_ONE) and
+    class proportions ~ Dirichlet(CLASS_PRIOR).  Estimation is variational Bayes EM
+    (expected log-parameters via digamma), started from the weighted plurality shares and
+    run for exactly ``iterations`` M+E steps.  In the E step annotator ``a``'s
+    log-likelihood is multiplied by min(prior_weight[a], WEIGHT_ONE) / WEIGHT_ONE, so an
+    annotator with tiny prior weight has a tiny say, and weight 0 none.  Revealed gold items
+    are clamped to their gold label in every step (and so teach the annotators' matrices).
+
+    Label: the class with the highest integer log-score (ties: lowest class index); -1 for
+    an item with no vote of positive weight and no gold.  Confidence: its posterior
+    probability.  See docs/consensus.md for the exact arithmetic.
+
+    Raises AggregateError on malformed input or an iteration count outside
+    [0, MAX_CONSENSUS_ITERATIONS].
+    """
+    votes = _canonical_votes(inp)
+    iterations = _check_count("iterations", iterations, 0, MAX_CONSENSUS_ITERATIONS)
+    n_items, k, n_ann = votes.n_items, votes.n_classes, votes.n_annotators
+    item, ann, lab = votes.item, votes.annotator, votes.label
+    weight = votes.prior_weight
+    temper = np.minimum(weight, WEIGHT_ONE)  # per annotator, units 1/WEIGHT_ONE
+    vote_temper = temper[ann]
+
+    # items with evidence: a vote of positive weight, or gold
+    evidence = np.zeros(n_items, dtype=bool)
+    evidence[item[vote_temper > 0]] = True
+    is_gold = np.zeros(n_items, dtype=bool)
+    is_gold[votes.gold_item] = True
+    evidence |= is_gold
+    gold_q = np.zeros((votes.gold_item.size, k), dtype=np.int64)
+    gold_q[np.arange(votes.gold_item.size), votes.gold_label] = PROB_ONE
+
+    # start: weighted plurality shares (units 1/PROB_ONE), gold clamped.  Scores reach
+    # 2**52, so each item's scores are first shifted right until they fit in 33 bits.
+    score = np.zeros(n_items * k, dtype=np.int64)
+    np.add.at(score, item * k + lab, weight[ann])
+    score = score.reshape(n_items, k)
+    shift = np.maximum(_bit_length(score.sum(axis=1)) - 33, 0)
+    score = score >> shift[:, None]
+    total = score.sum(axis=1, keepdims=True)
+    q = (score << PROB_SHIFT) // np.maximum(total, 1)
+    q[~evidence] = 0
+    q[is_gold] = gold_q
+
+    # vote order for the M step: grouped by (annotator, label)
+    group_key = ann * k + lab
+    m_order = np.argsort(group_key, kind="stable")
+    m_keys = group_key[m_order]
+    m_items = item[m_order]
+    # vote groups by item for the E step (votes are sorted by item already)
+    e_starts = np.flatnonzero(np.r_[True, item[1:] != item[:-1]]) if item.size else item
+    e_keys = item[e_starts]
+    diag_prior = weight << (PROB_SHIFT - WEIGHT_SHIFT)  # weight / WEIGHT_ONE pseudo-votes
+    eye = np.eye(k, dtype=bool)
+    log_score = np.zeros((n_items, k), dtype=np.int64)
+
+    for step in range(iterations + 1):
+        # ---- M step: expected confusion counts and class counts (exact integer sums)
+        cells = np.zeros((n_ann * k, k), dtype=np.int64)  # [a*k + l, true k]
+        if item.size:
+            keys, sums = _segment_sum(np.take(q, m_items, axis=0), m_keys)
+            cells[keys] = sums
+        conf = np.ascontiguousarray(cells.reshape(n_ann, k, k).transpose(0, 2, 1))  # [a, k, l]
+        conf = conf + CONFUSION_PRIOR + np.where(eye[None], diag_prior[:, None, None], 0)
+        elog = _fixed_digamma2(conf) - _fixed_digamma2(conf.sum(axis=2, keepdims=True))
+        class_count = q[evidence].sum(axis=0) + CLASS_PRIOR
+        elog_prior = _fixed_digamma2(class_count) - _fixed_digamma2(class_count.sum(keepdims=True))
+        # tempered table [a*k + l, true k]
+        table = ((elog.transpose(0, 2, 1) * temper[:, None, None]) >> WEIGHT_SHIFT).reshape(n_ann * k, k)
+        # ---- E step: integer log-scores, then exp2 and normalisation
+        log_score = np.broadcast_to(elog_prior, (n_items, k)).copy()
+        if item.size:
+            log_score[e_keys] += np.add.reduceat(np.take(table, group_key, axis=0), e_starts, axis=0)
+        if step == iterations:
+            break
+        top = log_score.max(axis=1, keepdims=True)
+        u = _fixed_exp2_neg(top - log_score)
+        q = (u << PROB_SHIFT) // u.sum(axis=1, keepdims=True)
+        q[~evidence] = 0
+        q[is_gold] = gold_q
+
+    label = np.argmax(log_score, axis=1).astype(np.int64)
+    top = log_score.max(axis=1, keepdims=True)
+    u = _fixed_exp2_neg(top - log_score)
+    q = (u << PROB_SHIFT) // u.sum(axis=1, keepdims=True)
+    q[is_gold] = gold_q
+    label[is_gold] = votes.gold_label
+    label[~evidence] = -1
+    q[~evidence] = 0
+    confidence = np.where(label >= 0, q[np.arange(n_items), np.maximum(label, 0)], 0) >> (PROB_SHIFT - ONE_SHIFT)
+
+    # expected share of each annotator's votes (on items with evidence) that are correct
+    on = evidence[item]
+    right = np.zeros(n_ann, dtype=np.int64)
+    np.add.at(right, ann[on], q[item[on], lab[on]] >> (PROB_SHIFT - ONE_SHIFT))
+    n_votes = np.bincount(ann[on], minlength=n_ann).astype(np.int64)
+    accuracy = np.where(n_votes > 0, right // np.maximum(n_votes, 1), 0)
+    return _finish(votes, label, confidence, accuracy)
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def encode_result(res: AggregateResult) -> bytes:
+    """Canonical bytes of a result, for hashing into result roots.
+
+    A msgpack array ``[version, ONE, labels, confidences, agreements, accuracies, alpha]``
+    where every list holds plain integers (msgpack's smallest integer encodings, so one
+    result has exactly one encoding).
+    """
+    return msgpack.packb(
+        [
+            RESULT_ENCODING_VERSION,
+            ONE,
+            np.asarray(res.label, dtype=np.int64).tolist(),
+            np.asarray(res.confidence, dtype=np.int64).tolist(),
+            np.asarray(res.agreement, dtype=np.int64).tolist(),
+            np.asarray(res.annotator_accuracy, dtype=np.int64).tolist(),
+            int(res.alpha),
+        ],
+        use_bin_type=True,
+    )
+
+
+def decode_result(data: bytes) -> AggregateResult:
+    """Inverse of :func:`encode_result`.  Raises AggregateError on malformed bytes."""
+    try:
+        obj = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise AggregateError(f"result bytes are not valid msgpack: {exc}") from None
+    if (
+        not isinstance(obj, list)
+        or len(obj) != 7
+        or obj[0] != RESULT_ENCODING_VERSION
+        or obj[1] != ONE
+        or not all(isinstance(x, list) for x in obj[2:6])
+        or not isinstance(obj[6], int)
+    ):
+        raise AggregateError("result bytes do not hold a version-1 aggregate result")
+    if not (len(obj[2]) == len(obj[3]) == len(obj[4])):
+        raise AggregateError("result bytes have per-item lists of different lengths")
+    try:
+        return AggregateResult(
+            label=np.array(obj[2], dtype=np.int32),
+            confidence=np.array(obj[3], dtype=np.int64),
+            agreement=np.array(obj[4], dtype=np.int64),
+            annotator_accuracy=np.array(obj[5], dtype=np.int64),
+            alpha=obj[6],
+        )
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise AggregateError(f"result bytes hold a non-integer value: {exc}") from None
