@@ -14,7 +14,12 @@ Rules fixed here (documented in docs/consensus.md):
   on i; A's votes on i weigh nothing and (A, i) is reported as evidence.
 * **Weights.** Each annotator's prior weight comes from the reputation snapshot
   the caller supplies (fixed point, ONE = 65536); unknown accounts get
-  ``params.fresh_weight``.
+  ``params.fresh_weight``. Weights are capped at ONE and then scaled so that the
+  highest-weighted annotator of the task has exactly ONE
+  (``compute_relative_weights``): what counts is weight *relative to the best
+  known annotator present*. A task answered only by fresh accounts is therefore
+  aggregated as plain Dawid–Skene, while 100 fresh keys next to 3 reputable
+  experts carry ~1/1000 of an expert's say each.
 * **Rewards** (integer credits). Each annotator's score is the sum, over the
   items they voted on (not equivocated), of: on a gold item, ONE if the label
   equals the gold answer else 0; elsewhere the item's confidence if the label
@@ -69,6 +74,15 @@ class TaskResult:
                 [list(e) for e in self.equivocations], self.alpha, self.refund, self.gold_items]
 
 
+def compute_relative_weights(weights: list[int], params: Params) -> np.ndarray:
+    """min(w, ONE) scaled so the largest becomes ONE (integer floor division; all-zero stays zero)."""
+    capped = [min(max(w, 0), ONE) for w in weights]
+    top = max(capped, default=0)
+    if top == 0:
+        return np.zeros(len(weights), dtype=np.int64)
+    return np.array([c * ONE // top for c in capped], dtype=np.int64)
+
+
 def compute_task_result(task_id: bytes, task: TaskAnnouncement,
                         batches: dict[bytes, AnnotationBatch] | list[tuple[bytes, AnnotationBatch]],
                         gold: GoldReveal | None, weight_of, params: Params,
@@ -98,7 +112,7 @@ def compute_task_result(task_id: bytes, task: TaskAnnouncement,
     ann = np.fromiter((r[0] for r in rows), dtype=np.int32, count=len(rows))
     itm = np.fromiter((r[1] for r in rows), dtype=np.int32, count=len(rows))
     lab = np.fromiter((r[2] for r in rows), dtype=np.int32, count=len(rows))
-    prior = np.array([min(max(int(weight_of(a)), 0), params.max_weight) for a in accounts], dtype=np.int64)
+    prior = compute_relative_weights([int(weight_of(a)) for a in accounts], params)
     gold_map = dict(gold.answers) if gold is not None else None
     inp = aggregate.AggregateInput(n_items=n_items, n_classes=n_classes, n_annotators=len(accounts),
                                    item=itm, annotator=ann, label=lab, prior_weight=prior, gold=gold_map)
