@@ -23,23 +23,33 @@ annotations_list {task_id, [limit], [offset]}
 consensus_get {task_id, [items: bool], [limit], [offset]}
                                      per item label/confidence/votes, set_root, result_root
 certificate_get {task_id}            finality certificate (hex) and round state
+gold_reveal {task_id} | {raw}        reveal a task's hidden gold after its deadline
+rewards_get {[account], [task_id]}   rewards from certified tasks, per task and totals
+reputation_get {[account], [domain]} reputation per (account, domain) and the resulting weight
+task_export {task_id, [format]}      consensus dataset: jsonl | csv | labelstudio
 account_list {}                      local accounts (public keys only)
+backup_create {dest}                 consistent hot backup of the node (store, config, genesis, keys) into dest
+blob_get {task_id, item} | {sha256}  make sure a blob is stored here (fetched from peers if needed)
+blob_read {sha256, [offset], [length]}  a chunk (<= 1 MiB, hex) of a locally stored blob
 """
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 from typing import Any
 
 from protocol.messages import (
     ITEM_BLOB, ITEM_BYTES, ITEM_TEXT, KIND_BATCH, KIND_NAMES, KIND_TASK, SCHEMA_SINGLE_CHOICE,
-    AnnotationBatch, Item, LabelSchema, Outcome, TaskAnnouncement, decode_message, sign_message,
+    AnnotationBatch, Item, LabelSchema, Outcome, TaskAnnouncement, compute_gold_commitment, decode_message,
+    sign_message,
 )
 from protocol.errors import DecodeError
 from protocol.tally import ONE
 
 from .errors import KeystoreError
-from .rpc import INVALID_PARAMS, NOT_FOUND, REJECTED, STORE_FULL, RpcError
+from .metrics import store_summary, task_state_counts
+from .rpc import APP_ERROR, INVALID_PARAMS, NOT_FOUND, REJECTED, STORE_FULL, RpcError
 
 MAX_RAW_PER_CALL = 1000
 MAX_LIST = 10_000
@@ -104,6 +114,7 @@ async def _ingest_or_raise(node, raw: bytes) -> tuple[bytes, str]:
     try:
         v, mid = await node.ingest(raw, "rpc", publish=True)
     except StoreFullError as e:
+        logging.getLogger("labelmesh.rpc").error("refused an RPC write, store full: %s", e)
         raise RpcError(STORE_FULL, f"store is full: {e}. Free disk space; the node resumes by itself.") from None
     if v.ok:
         return mid, "accepted"
@@ -142,6 +153,10 @@ async def node_info(node, params):
             "orphans": len(node._orphans),
         },
         "sync": _sync_summary(node),
+        "blobs": node.blobs.status() if hasattr(node, "blobs") else None,
+        "tasks_by_state": task_state_counts(node),
+        "store": store_summary(node),
+        "metrics_url": node.metrics.url if hasattr(node, "metrics") else None,
     }
 
 
@@ -197,8 +212,22 @@ def _parse_items(raw_items) -> tuple[Item, ...]:
                 raise RpcError(INVALID_PARAMS, f"item {k}: 'hex' must be hex") from None
             out.append(Item(ITEM_BYTES, payload=payload, media_type=str(it.get("media_type", "application/octet-stream"))))
         else:
-            raise RpcError(INVALID_PARAMS, f"item {k}: expected a string or an object with 'text', 'hex' or 'sha256'")
+            raise RpcError(INVALID_PARAMS, f"item {k}: expected a string or an object with 'text', 'hex', 'sha256' or 'file'")
     return tuple(out)
+
+
+async def _import_files(node, items):
+    """{"file": "/abs/path"} items -> blob items, after copying the file into the blob store (node/blobs.py)."""
+    from .blobs import BlobInputError
+    from .store import StoreFullError
+
+    try:
+        return await node.blobs.import_items(items)
+    except BlobInputError as e:
+        raise RpcError(INVALID_PARAMS, str(e)) from None
+    except StoreFullError as e:
+        logging.getLogger("labelmesh.rpc").error("cannot store a task_post file: %s", e)
+        raise RpcError(STORE_FULL, str(e)) from None
 
 
 async def task_post(node, params):
@@ -211,6 +240,24 @@ async def task_post(node, params):
     if not all(isinstance(x, str) for x in labels):
         raise RpcError(INVALID_PARAMS, "param 'labels' must be a list of strings")
     now = node.clock()
+    gold = params.get("gold")
+    commitment = salt = None
+    if gold is not None:
+        if not isinstance(gold, list) or not gold or not all(
+                isinstance(g, list) and len(g) == 2 and isinstance(g[0], int) for g in gold):
+            raise RpcError(INVALID_PARAMS, "param 'gold' must be a list of [item_index, label] pairs")
+        gold_pairs = {}
+        for i, lab in gold:
+            if isinstance(lab, str):
+                if lab not in labels:
+                    raise RpcError(INVALID_PARAMS, f"gold label {lab!r} is not one of {labels}")
+                lab = labels.index(lab)
+            if not isinstance(lab, int) or isinstance(lab, bool) or not 0 <= lab < len(labels):
+                raise RpcError(INVALID_PARAMS, "gold labels must be label names or indexes")
+            gold_pairs[i] = lab
+        gold = sorted(gold_pairs.items())
+        salt = secrets.token_bytes(32)
+        commitment = compute_gold_commitment(salt, gold)
     if "deadline_ms" in params:
         deadline = _get(params, "deadline_ms", int)
     else:
@@ -220,12 +267,17 @@ async def task_post(node, params):
         requester=bytes(sk.verify_key), nonce=_get(params, "nonce", int, secrets.randbits(63)),
         created_at=now, deadline=deadline, title=_get(params, "title", str, ""),
         schema=LabelSchema(SCHEMA_SINGLE_CHOICE, _get(params, "domain", str, ""), tuple(labels)),
-        items=_parse_items(params.get("items")), redundancy=_get(params, "redundancy", int, 3),
-        bounty=_get(params, "bounty", int, 0), gold_commitment=None, reward_rule=0)
+        items=_parse_items(await _import_files(node, params.get("items"))), redundancy=_get(params, "redundancy", int, 3),
+        bounty=_get(params, "bounty", int, 0), gold_commitment=commitment, reward_rule=0)
+    if gold is not None and any(i >= len(task.items) for i, _ in gold):
+        raise RpcError(INVALID_PARAMS, f"gold item index out of range (the task has {len(task.items)} items)")
     try:
         msg = sign_message(task, sk, node.network_id)
     except Exception as e:
         raise RpcError(INVALID_PARAMS, f"cannot encode task: {e}") from None
+    if gold is not None:
+        # The secret is on disk before the commitment is published: the node can always reveal.
+        await node.remember_gold(msg.compute_id(node.network_id), params["account"], salt, gold)
     mid, status = await _ingest_or_raise(node, msg.raw)
     return {"task_id": mid.hex(), "status": status, "items": len(task.items), "deadline_ms": deadline}
 
@@ -383,6 +435,160 @@ async def certificate_get(node, params):
             "finality": fin.status()}
 
 
+async def gold_reveal(node, params):
+    """Reveal a task's hidden gold now (after its deadline): from the secret this node kept
+    at task_post, or a pre-signed GoldReveal in 'raw'. Nodes also reveal automatically."""
+    if "raw" in params:
+        mid, status = await _ingest_or_raise(node, _hex(params, "raw", None))
+        return {"reveal_id": mid.hex(), "status": status}
+    tid = _task_id(node, params)
+    if node.clock() < node.tasks[tid].deadline:
+        raise RpcError(REJECTED, "gold can only be revealed after the task's deadline")
+    v, mid = await node.reveal_gold(tid)
+    if not v.ok and v.reason != "duplicate":
+        raise RpcError(REJECTED, f"gold reveal refused: {v.reason}")
+    return {"reveal_id": mid.hex() if mid else None, "status": "accepted" if v.ok else "duplicate"}
+
+
+def _account_filter(node, params) -> bytes | None:
+    """'account' may be a local account name or a 64-hex public key."""
+    if "account" not in params:
+        return None
+    v = _get(params, "account", str)
+    if len(v) == 64:
+        try:
+            return bytes.fromhex(v)
+        except ValueError:
+            pass
+    if node.keystore is not None:
+        try:
+            return node.keystore.public_key(v)
+        except KeystoreError as e:
+            raise RpcError(NOT_FOUND, str(e)) from None
+    raise RpcError(NOT_FOUND, f"unknown account {v!r}")
+
+
+async def rewards_get(node, params):
+    """Rewards from certified tasks: per account per task and totals ({account?: name|hex, task_id?}).
+    Uncertified tasks pay nothing yet; they are counted in 'pending_tasks'."""
+    who = _account_filter(node, params)
+    only = _hex(params, "task_id") if "task_id" in params else None
+    rows, totals, refunds, pending = [], {}, 0, 0
+    for tid, t in sorted(node.tasks.items(), key=lambda kv: (kv[1].deadline, kv[0])):
+        if only is not None and tid != only:
+            continue
+        cert, res = node.finality.certified_result(tid)
+        if res is None:
+            pending += 1
+            continue
+        refunds += res.refund
+        for a in res.annotators:
+            if who is not None and a.account != who:
+                continue
+            rows.append({"task_id": tid.hex(), "account": a.account.hex(), "reward": a.reward, "labels": a.labels,
+                         "accuracy": a.accuracy, "accuracy_f": _fx(a.accuracy)})
+            totals[a.account.hex()] = totals.get(a.account.hex(), 0) + a.reward
+    return {"rewards": rows, "totals": [{"account": k, "reward": v} for k, v in
+                                        sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))],
+            "refunded": refunds, "pending_tasks": pending}
+
+
+async def reputation_get(node, params):
+    """Reputation per (account, domain) from every certified task known now, with the
+    weight a new task would give ({account?: name|hex, domain?})."""
+    from protocol.reputation import compute_earned, compute_weight
+
+    who = _account_filter(node, params)
+    dom = _get(params, "domain", str, None)
+    outcomes = [o for o in (node.task_outcome(t) for t in sorted(node.tasks) if node.finality.is_certified(t))
+                if o is not None]
+    earned = compute_earned(outcomes)
+    keys = set(earned) | {(a, d) for a, d, _ in node.genesis.reputation}
+    labels = {}
+    for o in outcomes:
+        for a in o.annotators:
+            labels[(a.account, o.domain)] = labels.get((a.account, o.domain), 0) + a.labels
+    rows = []
+    for a, d in sorted(keys):
+        if (who is not None and a != who) or (dom is not None and d != dom):
+            continue
+        w = compute_weight(a, d, earned, node.genesis.reputation, node.params)
+        rows.append({"account": a.hex(), "domain": d, "earned": earned.get((a, d), 0),
+                     "earned_f": _fx(earned.get((a, d), 0)), "weight": w, "weight_f": _fx(w),
+                     "labels": labels.get((a, d), 0)})
+    rows.sort(key=lambda r: (-r["weight"], r["account"], r["domain"]))
+    return {"reputation": rows, "certified_tasks": len(outcomes), "fresh_weight": node.params.fresh_weight,
+            "lag_ms": node.params.reputation_lag_ms}
+
+
+async def task_export(node, params):
+    """The consensus dataset of a task as 'jsonl', 'csv' or 'labelstudio' (Label Studio JSON import)
+    text: item, label, confidence, agreement, votes (certified result if there is one)."""
+    import csv as _csv
+    import io
+    import json as _json
+
+    tid = _task_id(node, params)
+    fmt = _get(params, "format", str, "jsonl")
+    if fmt not in ("jsonl", "csv", "labelstudio"):
+        raise RpcError(INVALID_PARAMS, "format must be jsonl, csv or labelstudio")
+    cert, res = node.finality.certified_result(tid)
+    status = "certified" if res is not None else "provisional"
+    if res is None:
+        res = node.task_result(tid)
+    task = node.tasks[tid]
+    names = task.schema.labels
+    rows = []
+    for i, it in enumerate(task.items):
+        l = res.label[i]
+        rows.append({"item": i, "data": _item_json(it), "label": names[l] if l >= 0 else None,
+                     "confidence": round(res.confidence[i] / ONE, 6), "agreement": round(res.agreement[i] / ONE, 6),
+                     "votes": res.votes[i]})
+    if fmt == "jsonl":
+        content = "".join(_json.dumps(r) + "\n" for r in rows)
+    elif fmt == "csv":
+        buf = io.StringIO()
+        w = _csv.writer(buf, lineterminator="\n")
+        w.writerow(["item", "text", "label", "confidence", "agreement", "votes"])
+        for r in rows:
+            w.writerow([r["item"], r["data"].get("text", r["data"].get("sha256", "")), r["label"] or "",
+                        r["confidence"], r["agreement"], r["votes"]])
+        content = buf.getvalue()
+    else:
+        ls = []
+        for r in rows:
+            entry = {"id": r["item"], "data": {"text": r["data"].get("text", "")} if "text" in r["data"] else r["data"],
+                     "meta": {"labelmesh_task": tid.hex(), "status": status, "votes": r["votes"],
+                              "agreement": r["agreement"]}}
+            if r["label"] is not None:
+                entry["predictions"] = [{"model_version": f"labelmesh-{status}", "score": r["confidence"],
+                                         "result": [{"from_name": "label", "to_name": "text", "type": "choices",
+                                                     "value": {"choices": [r["label"]]}}]}]
+            ls.append(entry)
+        content = _json.dumps(ls, indent=1) + "\n"
+    return {"task_id": tid.hex(), "format": fmt, "status": status, "result_root": res.result_root.hex(),
+            "items": len(rows), "content": content}
+
+
+async def backup_create(node, params):
+    """Consistent hot backup into 'dest' (an absolute path to a new or empty directory): a
+    compacted LMDB copy of the store taken in one read snapshot while the node keeps running,
+    plus config, genesis and keys, and a manifest. The copy is a data dir: `labelmesh run`
+    starts from it, `labelmesh restore` copies it to a new place."""
+    import trio
+
+    from .backup import BackupError, create_backup
+    from .store import StoreError
+
+    dest = _get(params, "dest", str)
+    if not os.path.isabs(dest):
+        raise RpcError(INVALID_PARAMS, "param 'dest' must be an absolute path (the node's working directory is not yours)")
+    try:
+        return await trio.to_thread.run_sync(create_backup, node, dest)
+    except (BackupError, StoreError) as e:
+        raise RpcError(APP_ERROR, str(e)) from None
+
+
 async def account_list(node, params):
     """The node's local accounts: [{name, public_key}] (never the keys)."""
     return {"accounts": node.keystore.list() if node.keystore else []}
@@ -390,5 +596,14 @@ async def account_list(node, params):
 
 METHODS = {f.__name__: f for f in [
     node_info, peers_list, sync_status, rpc_methods, task_post, task_get, tasks_list, annotations_submit,
-    annotations_list, consensus_get, certificate_get, account_list,
+    annotations_list, consensus_get, certificate_get, gold_reveal, rewards_get, reputation_get, task_export,
+    account_list, backup_create,
 ]}
+
+
+def _register_blob_methods() -> None:
+    from .blobs import RPC_METHODS as _blob_methods  # defined in node/blobs.py, which imports this module
+    METHODS.update({f.__name__: f for f in _blob_methods})
+
+
+_register_blob_methods()

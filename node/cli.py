@@ -181,6 +181,16 @@ def cmd_status(args) -> int:
              f"tasks     {info['tasks']}\n"
              f"messages  stored {m['stored']}  accepted {m['accepted']}  rejected {m['rejected']}  "
              f"ignored {m['ignored']}  duplicates {m['duplicates']}")
+    sy = info.get("sync") or {}
+    if sy.get("peers"):
+        age = (f"{(info['time_ms'] - sy['last_sync_ms']) / 1000:.1f} s ago" if sy.get("last_sync_ms")
+               else "not yet")
+        human += (f"\nsync      {sy['synced_peers']}/{sy['peers']} peers synced, last {age}, "
+                  f"lag {sy['lag_tasks']} tasks, fetched {sy['fetched']}  served {sy['served']}")
+    bl = info.get("blobs")
+    if bl:
+        human += (f"\nblobs     stored {bl['stored']} ({bl['stored_bytes']} bytes)  wanted {bl['wanted']}  "
+                  f"fetched {bl['fetched']}  failed {bl['failed']}")
     _out(args, info, human)
     return 0
 
@@ -224,11 +234,80 @@ def _read_items(path: str) -> list:
     return items
 
 
+def _read_gold(path: str) -> list:
+    try:
+        rows = list(csv.DictReader(Path(path).read_text().splitlines()))
+    except OSError as e:
+        raise CliError(f"cannot read {path}: {e}") from None
+    if not rows or not {"item", "label"} <= set(rows[0]):
+        raise CliError(f"{path}: gold CSV needs the header item,label")
+    out = []
+    for n, r in enumerate(rows, 2):
+        try:
+            out.append([int(r["item"]), r["label"]])
+        except ValueError:
+            raise CliError(f"{path}:{n}: item must be an integer index") from None
+    return out
+
+
+def _resolve_files(items: list, items_file: str) -> list:
+    """{"file": relative path} items are relative to the items file; the node needs absolute paths."""
+    base = Path(items_file).resolve().parent
+    out = []
+    for it in items:
+        if isinstance(it, dict) and isinstance(it.get("file"), str):
+            it = {**it, "file": str((base / it["file"]).resolve())}
+        out.append(it)
+    return out
+
+
+def cmd_blob_get(args) -> int:
+    import hashlib
+
+    from .rpc import RpcCallError
+
+    if args.sha256:
+        params = {"sha256": args.sha256}
+    elif args.task_id is not None and args.item is not None:
+        params = {"task_id": args.task_id, "item": args.item}
+    else:
+        raise CliError("give TASK_ID ITEM, or --sha256 HEX")
+    try:
+        with _client(args) as c:
+            c.timeout = max(c.timeout, 600.0)  # fetching up to max_blob_bytes from peers
+            r = c.call("blob_get", params)
+            h = hashlib.sha256()
+            tmp = Path(args.out + ".part")
+            got = 0
+            with open(tmp, "wb") as f:
+                while got < r["size"]:
+                    data = bytes.fromhex(c.call("blob_read", {"sha256": r["sha256"], "offset": got})["data"])
+                    if not data:
+                        raise CliError("the node returned a short blob; retry")
+                    h.update(data)
+                    f.write(data)
+                    got += len(data)
+            if h.hexdigest() != r["sha256"]:
+                tmp.unlink(missing_ok=True)
+                raise CliError("the bytes read back do not match the blob's sha256; retry")
+            os.replace(tmp, args.out)
+    except RpcCallError as e:
+        raise CliError(f"blob_get: {e.message} (code {e.code})", EXIT_UNAVAILABLE if e.code == -32004 else EXIT_USER) from None
+    except OSError as e:
+        raise CliError(f"cannot write {args.out}: {e}") from None
+    _out(args, {**r, "out": args.out},
+         f"blob {r['sha256'][:16]}… ({r['size']} bytes, {r['media_type'] or 'unknown type'}) written to {args.out}"
+         + (f"; fetched from {r['peer_id']}" if r["source"] == "peer" else ""))
+    return 0
+
+
 def cmd_task_post(args) -> int:
     labels = [x.strip() for x in args.labels.split(",") if x.strip()]
     params = {"account": args.account, "title": args.title or Path(args.file).stem, "labels": labels,
-              "items": _read_items(args.file), "duration_s": args.duration, "bounty": args.bounty,
+              "items": _resolve_files(_read_items(args.file), args.file), "duration_s": args.duration, "bounty": args.bounty,
               "redundancy": args.redundancy, "domain": args.domain}
+    if args.gold:
+        params["gold"] = _read_gold(args.gold)
     r = _call(args, "task_post", params)
     _out(args, r, f"task {r['task_id']} posted ({r.get('items')} items, deadline {r.get('deadline_ms')})")
     return 0
@@ -259,6 +338,62 @@ def cmd_consensus(args) -> int:
     for it in r.get("items", [])[: args.limit]:
         lines.append(f"{it['item']:>4}  {str(it['label']):<16} {it['confidence_f']:>10.3f}  {it['votes']:>5}")
     _out(args, r, "\n".join(lines))
+    return 0
+
+
+def cmd_rewards(args) -> int:
+    params = {}
+    if args.account:
+        params["account"] = args.account
+    if args.task:
+        params["task_id"] = args.task
+    r = _call(args, "rewards_get", params)
+    lines = ["account                                                            reward (credits)"]
+    lines += [f"{t['account']}  {t['reward']:>14,}" for t in r["totals"]]
+    lines.append(f"refunded to requesters: {r['refunded']:,}; tasks not yet certified: {r['pending_tasks']}")
+    _out(args, r, "\n".join(lines))
+    return 0
+
+
+def cmd_reputation(args) -> int:
+    params = {}
+    if args.account:
+        params["account"] = args.account
+    if args.domain is not None:
+        params["domain"] = args.domain
+    r = _call(args, "reputation_get", params)
+    lines = [f"{'account':<64}  {'domain':<12} {'weight':>8} {'labels':>7}"]
+    lines += [f"{x['account']}  {x['domain'] or '*':<12} {x['weight_f']:>8.4f} {x['labels']:>7}" for x in r["reputation"]]
+    lines.append(f"from {r['certified_tasks']} certified tasks; a fresh account weighs {r['fresh_weight'] / 65536:.4f}")
+    _out(args, r, "\n".join(lines))
+    return 0
+
+
+def cmd_export(args) -> int:
+    r = _call(args, "task_export", {"task_id": args.task_id, "format": args.format})
+    if args.out:
+        try:
+            Path(args.out).write_text(r["content"])
+        except OSError as e:
+            raise CliError(f"cannot write {args.out}: {e}") from None
+        _out(args, {k: v for k, v in r.items() if k != "content"},
+             f"wrote {r['items']} items ({r['status']}) as {r['format']} to {args.out}")
+    else:
+        sys.stdout.write(r["content"])
+    return 0
+
+
+def cmd_certificate(args) -> int:
+    r = _call(args, "certificate_get", {"task_id": args.task_id})
+    if r["certified"]:
+        c = r["certificate"]
+        human = (f"task {r['task_id']} certified in round {c['round']}\n"
+                 f"set_root    {c['set_root']}\nresult_root {c['result_root']}\n"
+                 f"signers     {len(c['signers'])} validators, weight {c['weight']}/{c['total_weight']}")
+    else:
+        f = r["finality"]
+        human = f"task {r['task_id']} not certified yet (round {f['round']}, {len(f['polkas'])} polkas seen)"
+    _out(args, r, human)
     return 0
 
 
@@ -307,7 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
     tsub = s.add_subparsers(dest="task_cmd", metavar="VERB")
     tsub.required = True
     t = tsub.add_parser("post", parents=[common], help="post a task whose items come from a JSON Lines or CSV file")
-    t.add_argument("file", help="items: .jsonl (one string or {\"text\": ...} per line) or .csv with a 'text' column")
+    t.add_argument("file", help="items: .jsonl (one string, {\"text\": ...} or {\"file\": \"img.png\"} per line; "
+                   "file paths are relative to the .jsonl and become blobs) or .csv with a 'text' column")
     t.add_argument("--labels", required=True, help="comma-separated label names, e.g. pos,neg")
     t.add_argument("--title", help="task title (default: the file name)")
     t.add_argument("--domain", default="", help="label domain for reputation (e.g. sentiment)")
@@ -315,6 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--bounty", type=int, default=0, help="bounty in credits (default 0)")
     t.add_argument("--redundancy", type=int, default=3, help="annotations wanted per item (default 3)")
     t.add_argument("--account", default="default", help="local account that signs (default: default)")
+    t.add_argument("--gold", help="hidden gold answers, CSV item,label: committed now, revealed after the deadline")
     t.set_defaults(fn=cmd_task_post)
 
     s = sub.add_parser("label", parents=[common], help="submit labels: labelmesh label TASK ITEM LABEL [ITEM LABEL ...]")
@@ -331,6 +468,36 @@ def build_parser() -> argparse.ArgumentParser:
     from . import offline
     s = offline.add_parser(sub)
     s.set_defaults(fn=offline.run_aggregate, json=False, data_dir=default_data_dir())
+
+    s = sub.add_parser("rewards", parents=[common], help="rewards earned in certified tasks")
+    s.add_argument("--account", help="only this account (local name or hex public key)")
+    s.add_argument("--task", help="only this task id")
+    s.set_defaults(fn=cmd_rewards)
+
+    s = sub.add_parser("reputation", parents=[common], help="reputation per account and domain")
+    s.add_argument("--account", help="only this account (local name or hex public key)")
+    s.add_argument("--domain", help="only this domain")
+    s.set_defaults(fn=cmd_reputation)
+
+    s = sub.add_parser("export", parents=[common], help="export a task's consensus dataset")
+    s.add_argument("task_id")
+    s.add_argument("--format", choices=["jsonl", "csv", "labelstudio"], default="jsonl")
+    s.add_argument("--out", help="write to this file (default: stdout)")
+    s.set_defaults(fn=cmd_export)
+
+    s = sub.add_parser("certificate", parents=[common], help="a task's finality certificate")
+    s.add_argument("task_id")
+    s.set_defaults(fn=cmd_certificate)
+
+    s = sub.add_parser("blob", parents=[common], help="blob verbs (item payloads stored by content hash)")
+    bsub = s.add_subparsers(dest="blob_cmd", metavar="VERB")
+    bsub.required = True
+    b = bsub.add_parser("get", parents=[common], help="fetch a task item's blob (from peers if needed) into a file")
+    b.add_argument("task_id", nargs="?", help="task id")
+    b.add_argument("item", nargs="?", type=int, help="item index in the task")
+    b.add_argument("--sha256", help="fetch by content hash instead of TASK_ID ITEM")
+    b.add_argument("--out", required=True, help="file to write (replaced atomically once verified)")
+    b.set_defaults(fn=cmd_blob_get)
 
     s = sub.add_parser("devnet", parents=[common], help="local multi-node devnet (same as scripts/devnet)")
     from . import devnet

@@ -104,7 +104,7 @@ class Node:
     def __init__(self, data_dir: Path, genesis: Genesis, *, p2p_factory: Callable | None,
                  keystore=None, clock: Callable[[], int] = wall_clock_ms,
                  rpc_socket: Path | None = None, validator_account: str = "", sync_interval_s: float = 3.0,
-                 validator_key=None, finality_tick_s: float = 0.25):
+                 validator_key=None, finality_tick_s: float = 0.25, metrics_listen: str = ""):
         self.data_dir = Path(data_dir)
         self.genesis = genesis
         self.params = genesis.params
@@ -117,11 +117,16 @@ class Node:
         self.store = Store(self.data_dir / "store")
         self.writer = StoreWriter(self.store)
         self.counters = Counters()
+        from .metrics import NodeMetrics
+        self.metrics = NodeMetrics(self)  # per-node registry; served only if metrics_listen is set
+        self.metrics_listen = metrics_listen
+        self.writer.on_commit = self.metrics.observe_commit
         self.tasks: dict[bytes, TaskAnnouncement] = {}
         self.task_index = TaskIndex()
         self._orphans: OrderedDict[bytes, tuple[bytes, str]] = OrderedDict()  # msg id -> (raw, source)
         self._inflight: dict[bytes, trio.Event] = {}
         self._result_cache: dict[bytes, TaskResult] = {}
+        self._outcomes: dict = {}
         self.topics = {k: topic_for(self.network_id, k) for k in KIND_NAMES}
         self._kind_of_topic = {t: k for k, t in self.topics.items()}
         self.p2p = p2p_factory(self) if p2p_factory else None
@@ -131,6 +136,8 @@ class Node:
         if validator_key is None and validator_account and keystore is not None:
             validator_key = keystore.signing_key(validator_account)
         self.finality = FinalityService(self, validator_key, tick_s=finality_tick_s)
+        from .blobs import BlobService
+        self.blobs = BlobService(self)
         self._publish_send, self._publish_recv = trio.open_memory_channel(4096)
         self.started_at = clock()
         self._load_tasks()
@@ -158,7 +165,10 @@ class Node:
                     await nursery.start(self.p2p.run)
                     nursery.start_soon(self._publisher)
                     await nursery.start(self.sync.run)
+                await nursery.start(self.blobs.run)
                 await nursery.start(self.finality.run)
+                if self.metrics_listen:
+                    await nursery.start(self.metrics.serve, self.metrics_listen)
                 if self.rpc_socket is not None:
                     self.rpc = RpcServer(self, self.rpc_socket)
                     await nursery.start(self.rpc.run)
@@ -271,6 +281,8 @@ class Node:
         if msg.kind == KIND_TASK:
             self.tasks[mid] = msg.body
             self.task_index.add_task(mid)
+            if hasattr(self, "blobs"):
+                self.blobs.on_task(mid, msg.body)
         self.task_index.add(mid if msg.kind == KIND_TASK else msg.body.task_id, mid)
         if msg.kind == KIND_ATTESTATION and hasattr(self, "finality"):
             self.finality.on_attestation(msg)
@@ -328,49 +340,145 @@ class Node:
 
     # ------------------------------------------------------------------ reads
 
-    def task_batches(self, task_id: bytes, ids=None) -> dict[bytes, AnnotationBatch]:
-        """Decoded batches of a task: all we hold, or exactly ``ids`` (which must be held)."""
-        if ids is None:
-            raws = self.store.task_messages(task_id, KIND_BATCH)
-        else:
-            raws = self.store.get_many(list(ids))
-        out = {}
-        for raw in raws:
-            m = decode_message(raw, self.params)
-            out[m.compute_id(self.network_id)] = m.body
+    def _decode_ids(self, ids) -> list[tuple[bytes, SignedMessage]]:
+        out = []
+        for mid, raw in zip(ids, self.store.get_many(list(ids))):
+            if raw is not None:
+                out.append((mid, decode_message(raw, self.params)))
         return out
 
-    def task_gold(self, task_id: bytes) -> GoldReveal | None:
-        raws = self.store.task_messages(task_id, KIND_GOLD)
-        return decode_message(raws[0], self.params).body if raws else None
+    def task_batches(self, task_id: bytes, ids=None) -> dict[bytes, AnnotationBatch]:
+        """Decoded batches of a task: all we hold, or those among ``ids``."""
+        if ids is None:
+            ids = self.store.task_message_ids(task_id, KIND_BATCH)
+        return {mid: m.body for mid, m in self._decode_ids(ids) if m.kind == KIND_BATCH}
 
-    def weight_of(self, account: bytes) -> int:
-        """Prior weight snapshot: genesis reputation (domain-agnostic entries) or the fresh weight."""
-        w = self._reputation.get(account) if hasattr(self, "_reputation") else None
-        if w is None:
-            self._reputation = {a: wt for a, d, wt in self.genesis.reputation if d == ""}
-            w = self._reputation.get(account)
-        return self.params.fresh_weight if w is None else w
+    def task_pinnable_ids(self, task_id: bytes) -> list[bytes]:
+        """Everything that can be pinned in a task's set: its batches and its gold reveals."""
+        return self.store.task_message_ids(task_id, KIND_BATCH) + self.store.task_message_ids(task_id, KIND_GOLD)
+
+    # ------------------------------------------------------------------ gold (commit-reveal)
+
+    GOLD_META = "gold_secrets"
+
+    def gold_secrets(self) -> dict:
+        """Local bookkeeping: task id -> [requester account name, salt, answers] of tasks
+        this node posted with hidden gold, until they are revealed."""
+        import msgpack
+        raw = self.store.get_meta(self.GOLD_META)
+        return msgpack.unpackb(raw, strict_map_key=False) if raw else {}
+
+    async def remember_gold(self, task_id: bytes, account: str, salt: bytes, answers) -> None:
+        import msgpack
+        secrets_ = self.gold_secrets()
+        secrets_[task_id] = [account, salt, [list(a) for a in answers]]
+        await self.writer.write(self.store.put_meta, self.GOLD_META, msgpack.packb(secrets_, use_bin_type=True))
+
+    async def reveal_gold(self, task_id: bytes) -> tuple[Verdict, bytes | None]:
+        """Sign and ingest the GoldReveal of a task this node committed for."""
+        from protocol.messages import sign_message
+        sec = self.gold_secrets().get(task_id)
+        if sec is None:
+            return reject("this node holds no gold secret for the task"), None
+        account, salt, answers = sec
+        task = self.tasks[task_id]
+        body = GoldReveal(requester=task.requester, task_id=task_id, created_at=max(self.clock(), task.deadline),
+                          salt=salt, answers=tuple(tuple(a) for a in answers))
+        msg = sign_message(body, self.keystore.signing_key(account), self.network_id)
+        return await self.ingest(msg.raw, "local", publish=True)
+
+    async def reveal_due_gold(self) -> None:
+        """Reveal the gold of every task of ours whose deadline has passed (idempotent)."""
+        if self.keystore is None:
+            return
+        now = self.clock()
+        for task_id in list(self.gold_secrets()):
+            t = self.tasks.get(task_id)
+            if t is None or now < t.deadline or self.store.task_message_ids(task_id, KIND_GOLD):
+                continue
+            v, _ = await self.reveal_gold(task_id)
+            if v.ok:
+                log.info("gold revealed", extra={"task": task_id.hex()[:16]})
+            else:
+                log.warning("gold reveal for %s refused: %s", task_id.hex()[:16], v.reason)
+
+    # ------------------------------------------------------------------ reputation
+
+    def task_outcome(self, task_id: bytes):
+        """The certified outcome of a task for reputation, or None if not certified (or
+        its certified result cannot be reproduced here yet)."""
+        from protocol.reputation import AnnotatorOutcome, TaskOutcome
+
+        hit = self._outcomes.get(task_id)
+        if hit is not None:
+            return hit
+        cert, res = self.finality.certified_result(task_id)
+        if cert is None or res is None or res.result_root != cert.result_root:
+            return None
+        t = self.tasks[task_id]
+        out = TaskOutcome(task_id=task_id, deadline=t.deadline, domain=t.schema.domain,
+                          n_classes=len(t.schema.labels),
+                          annotators=tuple(AnnotatorOutcome(a.account, a.labels, a.score, a.equivocations)
+                                           for a in res.annotators))
+        self._outcomes[task_id] = out
+        return out
+
+    def reputation_snapshot(self, created_at: int) -> tuple[dict, bytes]:
+        """Earned reputation for a task created at ``created_at`` and a digest of the
+        certified tasks it was computed from (for cache keys)."""
+        from protocol.codec import sha256
+        from protocol.reputation import compute_earned
+
+        lag = self.params.reputation_lag_ms
+        outcomes = []
+        for tid, t in sorted(self.tasks.items()):
+            if t.deadline <= created_at - lag and self.finality.is_certified(tid):
+                o = self.task_outcome(tid)
+                if o is not None:
+                    outcomes.append(o)
+        digest = sha256(b"".join(o.task_id for o in outcomes))
+        return compute_earned(outcomes), digest
+
+    def weight_fn(self, task: TaskAnnouncement):
+        """(weight_of(account) -> fixed point, snapshot digest) for ``task``."""
+        from protocol.reputation import compute_weight
+
+        earned, digest = self.reputation_snapshot(task.created_at)
+        domain = task.schema.domain
+        return (lambda a: compute_weight(a, domain, earned, self.genesis.reputation, self.params)), digest
+
+    # ------------------------------------------------------------------ results
 
     def task_result(self, task_id: bytes) -> TaskResult:
-        """Provisional result over every batch this node holds for the task."""
+        """Provisional result over every batch (and gold reveal) this node holds for the task."""
         return self.compute_result(task_id, None)
 
     def compute_result(self, task_id: bytes, ids) -> TaskResult:
-        """Result over exactly the batch ids ``ids`` (None: all held). Cached by set root."""
+        """Result over exactly the pinned message ids ``ids`` (batches and at most one
+        gold reveal; None: all held). Cached by (set root, reputation snapshot)."""
         from protocol.messages import compute_set_root
 
         if ids is None:
-            ids = self.store.task_message_ids(task_id, KIND_BATCH)
-        root = compute_set_root(task_id, ids)
-        gold = self.task_gold(task_id)
-        key = root + (b"g" if gold else b"")
+            ids = self.task_pinnable_ids(task_id)
+        task = self.tasks[task_id]
+        weight_of, snap = self.weight_fn(task)
+        key = compute_set_root(task_id, ids) + snap
         cached = self._result_cache.get(key)
         if cached is not None:
             return cached
-        batches = self.task_batches(task_id, ids)
-        res = compute_task_result(task_id, self.tasks[task_id], batches, gold, self.weight_of, self.params)
-        if len(self._result_cache) > 256:
+        batches, golds = {}, []
+        for mid, m in self._decode_ids(ids):
+            if m.kind == KIND_BATCH:
+                batches[mid] = m.body
+            elif m.kind == KIND_GOLD:
+                golds.append((mid, m.body))
+        # Every valid reveal of a task carries the same answers (they match one
+        # commitment); pin the smallest id so the set is canonical.
+        gold_id, gold = min(golds, key=lambda g: g[0]) if golds else (None, None)
+        started = time.perf_counter()
+        res = compute_task_result(task_id, task, batches, gold, weight_of, self.params, gold_id=gold_id)
+        self.metrics.observe_consensus(time.perf_counter() - started)
+        if len(self._result_cache) > 1024:
             self._result_cache.clear()
         self._result_cache[key] = res
         return res

@@ -94,6 +94,7 @@ class FinalityService:
             await trio.sleep(self.tick_s)
 
     async def tick(self) -> None:
+        await self.node.reveal_due_gold()
         now = self.node.clock()
         p = self.node.params
         for task_id, task in list(self.node.tasks.items()):
@@ -106,6 +107,8 @@ class FinalityService:
                     c = fin.certificate
                     log.info("task certified", extra={"task": task_id.hex()[:16], "round": c.round,
                                                       "result_root": c.result_root.hex()[:16]})
+                    if hasattr(self.node, "metrics"):
+                        self.node.metrics.observe_certified(task_id, now)
                 await self._fetch_missing(task_id, fin)
                 continue
             for msg in self._pending.pop(task_id, []):
@@ -130,8 +133,7 @@ class FinalityService:
         """The value this node can vouch for now (see the module docstring)."""
         snap = self._snapshots.get(task_id)
         if snap is None:
-            from protocol.messages import KIND_BATCH
-            snap = self._snapshots[task_id] = frozenset(self.node.store.task_message_ids(task_id, KIND_BATCH))
+            snap = self._snapshots[task_id] = frozenset(self.node.task_pinnable_ids(task_id))
         if fin.round >= 0:
             lv = fin.get_leader_value(fin.round)
             if lv is not None:

@@ -35,6 +35,8 @@ import math
 import msgpack
 import numpy as np
 
+from .errors import LabelmeshError
+
 # --------------------------------------------------------------------------- constants
 
 #: Fixed-point one for every reported share/probability (confidence, agreement,
@@ -61,8 +63,9 @@ MAX_CELLS = 1 << 26
 RESULT_ENCODING_VERSION = 1
 
 
-class AggregateError(ValueError):
-    """Input to the aggregation functions is malformed or out of range."""
+class AggregateError(LabelmeshError, ValueError):
+    """Input to the aggregation functions is malformed or out of range (a ValueError too,
+    for callers that predate the common root)."""
 
 
 # --------------------------------------------------------------------------- data types
@@ -551,7 +554,9 @@ def compute_consensus(inp: AggregateInput, *, iterations: int = CONSENSUS_ITERAT
     run for exactly ``iterations`` M+E steps.  In the E step annotator ``a``'s
     log-likelihood is multiplied by min(prior_weight[a], WEIGHT_ONE) / WEIGHT_ONE, so an
     annotator with tiny prior weight has a tiny say, and weight 0 none.  Revealed gold items
-    are clamped to their gold label in every step (and so teach the annotators' matrices).
+    are clamped to their gold label in every step (and so teach the annotators' matrices);
+    when there is gold, EM also runs from the matrices learnt on the gold items alone and
+    the run whose matrices explain the gold better is kept (ties: the plurality start).
 
     Label: the class with the highest integer log-score (ties: lowest class index); -1 for
     an item with no vote of positive weight and no gold.  Confidence: its posterior
@@ -599,32 +604,53 @@ def compute_consensus(inp: AggregateInput, *, iterations: int = CONSENSUS_ITERAT
     e_keys = item[e_starts]
     diag_prior = weight << (PROB_SHIFT - WEIGHT_SHIFT)  # weight / WEIGHT_ONE pseudo-votes
     eye = np.eye(k, dtype=bool)
-    log_score = np.zeros((n_items, k), dtype=np.int64)
 
-    for step in range(iterations + 1):
-        # ---- M step: expected confusion counts and class counts (exact integer sums)
-        cells = np.zeros((n_ann * k, k), dtype=np.int64)  # [a*k + l, true k]
-        if item.size:
-            keys, sums = _segment_sum(np.take(q, m_items, axis=0), m_keys)
-            cells[keys] = sums
-        conf = np.ascontiguousarray(cells.reshape(n_ann, k, k).transpose(0, 2, 1))  # [a, k, l]
-        conf = conf + CONFUSION_PRIOR + np.where(eye[None], diag_prior[:, None, None], 0)
-        elog = _fixed_digamma2(conf) - _fixed_digamma2(conf.sum(axis=2, keepdims=True))
-        class_count = q[evidence].sum(axis=0) + CLASS_PRIOR
-        elog_prior = _fixed_digamma2(class_count) - _fixed_digamma2(class_count.sum(keepdims=True))
-        # tempered table [a*k + l, true k]
-        table = ((elog.transpose(0, 2, 1) * temper[:, None, None]) >> WEIGHT_SHIFT).reshape(n_ann * k, k)
-        # ---- E step: integer log-scores, then exp2 and normalisation
-        log_score = np.broadcast_to(elog_prior, (n_items, k)).copy()
-        if item.size:
-            log_score[e_keys] += np.add.reduceat(np.take(table, group_key, axis=0), e_starts, axis=0)
-        if step == iterations:
-            break
-        top = log_score.max(axis=1, keepdims=True)
-        u = _fixed_exp2_neg(top - log_score)
-        q = (u << PROB_SHIFT) // u.sum(axis=1, keepdims=True)
-        q[~evidence] = 0
-        q[is_gold] = gold_q
+    def gold_hits(log_score):
+        """Gold items whose unclamped argmax is the gold label: how well a run's
+        matrices explain the gold."""
+        return int(np.count_nonzero(np.argmax(log_score[votes.gold_item], axis=1) == votes.gold_label))
+
+    def run_em(q):
+        """``iterations`` EM steps from the shares ``q``; returns the final log-scores."""
+        log_score = np.zeros((n_items, k), dtype=np.int64)
+        for step in range(iterations + 1):
+            # ---- M step: expected confusion counts and class counts (exact integer sums)
+            cells = np.zeros((n_ann * k, k), dtype=np.int64)  # [a*k + l, true k]
+            if item.size:
+                keys, sums = _segment_sum(np.take(q, m_items, axis=0), m_keys)
+                cells[keys] = sums
+            conf = np.ascontiguousarray(cells.reshape(n_ann, k, k).transpose(0, 2, 1))  # [a, k, l]
+            conf = conf + CONFUSION_PRIOR + np.where(eye[None], diag_prior[:, None, None], 0)
+            elog = _fixed_digamma2(conf) - _fixed_digamma2(conf.sum(axis=2, keepdims=True))
+            class_count = q[evidence].sum(axis=0) + CLASS_PRIOR
+            elog_prior = _fixed_digamma2(class_count) - _fixed_digamma2(class_count.sum(keepdims=True))
+            # tempered table [a*k + l, true k]
+            table = ((elog.transpose(0, 2, 1) * temper[:, None, None]) >> WEIGHT_SHIFT).reshape(n_ann * k, k)
+            # ---- E step: integer log-scores, then exp2 and normalisation
+            log_score = np.broadcast_to(elog_prior, (n_items, k)).copy()
+            if item.size:
+                log_score[e_keys] += np.add.reduceat(np.take(table, group_key, axis=0), e_starts, axis=0)
+            if step == iterations:
+                break
+            top = log_score.max(axis=1, keepdims=True)
+            u = _fixed_exp2_neg(top - log_score)
+            q = (u << PROB_SHIFT) // u.sum(axis=1, keepdims=True)
+            q[~evidence] = 0
+            q[is_gold] = gold_q
+        return log_score
+
+    log_score = run_em(q)
+    if votes.gold_item.size:
+        # With revealed gold, also run EM from the matrices the gold items alone teach
+        # (shares 0 except on gold) and keep the run whose unclamped labels match more
+        # gold items (ties: the plurality start). A consistent herd that is wrong on gold seeds the
+        # plurality start with its own labels; the gold start reads it as systematically
+        # confused. Two runs, both deterministic: the choice is too.
+        q_gold = np.zeros_like(q)
+        q_gold[is_gold] = gold_q
+        alt = run_em(q_gold)
+        if gold_hits(alt) > gold_hits(log_score):
+            log_score = alt
 
     label = np.argmax(log_score, axis=1).astype(np.int64)
     top = log_score.max(axis=1, keepdims=True)

@@ -35,6 +35,8 @@ class Params:
 
     # ---- consensus / reputation (fixed point: ONE = 1 << 16) ----
     fresh_weight: int = 64                  # fixed-point prior weight of an account with no reputation (~0.001)
+    reputation_lag_ms: int = 600_000        # ms; a task's reputation snapshot holds the certified tasks whose
+                                            # deadline is at least this long before the task's created_at
     max_weight: int = 1 << 20               # fixed-point cap of any account's weight (16.0)
 
     def validate(self) -> "Params":
@@ -56,6 +58,7 @@ class Params:
             "grace_period_ms": (0, 86_400_000),
             "round_timeout_ms": (100, 3_600_000),
             "fresh_weight": (0, 1 << 16),
+            "reputation_lag_ms": (0, 365 * 86_400_000),
             "max_weight": (1, 1 << 30),
         }
         for f in fields(self):

@@ -46,6 +46,7 @@ ONE = 1 << 16
 class AnnotatorResult:
     account: bytes
     labels: int          # votes counted (equivocated items excluded)
+    equivocations: int   # items this annotator gave two different labels (evidence)
     accuracy: int        # fixed point, ONE = 65536
     score: int           # reward score (fixed point sum)
     reward: int          # credits
@@ -70,7 +71,7 @@ class TaskResult:
     def canonical(self) -> list:
         return [self.task_id, self.set_root, list(self.label), list(self.confidence),
                 list(self.agreement), list(self.votes),
-                [[a.account, a.labels, a.accuracy, a.score, a.reward] for a in self.annotators],
+                [[a.account, a.labels, a.equivocations, a.accuracy, a.score, a.reward] for a in self.annotators],
                 [list(e) for e in self.equivocations], self.alpha, self.refund, self.gold_items]
 
 
@@ -86,21 +87,27 @@ def compute_relative_weights(weights: list[int], params: Params) -> np.ndarray:
 def compute_task_result(task_id: bytes, task: TaskAnnouncement,
                         batches: dict[bytes, AnnotationBatch] | list[tuple[bytes, AnnotationBatch]],
                         gold: GoldReveal | None, weight_of, params: Params,
-                        method: str = "consensus") -> TaskResult:
-    """Compute the deterministic result of ``task`` over exactly ``batches``.
+                        method: str = "consensus", gold_id: bytes | None = None) -> TaskResult:
+    """Compute the deterministic result of ``task`` over exactly ``batches`` (and ``gold``).
 
     ``batches`` maps batch id -> AnnotationBatch (all for this task, already valid).
+    ``gold`` is the task's revealed gold (or None) and ``gold_id`` its message id:
+    the revealed gold is part of the pinned set, so ``batch_ids``/``set_root``
+    cover the sorted ids of the batches *and* of the gold reveal.
     ``weight_of(account) -> int`` gives the fixed-point prior weight snapshot.
     ``method`` is "consensus" (Dawid–Skene-class) or "plurality".
     """
     items_of = dict(batches)
-    batch_ids = tuple(sorted(items_of))
+    pinned = list(items_of)
+    if gold is not None and gold_id is not None:
+        pinned.append(gold_id)
+    batch_ids = tuple(sorted(pinned))
     set_root = compute_set_root(task_id, batch_ids)
     n_items, n_classes = len(task.items), len(task.schema.labels)
 
     # Canonical vote table: (annotator, item) -> set of labels.
     votes: dict[tuple[bytes, int], set[int]] = {}
-    for bid in batch_ids:
+    for bid in sorted(items_of):
         b = items_of[bid]
         for i, l in b.labels:
             votes.setdefault((b.annotator, i), set()).add(l)
@@ -140,8 +147,12 @@ def compute_task_result(task_id: bytes, task: TaskAnnouncement,
     rewards = [(bounty * s) // total if total else 0 for s in scores]
     refund = bounty - sum(rewards)
 
+    eq_count = {}
+    for a, _ in equivocations:
+        eq_count[a] = eq_count.get(a, 0) + 1
     annotators = tuple(
-        AnnotatorResult(account=a, labels=nlabels[k], accuracy=int(res.annotator_accuracy[k]),
+        AnnotatorResult(account=a, labels=nlabels[k], equivocations=eq_count.get(a, 0),
+                        accuracy=int(res.annotator_accuracy[k]),
                         score=scores[k], reward=rewards[k])
         for k, a in enumerate(accounts))
     result = TaskResult(

@@ -1,0 +1,151 @@
+"""Gold commit-reveal, rewards that pay accuracy, reputation from certified tasks with a lag."""
+from __future__ import annotations
+
+import random
+
+import trio
+
+from node.api import METHODS
+from node.daemon import Node
+from node.keystore import Keystore
+from protocol.genesis import make_genesis
+from protocol.messages import KIND_GOLD, GoldReveal, compute_gold_commitment
+from protocol.params import DEFAULT_PARAMS as P
+from protocol.reputation import ONE, AnnotatorOutcome, TaskOutcome, compute_earned
+from protocol.tally import compute_task_result
+
+from .helpers import T0, key, make_batch, make_task, make_test_genesis, pk, signed
+from .test_certify import advance
+from .test_inprocess import FakeClock, wait_for
+
+G = make_test_genesis()
+NET = G.network_id
+
+
+def test_experts_proven_right_by_gold_earn_more_than_a_wrong_herd():
+    n_items = 20
+    rng = random.Random(2)
+    truth = [rng.randrange(3) for _ in range(n_items)]
+    # 6 gold items, two of each class (a requester picks gold that covers the label set),
+    # hidden among the others
+    gold = tuple(sorted((i, truth[i]) for c in range(3) for i in [j for j in range(n_items) if truth[j] == c][:2]))
+    salt = bytes(32)
+    task = make_task(n_items=n_items, bounty=1_000_000, gold_commitment=compute_gold_commitment(salt, gold))
+    tid = signed(task, 1, NET).compute_id(NET)
+    batches = {}
+    experts = [10, 11, 12]
+    herd = list(range(100, 110))
+    for e in experts:
+        m = signed(make_batch(e, tid, [(i, truth[i]) for i in range(n_items)]), e, NET)
+        batches[m.compute_id(NET)] = m.body
+    for h in herd:  # a larger herd that agrees on the wrong label everywhere
+        m = signed(make_batch(h, tid, [(i, (truth[i] + 1) % 3) for i in range(n_items)]), h, NET)
+        batches[m.compute_id(NET)] = m.body
+    reveal = signed(GoldReveal(pk(1), tid, task.deadline, salt, gold), 1, NET)
+    fresh = lambda a: P.fresh_weight
+    res = compute_task_result(tid, task, batches, reveal.body, fresh, P, gold_id=reveal.compute_id(NET))
+    assert reveal.compute_id(NET) in res.batch_ids  # the reveal is pinned in the set
+    assert list(res.label) == truth
+    rewards = {a.account: a.reward for a in res.annotators}
+    expert_total = sum(rewards[pk(e)] for e in experts)
+    herd_total = sum(rewards[pk(h)] for h in herd)
+    assert expert_total > herd_total
+    assert min(rewards[pk(e)] for e in experts) > max(rewards[pk(h)] for h in herd)
+    assert expert_total + herd_total + res.refund == task.bounty
+    # without gold the herd wins the labels: gold is what proves the experts right
+    res_no_gold = compute_task_result(tid, task, batches, None, fresh, P)
+    assert list(res_no_gold.label) != truth
+
+
+def test_reputation_pays_skill_not_volume_and_penalises_equivocation():
+    def outcome(tid, acc_score, labels, eq=0, account=b"a" * 32, domain="med"):
+        return TaskOutcome(tid, 0, domain, 2, (AnnotatorOutcome(account, labels, acc_score, eq),))
+    expert = compute_earned([outcome(b"1" * 32, 95 * ONE, 100)])[(b"a" * 32, "med")]
+    spammer = compute_earned([outcome(b"1" * 32, 50 * ONE, 100)])[(b"a" * 32, "med")]
+    lucky = compute_earned([outcome(b"1" * 32, 3 * ONE, 3)])[(b"a" * 32, "med")]
+    cheat = compute_earned([outcome(b"1" * 32, 95 * ONE, 100, eq=3)])[(b"a" * 32, "med")]
+    assert expert > lucky > spammer == 0
+    assert cheat < expert
+    # order and duplicates of outcomes do not matter
+    o = [outcome(bytes([i]) * 32, 9 * ONE, 10) for i in range(5)]
+    assert compute_earned(o) == compute_earned(list(reversed(o)) + o[:2])
+
+
+# ------------------------------------------------------------------ one validator node
+
+
+async def call(node, method, **params):
+    return await METHODS[method](node, params)
+
+
+async def test_gold_reveal_and_reputation_lag_and_domains(tmp_path):
+    lag = 60_000
+    g = make_genesis("rep", T0, [(pk(1000), 1)], [], [(pk(1), 10**9)],
+                     {"grace_period_ms": 1000, "round_timeout_ms": 2000, "reputation_lag_ms": lag})
+    clock = FakeClock()
+    ks = Keystore(tmp_path / "n")
+    ks.create("req", seed=bytes(key(1)))
+    async with trio.open_nursery() as nursery:
+        node = Node(tmp_path / "n", g, p2p_factory=None, clock=clock, keystore=ks, validator_key=key(1000),
+                    finality_tick_s=0.01)
+        await nursery.start(node.run)
+        # Task A, domain "med": 3 experts right, 5 spammers; gold on 4 items, committed then revealed.
+        rng = random.Random(4)
+        n = 20
+        truth = [rng.randrange(3) for _ in range(n)]
+        r = await call(node, "task_post", account="req", title="A", labels=["x", "y", "z"], domain="med",
+                       items=[f"i{i}" for i in range(n)], duration_s=10, bounty=10_000,
+                       gold=[[i, truth[i]] for i in range(0, n, 5)])
+        tid_a = bytes.fromhex(r["task_id"])
+        assert node.tasks[tid_a].gold_commitment is not None
+        for e in (10, 11, 12):
+            await node.ingest(signed(make_batch(e, tid_a, [(i, truth[i]) for i in range(n)]), e, NET_of(g)).raw, "rpc")
+        for s in range(5):
+            await node.ingest(signed(make_batch(50 + s, tid_a, [(i, rng.randrange(3)) for i in range(n)]), 50 + s,
+                                     NET_of(g)).raw, "rpc")
+        clock.now = node.tasks[tid_a].deadline + 1
+        await wait_for(lambda: node.store.task_message_ids(tid_a, KIND_GOLD), 10)  # revealed automatically
+        async with trio.open_nursery() as clk:  # let protocol time run on
+            clk.start_soon(advance, clock, clock.now + 60_000)
+            await wait_for(lambda: node.finality.is_certified(tid_a), 10)
+            clk.cancel_scope.cancel()
+        cons = await call(node, "consensus_get", task_id=tid_a.hex())
+        assert cons["status"] == "certified"
+        got = [it["label_index"] for it in cons["items"]]
+        assert sum(a == b for a, b in zip(got, truth)) >= 0.9 * n  # 3 experts among 5 random spammers
+        rep = await call(node, "reputation_get", domain="med")
+        w = {x["account"]: x["weight"] for x in rep["reputation"]}
+        assert all(w[pk(e).hex()] > 10 * P.fresh_weight for e in (10, 11, 12))
+        rewards = (await call(node, "rewards_get", task_id=tid_a.hex()))["totals"]
+        assert {x["account"] for x in rewards[:3]} == {pk(e).hex() for e in (10, 11, 12)}
+
+        async def sybil_task(domain, title):
+            r = await call(node, "task_post", account="req", title=title, labels=["x", "y", "z"], domain=domain,
+                           items=[f"q{i}" for i in range(5)], duration_s=10, bounty=0)
+            tid = bytes.fromhex(r["task_id"])
+            for e in (10, 11, 12):
+                await node.ingest(signed(make_batch(e, tid, [(i, 0) for i in range(5)]), e, NET_of(g)).raw, "rpc")
+            for s in range(30):
+                await node.ingest(signed(make_batch(500 + s, tid, [(i, 2) for i in range(5)]), 500 + s,
+                                         NET_of(g)).raw, "rpc")
+            return tid
+
+        # Before the lag has passed the snapshot does not hold task A yet: the crowd of fresh keys wins.
+        early = await sybil_task("med", "early")
+        assert set(node.task_result(early).label) == {2}
+        # After the lag, in the same domain, the experts' reputation carries the labels...
+        clock.now = node.tasks[tid_a].deadline + lag + 1
+        late = await sybil_task("med", "late")
+        assert set(node.task_result(late).label) == {0}
+        # ...but it does not vouch for another domain.
+        other = await sybil_task("sentiment", "other")
+        assert set(node.task_result(other).label) == {2}
+        exported = await call(node, "task_export", task_id=tid_a.hex(), format="csv")
+        assert exported["status"] == "certified" and exported["content"].count("\n") == n + 1
+        ls = await call(node, "task_export", task_id=tid_a.hex(), format="labelstudio")
+        assert '"choices"' in ls["content"]
+        nursery.cancel_scope.cancel()
+
+
+def NET_of(g):
+    return g.network_id
