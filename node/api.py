@@ -40,7 +40,7 @@ import secrets
 from typing import Any
 
 from protocol.messages import (
-    ITEM_BLOB, ITEM_BYTES, ITEM_TEXT, KIND_BATCH, KIND_NAMES, KIND_TASK, SCHEMA_SINGLE_CHOICE,
+    ITEM_BLOB, ITEM_BYTES, ITEM_TEXT, KIND_BATCH, KIND_GOLD, KIND_NAMES, KIND_TASK, SCHEMA_SINGLE_CHOICE,
     AnnotationBatch, Item, LabelSchema, Outcome, TaskAnnouncement, compute_gold_commitment, decode_message,
     sign_message,
 )
@@ -109,18 +109,29 @@ def _signing_key(node, params):
 
 
 async def _ingest_or_raise(node, raw: bytes) -> tuple[bytes, str]:
+    return (await _ingest_many_or_raise(node, [raw]))[0]
+
+
+async def _ingest_many_or_raise(node, raws: list[bytes]) -> list[tuple[bytes, str]]:
+    """Ingest ``raws`` in ONE pipeline run (one group commit for all of them, not one
+    fsync each); (id, "accepted" | "duplicate") per message, or RpcError for the first
+    message that was rejected or ignored (the valid ones are stored all the same)."""
     from .store import StoreFullError
 
     try:
-        v, mid = await node.ingest(raw, "rpc", publish=True)
+        results = await node.ingest_many(raws, "rpc", publish=True)
     except StoreFullError as e:
         logging.getLogger("labelmesh.rpc").error("refused an RPC write, store full: %s", e)
         raise RpcError(STORE_FULL, f"store is full: {e}. Free disk space; the node resumes by itself.") from None
-    if v.ok:
-        return mid, "accepted"
-    if v.outcome is Outcome.IGNORE and v.reason == "duplicate":
-        return mid, "duplicate"
-    raise RpcError(REJECTED, f"message {v.outcome.value}ed: {v.reason}", {"outcome": v.outcome.value})
+    out = []
+    for v, mid in results:
+        if v.ok:
+            out.append((mid, "accepted"))
+        elif v.outcome is Outcome.IGNORE and v.reason == "duplicate":
+            out.append((mid, "duplicate"))
+        else:
+            raise RpcError(REJECTED, f"message {v.outcome.value}ed: {v.reason}", {"outcome": v.outcome.value})
+    return out
 
 
 def _fx(v: int) -> float:
@@ -329,6 +340,7 @@ async def annotations_submit(node, params):
         if len(raws) > MAX_RAW_PER_CALL:
             raise RpcError(INVALID_PARAMS, f"at most {MAX_RAW_PER_CALL} raw messages per call")
         out = []
+        datas, n_labels = [], []
         for r in raws:
             try:
                 data = bytes.fromhex(r)
@@ -340,8 +352,10 @@ async def annotations_submit(node, params):
                 raise RpcError(REJECTED, f"message rejected: decode: {e}") from None
             if decoded.kind != KIND_BATCH:
                 raise RpcError(INVALID_PARAMS, "annotations_submit takes annotation batches; use task_post for tasks")
-            mid, status = await _ingest_or_raise(node, data)
-            out.append({"batch_id": mid.hex(), "status": status, "labels": len(decoded.body.labels)})
+            datas.append(data)
+            n_labels.append(len(decoded.body.labels))
+        for (mid, status), n in zip(await _ingest_many_or_raise(node, datas), n_labels):
+            out.append({"batch_id": mid.hex(), "status": status, "labels": n})
         return out[0] if single else {"results": out}
     sk = _signing_key(node, params)
     tid = _task_id(node, params)
@@ -397,7 +411,8 @@ async def consensus_get(node, params):
         "task_id": tid.hex(), "status": status, "task_status": node.task_status(tid),
         "certificate": _cert_json(node, cert),
         "set_root": res.set_root.hex(), "result_root": res.result_root.hex(),
-        "batches": len(res.batch_ids), "labels": sum(res.votes), "alpha": res.alpha, "alpha_f": _fx(res.alpha),
+        "batches": len(res.batch_ids) - len(set(res.batch_ids) & set(node.store.task_message_ids(tid, KIND_GOLD))),
+        "pinned": len(res.batch_ids), "gold_items": res.gold_items, "labels": sum(res.votes), "alpha": res.alpha, "alpha_f": _fx(res.alpha),
         "refund": res.refund, "bounty": task.bounty,
         "annotators": [{"account": a.account.hex(), "labels": a.labels, "accuracy": a.accuracy,
                         "accuracy_f": _fx(a.accuracy), "reward": a.reward} for a in res.annotators],

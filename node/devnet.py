@@ -143,7 +143,8 @@ def up(root: Path, n: int) -> dict:
         keystores.append(ks)
     requester = keystores[0].create("requester")
     genesis = make_genesis("devnet", int(time.time() * 1000), [(v, 1) for v in validators], [],
-                           [(requester, 10**9)], {"grace_period_ms": 3000, "round_timeout_ms": 4000})
+                           [(requester, 10**9)], {"grace_period_ms": 3000, "round_timeout_ms": 4000,
+                                                   "reputation_lag_ms": 5000})
     ports = [_free_port() for _ in range(n)]
     for i in range(n):
         dd = root / f"node-{i}"
@@ -232,10 +233,14 @@ def demo(root: Path, n_items: int, deadline_s: float, seed: int) -> dict:
     labels = ["cat", "dog", "bird"]
     truth, annotators, answers = simulate(n_items, labels, seed)
     t0 = time.monotonic()
+    # The requester hides gold answers for 10% of the items (committed now, revealed by
+    # node 0 after the deadline); annotators cannot tell them from the others.
+    gold_items = sorted(random.Random(seed + 1).sample(range(n_items), max(1, n_items // 10)))
     r = _rpc(root, 0, "task_post", {"account": "requester", "title": "demo: what animal is in the picture?",
                                     "labels": labels, "domain": "animals",
                                     "items": [f"picture #{i}" for i in range(n_items)],
-                                    "duration_s": deadline_s, "bounty": 1_000_000, "redundancy": 5})
+                                    "duration_s": deadline_s, "bounty": 1_000_000, "redundancy": 5,
+                                    "gold": [[i, truth[i]] for i in gold_items]})
     task_id = r["task_id"]
     deadline_ms = r["deadline_ms"]
     print(f"posted task {task_id[:16]}… ({n_items} items, bounty 1,000,000 credits) on node 0", flush=True)
@@ -271,16 +276,19 @@ def demo(root: Path, n_items: int, deadline_s: float, seed: int) -> dict:
     rs = _wait(certified_everywhere, 90, "every node to report the same certified result", interval=0.5)
     res = rs[0]
     got = [it["label_index"] for it in res["items"]]
-    acc = sum(1 for g, t in zip(got, truth) if g == t) / n_items
+    scored = [i for i in range(n_items) if i not in set(gold_items)]  # accuracy on the non-gold items
+    acc = sum(1 for i in scored if got[i] == truth[i]) / len(scored)
     # plain majority for comparison
     votes = {}
     for k, pairs in answers.items():
         for item, lab in pairs:
             votes.setdefault(item, [0] * len(labels))[lab] += 1
-    mv = sum(1 for i in range(n_items) if max(range(len(labels)), key=lambda c: (votes[i][c], -c)) == truth[i]) / n_items
+    mv = sum(1 for i in scored if max(range(len(labels)), key=lambda c: (votes[i][c], -c)) == truth[i]) / len(scored)
     by_key = {a["account"]: a for a in res["annotators"]}
+    rep = {x["account"]: x for x in _rpc(root, 0, "reputation_get", {"domain": "animals"})["reputation"]}
     summary = {"task_id": task_id, "nodes": n, "labels_submitted": submitted, "batches": batches,
                "accuracy": round(acc, 4), "majority_vote_accuracy": round(mv, 4), "alpha": res["alpha_f"],
+               "gold_items": len(gold_items), "refund": res["refund"],
                "result_root": res["result_root"], "identical_on_all_nodes": True,
                "status": res["status"], "certificate": res["certificate"], "batches_certified": res["batches"],
                "certified_after_deadline_s": round(time.time() - deadline_ms / 1000, 1),
@@ -289,7 +297,8 @@ def demo(root: Path, n_items: int, deadline_s: float, seed: int) -> dict:
         pk = bytes(a["key"].verify_key).hex()
         row = by_key.get(pk, {})
         summary["annotators"].append({"kind": a["kind"], "true_accuracy": a["accuracy"],
-                                      "estimated_accuracy": row.get("accuracy_f"), "reward": row.get("reward", 0)})
+                                      "estimated_accuracy": row.get("accuracy_f"), "reward": row.get("reward", 0),
+                                      "reputation": rep.get(pk, {}).get("weight_f", 0.0)})
     return summary
 
 
@@ -301,18 +310,20 @@ def print_summary(s: dict) -> None:
     print(f"nodes                     {s['nodes']}")
     print(f"labels submitted          {s['labels_submitted']} in {s['batches']} signed batches")
     print(f"agreement (Krippendorff α) {s['alpha']:.3f}")
-    print(f"consensus accuracy        {s['accuracy']:.1%}  (plain majority vote: {s['majority_vote_accuracy']:.1%})")
+    print(f"consensus accuracy        {s['accuracy']:.1%} on the non-gold items  "
+          f"(plain majority vote: {s['majority_vote_accuracy']:.1%}); {s['gold_items']} hidden gold items revealed")
     c = s["certificate"]
     print(f"certificate               round {c['round']}, {len(c['signers'])} validators holding "
           f"{c['weight']}/{c['total_weight']} of the weight; {s['batches_certified']} of {s['batches']} batches pinned")
     print(f"result_root               {s['result_root'][:32]}…  identical on all {s['nodes']} nodes")
     print(f"certified                 {s['certified_after_deadline_s']} s after the deadline")
     print()
-    print("annotator   true acc  estimated  reward (credits)")
+    print("annotator   true acc  estimated  reward (credits)  reputation (animals)")
     for a in s["annotators"]:
         ta = "random" if a["true_accuracy"] is None else f"{a['true_accuracy']:.2f}"
         ea = "-" if a["estimated_accuracy"] is None else f"{a['estimated_accuracy']:.2f}"
-        print(f"{a['kind']:<10}  {ta:>8}  {ea:>9}  {a['reward']:>10,}")
+        print(f"{a['kind']:<10}  {ta:>8}  {ea:>9}  {a['reward']:>16,}  {a['reputation']:>10.3f}")
+    print(f"refunded to the requester: {s['refund']:,} credits (rewards + refund = bounty, exactly)")
     print(f"\ndemo finished in {s['seconds']} s")
 
 

@@ -23,9 +23,12 @@ Rules fixed here (documented in docs/consensus.md):
 * **Rewards** (integer credits). Each annotator's score is the sum, over the
   items they voted on (not equivocated), of: on a gold item, ONE if the label
   equals the gold answer else 0; elsewhere the item's confidence if the label
-  equals the consensus label, else 0. reward_A = floor(bounty * score_A / total);
-  the remainder (and the whole bounty when nobody scored) is refunded to the
-  requester, so rewards + refund == bounty exactly.
+  equals the consensus label, else 0. Only skill above chance is paid:
+  pay_A = max(0, score_A - labels_A * ONE // k) for k classes (a random
+  annotator matches 1/k of the labels for free), and
+  reward_A = floor(bounty * pay_A / sum of pay); the remainder (and the whole
+  bounty when nobody is above chance) is refunded to the requester, so
+  rewards + refund == bounty exactly.
 """
 from __future__ import annotations
 
@@ -142,9 +145,11 @@ def compute_task_result(task_id: bytes, task: TaskAnnouncement,
                 scores[a] += ONE
         elif l == label[i]:
             scores[a] += conf[i]
-    total = sum(scores)
+    # Pay skill above chance: a random annotator matches 1/k of the labels for free.
+    pay = [max(0, scores[a] - nlabels[a] * ONE // n_classes) for a in range(len(accounts))]
+    total = sum(pay)
     bounty = task.bounty
-    rewards = [(bounty * s) // total if total else 0 for s in scores]
+    rewards = [(bounty * p) // total if total else 0 for p in pay]
     refund = bounty - sum(rewards)
 
     eq_count = {}
