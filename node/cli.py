@@ -36,13 +36,13 @@ def _out(args, obj, human: str | None = None) -> None:
 
 
 def _client(args):
-    from .config import load_config
+    from .config import resolve_config
     from .rpc import RpcClient
 
     dd = Path(args.data_dir)
     sock = dd / "node.sock"
     try:
-        sock = dd / load_config(dd).rpc_socket
+        sock = dd / resolve_config(dd)[0].rpc_socket  # honours LABELMESH_RPC_SOCKET like `run`
     except Exception:
         pass
     if not sock.exists():
@@ -104,13 +104,15 @@ def cmd_init(args) -> int:
     return 0
 
 
-def build_node(data_dir: Path, *, listen_override=None):
+def build_node(data_dir: Path, *, listen_override=None, cfg=None):
+    """(config, Node) for a data dir; ``cfg`` is the effective config (default: the file's)."""
     from protocol.genesis import genesis_from_json
     from .config import load_config
     from .daemon import Node
     from .keystore import Keystore
+    from .store import StoreError
 
-    cfg = load_config(data_dir)
+    cfg = cfg or load_config(data_dir)
     gpath = (data_dir / cfg.genesis)
     try:
         genesis = genesis_from_json(gpath.read_text())
@@ -136,20 +138,24 @@ def build_node(data_dir: Path, *, listen_override=None):
                                  max_message_bytes=genesis.params.max_message_bytes),
                        validator=validator, on_peer_connected=on_peer_connected)
 
-    return cfg, Node(data_dir, genesis, p2p_factory=p2p_factory, keystore=Keystore(data_dir),
-                     rpc_socket=data_dir / cfg.rpc_socket, validator_account=cfg.validator_account)
+    try:
+        return cfg, Node(data_dir, genesis, p2p_factory=p2p_factory, keystore=Keystore(data_dir),
+                         rpc_socket=data_dir / cfg.rpc_socket, validator_account=cfg.validator_account,
+                         metrics_listen=cfg.metrics_listen)
+    except StoreError as e:  # e.g. a store of a newer labelmesh, or already open
+        raise CliError(str(e)) from None
 
 
 def cmd_run(args) -> int:
     import trio
 
     from .logs import setup_logging
-    from .config import load_config
+    from .opscli import effective_config
 
     dd = Path(args.data_dir)
-    cfg = load_config(dd)
-    setup_logging(args.log_level or cfg.log_level, args.log_format or cfg.log_format)
-    _, node = build_node(dd)
+    cfg, _ = effective_config(args)  # flags > LABELMESH_* > config.toml > defaults
+    setup_logging(cfg.log_level, cfg.log_format, levels=cfg.log_levels)
+    _, node = build_node(dd, cfg=cfg)
 
     async def main():
         async with trio.open_nursery() as nursery:
@@ -164,36 +170,24 @@ def cmd_run(args) -> int:
             await nursery.start(node.run)
             if node.p2p is not None:
                 print(json.dumps({"event": "ready", "peer_id": node.peer_id, "listen": node.p2p.listen_addrs(),
-                                  "pid": os.getpid()}), flush=True)
+                                  "pid": os.getpid(), "metrics": node.metrics.url}), flush=True)
 
-    trio.run(main)
+    try:
+        trio.run(main)
+    except BaseExceptionGroup as eg:  # a service failed to start: say which, in one line, if it is not a bug
+        from protocol.errors import LabelmeshError
+        from .store import StoreError
+        user, rest = eg.split((LabelmeshError, StoreError))
+        if rest is None and user is not None:
+            leaf = user
+            while isinstance(leaf, BaseExceptionGroup):
+                leaf = leaf.exceptions[0]
+            raise CliError(str(leaf)) from None
+        raise
     return 0
 
 
 # ------------------------------------------------------------------ queries
-
-def cmd_status(args) -> int:
-    info = _call(args, "node_info")
-    m = info["messages"]
-    human = (f"node      {info['peer_id']}  (pid {info['pid']}, up {info['uptime_s']} s)\n"
-             f"network   {info['network_name']} {info['network_id'][:16]}\n"
-             f"peers     {info['peer_count']}\n"
-             f"tasks     {info['tasks']}\n"
-             f"messages  stored {m['stored']}  accepted {m['accepted']}  rejected {m['rejected']}  "
-             f"ignored {m['ignored']}  duplicates {m['duplicates']}")
-    sy = info.get("sync") or {}
-    if sy.get("peers"):
-        age = (f"{(info['time_ms'] - sy['last_sync_ms']) / 1000:.1f} s ago" if sy.get("last_sync_ms")
-               else "not yet")
-        human += (f"\nsync      {sy['synced_peers']}/{sy['peers']} peers synced, last {age}, "
-                  f"lag {sy['lag_tasks']} tasks, fetched {sy['fetched']}  served {sy['served']}")
-    bl = info.get("blobs")
-    if bl:
-        human += (f"\nblobs     stored {bl['stored']} ({bl['stored_bytes']} bytes)  wanted {bl['wanted']}  "
-                  f"fetched {bl['fetched']}  failed {bl['failed']}")
-    _out(args, info, human)
-    return 0
-
 
 def cmd_rpc(args) -> int:
     params = {}
@@ -425,13 +419,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="overwrite an existing config and genesis")
     s.set_defaults(fn=cmd_init)
 
-    s = sub.add_parser("run", parents=[common], help="run the node daemon (SIGINT/SIGTERM stop it cleanly)")
-    s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-    s.add_argument("--log-format", choices=["text", "json"])
+    from . import opscli
+    s = sub.add_parser("run", parents=[common, opscli.override_parser()],
+                       help="run the node daemon (SIGINT/SIGTERM stop it cleanly)")
     s.set_defaults(fn=cmd_run)
 
-    s = sub.add_parser("status", parents=[common], help="identity, network, peers and counts of a running node")
-    s.set_defaults(fn=cmd_status)
+    opscli.add_parsers(sub, common)  # status, config, account, backup, restore, completion
 
     s = sub.add_parser("rpc", parents=[common], help="call a JSON-RPC method and print its JSON result")
     s.add_argument("method", help="method name (rpc_methods lists them)")
@@ -524,4 +517,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the canonical module's main: helper modules import ``node.cli`` and raise its
+    # CliError, which would be a different class in this ``__main__`` copy.
+    from node.cli import main as _main
+
+    sys.exit(_main())
