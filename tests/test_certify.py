@@ -110,3 +110,26 @@ async def test_minority_partition_cannot_certify_then_heals(tmp_path):
         _, res = nodes[1].finality.certified_result(tid)
         assert res is not None and len(res.batch_ids) == 2  # after healing the union is certified
         nursery.cancel_scope.cancel()
+
+
+async def test_one_silent_validator_of_four_still_certifies(tmp_path):
+    g = genesis()
+    net = FakeNet(seed=9)
+    clock = FakeClock()
+    async with trio.open_nursery() as nursery:
+        net.nursery = nursery
+        nodes = await start(nursery, tmp_path, net, g, clock, n=3)  # validator 4 never comes up
+        net.connect_all()
+        task = make_task(n_items=4, duration_ms=5_000)
+        _, tid = await nodes[0].ingest(signed(task, 1, g.network_id).raw, "rpc", publish=True)
+        await wait_for(lambda: all(tid in n.tasks for n in nodes))
+        m = signed(make_batch(70, tid, [(0, 1), (3, 2)]), 70, g.network_id)
+        assert (await nodes[2].ingest(m.raw, "rpc", publish=True))[0].ok
+        await wait_for(lambda: all(len(n.task_batches(tid)) == 1 for n in nodes))
+        async with trio.open_nursery() as clk:
+            clk.start_soon(advance, clock, task.deadline + 400_000)
+            await wait_for(lambda: all(n.finality.is_certified(tid) for n in nodes), 30)
+            clk.cancel_scope.cancel()
+        cert = nodes[0].finality.tasks[tid].certificate
+        assert len(cert.attestations) == 3 and pk(VALIDATORS[3]) not in {a.body.validator for a in cert.attestations}
+        nursery.cancel_scope.cancel()
