@@ -213,8 +213,7 @@ _MAX_ERROR_REASON_BYTES = 256
 # Errors
 
 
-class LabelmeshError(Exception):
-    """Root of every labelmesh exception (lives here until a shared module exists)."""
+from protocol.errors import LabelmeshError  # noqa: E402  (the one root error of the project)
 
 
 class P2PError(LabelmeshError):
@@ -614,6 +613,23 @@ class _TokenBucket:
             self._tokens -= 1.0
 
 
+def _accepts_n_args(fn: Callable[..., Any], n: int) -> bool:
+    """Whether ``fn`` can be called with ``n`` positional arguments."""
+    try:
+        inspect.signature(fn).bind(*range(n))
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def _origin_of(msg: rpc_pb2.Message) -> str | None:
+    """Base58 peer id of the message's publisher (``from``; authenticated by strict signing)."""
+    try:
+        return ID(msg.from_id).to_base58() if msg.from_id else None
+    except Exception:
+        return None
+
+
 def _decayed(value: float, stamp: float, now: float, half_life: float) -> float:
     return value * 0.5 ** ((now - stamp) / half_life)
 
@@ -681,7 +697,10 @@ class P2PNode:
     """One labelmesh peer on the libp2p network. See the module docstring.
 
     ``validator(topic, data, forwarder_peer_id)`` decides ACCEPT / REJECT /
-    IGNORE for every gossip message from another peer (sync or async).
+    IGNORE for every gossip message from another peer (sync or async); a
+    validator that takes a fourth argument also gets the publishing peer's id
+    (libp2p ``from``, or None), which node/ratelimit.py uses to tell a flooding
+    peer from its honest relayers.
     ``on_message(topic, data, forwarder_peer_id)`` is awaited for every
     accepted message originated by another peer, one at a time per topic, from
     the topic's drain task, in the order messages were accepted (which need not
@@ -708,6 +727,7 @@ class P2PNode:
             )
         self.config = config
         self._validator = validator
+        self._validator_takes_origin = _accepts_n_args(validator, 4)
         self._on_message = on_message
         self._on_peer_connected = on_peer_connected
         self._key_pair = create_identity_from_seed(config.seed)
@@ -1193,7 +1213,10 @@ class P2PNode:
         with trio.move_on_after(self.config.validation_timeout_s) as scope:
             async with self._validation_limiter:
                 try:
-                    result = self._validator(topic, bytes(msg.data), forwarder.to_base58())
+                    args: tuple = (topic, bytes(msg.data), forwarder.to_base58())
+                    if self._validator_takes_origin:
+                        args += (_origin_of(msg),)
+                    result = self._validator(*args)
                     if inspect.isawaitable(result):
                         result = await result
                 except Exception:

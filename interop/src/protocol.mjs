@@ -1,0 +1,496 @@
+// The labelmesh protocol, version 1, written from PROTOCOL.md (sections 4-8, 10-11):
+// genesis and network id, messages (encode, decode, sign, verify, validate), roots,
+// sync frames and fingerprints, finality leaders and certificates. No I/O here.
+import crypto from 'node:crypto'
+import { DecodeError, compareBytes, concat, decode, encode, equalBytes, hex } from './msgpack.mjs'
+import { sign, verify } from './ed25519.mjs'
+
+const ascii = (s) => new TextEncoder().encode(s)
+const tag = (s) => concat([ascii(s), Uint8Array.of(0)])
+export const sha256 = (...parts) => new Uint8Array(crypto.createHash('sha256').update(concat(parts)).digest())
+
+export const KIND = { TASK: 1, BATCH: 2, GOLD: 3, ATTESTATION: 4 }
+export const KIND_NAMES = { 1: 'task', 2: 'batch', 3: 'gold', 4: 'attestation' }
+export const VERSION = 1
+export const DOMAIN_TAGS = {
+  1: tag('labelmesh/task/v1'),
+  2: tag('labelmesh/batch/v1'),
+  3: tag('labelmesh/gold/v1'),
+  4: tag('labelmesh/attestation/v1')
+}
+export const GENESIS_TAG = tag('labelmesh/genesis/v1')
+export const GOLD_COMMIT_TAG = tag('labelmesh/gold-commitment/v1')
+export const SET_ROOT_TAG = tag('labelmesh/set-root/v1')
+export const RESULT_ROOT_TAG = tag('labelmesh/result-root/v1')
+export const FP_TAG = tag('labelmesh/fp/v1')
+export const LEADER_TAG = tag('labelmesh/finality-leader/v1')
+const FIELD_COUNT = { 1: 13, 2: 6, 3: 7, 4: 10 }
+const U64 = (1n << 64n) - 1n
+
+// ------------------------------------------------------------------ params and genesis (section 4)
+
+export const DEFAULT_PARAMS = {
+  max_message_bytes: 960 * 1024,
+  max_items_per_task: 10000,
+  max_classes: 64,
+  max_labels_per_batch: 10000,
+  max_string_bytes: 256,
+  max_inline_item_bytes: 4096,
+  max_blob_bytes: 64 * 1024 * 1024,
+  max_batch_ids_per_attestation: 20000,
+  max_bounty: 10 ** 15,
+  max_redundancy: 1000,
+  max_batches_per_annotator: 1024,
+  clock_skew_ms: 30000,
+  min_task_duration_ms: 1000,
+  max_task_duration_ms: 90 * 86400000,
+  grace_period_ms: 5000,
+  round_timeout_ms: 5000,
+  fresh_weight: 64,
+  reputation_lag_ms: 600000,
+  max_weight: 1 << 20
+}
+
+function cmpCodePoints (a, b) {
+  const x = Array.from(a, c => c.codePointAt(0))
+  const y = Array.from(b, c => c.codePointAt(0))
+  for (let i = 0; i < Math.min(x.length, y.length); i++) if (x[i] !== y[i]) return x[i] - y[i]
+  return x.length - y.length
+}
+
+function cmpTuple (a, b) {
+  for (let i = 0; i < a.length; i++) {
+    const x = a[i]; const y = b[i]
+    let c
+    if (x instanceof Uint8Array) c = compareBytes(x, y)
+    else if (typeof x === 'string') c = cmpCodePoints(x, y)
+    else c = x < y ? -1 : x > y ? 1 : 0
+    if (c !== 0) return c
+  }
+  return 0
+}
+
+const hex32 = (s, where) => {
+  const b = new Uint8Array(Buffer.from(String(s), 'hex'))
+  if (b.length !== 32 || hex(b) !== String(s).toLowerCase()) throw new Error(`${where}: expected a 64-character hex public key`)
+  return b
+}
+
+/** Parse a genesis JSON document: { name, canonical, networkId, params, validators: Map(hex -> weight) }. */
+export function genesisFromJson (doc) {
+  if (typeof doc === 'string') doc = JSON.parse(doc)
+  const version = doc.version ?? 1
+  if (version !== 1) throw new Error(`unsupported genesis version ${version}`)
+  const validators = (doc.validators ?? []).map(v => [hex32(v.account, 'validators'), BigInt(v.weight)]).sort(cmpTuple)
+  const reputation = (doc.reputation ?? []).map(r => [hex32(r.account, 'reputation'), String(r.domain ?? ''), BigInt(r.weight)]).sort(cmpTuple)
+  const balances = (doc.balances ?? []).map(b => [hex32(b.account, 'balances'), BigInt(b.credits)]).sort(cmpTuple)
+  const overrides = Object.entries(doc.params ?? {}).map(([k, v]) => [k, BigInt(v)]).sort(cmpTuple)
+  if (validators.length < 1) throw new Error('genesis needs at least one validator')
+  const params = { ...DEFAULT_PARAMS }
+  for (const [k, v] of overrides) {
+    if (!(k in params)) throw new Error(`unknown param ${k}`)
+    params[k] = Number(v)
+  }
+  const canonical = encode([version, doc.name, doc.genesis_time_ms, validators, reputation, balances, overrides])
+  const networkId = sha256(GENESIS_TAG, canonical)
+  return {
+    name: doc.name,
+    canonical,
+    networkId,
+    params,
+    validators: new Map(validators.map(([a, w]) => [hex(a), w])),
+    reputation
+  }
+}
+
+/** Gossip topic of a message kind. */
+export const topicFor = (networkId, kind) => `/labelmesh/${hex(networkId).slice(0, 16)}/${KIND_NAMES[kind]}/1`
+export const syncProtocolFor = (networkId) => `/labelmesh/${hex(networkId).slice(0, 16)}/sync/1`
+
+// ------------------------------------------------------------------ messages (section 5)
+
+/** Body array of a named-field body (the shape decodeMessage returns). */
+export function bodyFields (b) {
+  switch (b.kind) {
+    case 1: return [1, VERSION, b.requester, b.nonce, b.created_at, b.deadline, b.title,
+      [b.schema.type, b.schema.domain, b.schema.labels],
+      b.items.map(it => it.type === 0 ? [0, it.text] : it.type === 1 ? [1, it.payload, it.media_type] : [2, it.sha256, it.size, it.media_type]),
+      b.redundancy, b.bounty, b.gold_commitment, b.reward_rule]
+    case 2: return [2, VERSION, b.annotator, b.task_id, b.created_at, b.labels.flat()]
+    case 3: return [3, VERSION, b.requester, b.task_id, b.created_at, b.salt, b.answers.flat()]
+    case 4: return [4, VERSION, b.validator, b.task_id, b.created_at, b.round, b.phase, b.set_root, b.result_root, b.batch_ids]
+  }
+  throw new Error(`unknown kind ${b.kind}`)
+}
+
+export const signerOf = (b) => b.kind === 2 ? b.annotator : b.kind === 4 ? b.validator : b.requester
+
+export function signedBytes (kind, networkId, bodyBytes) {
+  return concat([DOMAIN_TAGS[kind], networkId, bodyBytes])
+}
+
+/** Encode and sign a named-field body with an ed25519 key ({publicKey, privateKey}). */
+export function signMessage (body, key, networkId) {
+  if (!equalBytes(signerOf(body), key.publicKey)) throw new Error("signing key does not match the message's signer field")
+  const bodyBytes = encode(bodyFields(body))
+  const sb = signedBytes(body.kind, networkId, bodyBytes)
+  const signature = sign(key, sb)
+  return { body, bodyBytes, signature, raw: encode([bodyBytes, signature]), id: sha256(sb) }
+}
+
+function limits (p) {
+  return {
+    maxBytes: p.max_message_bytes,
+    maxArray: Math.max(p.max_items_per_task, 2 * p.max_labels_per_batch, p.max_batch_ids_per_attestation, p.max_classes, 16),
+    maxBin: Math.max(p.max_inline_item_bytes, 64),
+    maxStr: Math.max(p.max_string_bytes, p.max_inline_item_bytes)
+  }
+}
+
+const need = (c, what) => { if (!c) throw new DecodeError(what) }
+const isInt = (v) => typeof v === 'bigint' || Number.isInteger(v)
+const uint = (v, name) => { need(isInt(v) && v >= 0, `${name} must be a non-negative integer`); return v }
+const bin = (v, name, len) => {
+  need(v instanceof Uint8Array, `${name} must be bytes`)
+  if (len !== undefined) need(v.length === len, `${name} must be ${len} bytes, got ${v.length}`)
+  return v
+}
+const str = (v, name) => { need(typeof v === 'string', `${name} must be a string`); return v }
+const list = (v, name) => { need(Array.isArray(v), `${name} must be an array`); return v }
+const pairs = (v, name) => {
+  list(v, name)
+  need(v.length % 2 === 0, `${name} must hold (item, label) pairs: even length`)
+  for (const x of v) need(isInt(x) && x >= 0, `${name} entries must be non-negative integers`)
+  const out = []
+  for (let i = 0; i < v.length; i += 2) out.push([v[i], v[i + 1]])
+  return out
+}
+
+function decodeItem (x) {
+  list(x, 'item')
+  need(x.length >= 2, 'item must be [type, ...]')
+  const t = uint(x[0], 'item type')
+  if (t === 0) { need(x.length === 2, 'text item must be [0, text]'); return { type: 0, text: str(x[1], 'item text') } }
+  if (t === 1) {
+    need(x.length === 3, 'bytes item must be [1, payload, media_type]')
+    return { type: 1, payload: bin(x[1], 'item payload'), media_type: str(x[2], 'media type') }
+  }
+  if (t === 2) {
+    need(x.length === 4, 'blob item must be [2, sha256, size, media_type]')
+    return { type: 2, sha256: bin(x[1], 'blob digest', 32), size: uint(x[2], 'blob size'), media_type: str(x[3], 'media type') }
+  }
+  throw new DecodeError(`unknown item type ${t}`)
+}
+
+/** Decode an envelope: { kind, body (named fields), bodyBytes, signature, raw }. Throws DecodeError. */
+export function decodeMessage (raw, params) {
+  const lim = limits(params)
+  const env = decode(raw, { maxBytes: lim.maxBytes, maxArray: 2, maxBin: lim.maxBytes, maxStr: 0 })
+  need(Array.isArray(env) && env.length === 2, 'envelope must be [body, signature]')
+  const bodyBytes = bin(env[0], 'body')
+  const signature = bin(env[1], 'signature', 64)
+  const f = decode(bodyBytes, lim)
+  need(Array.isArray(f) && f.length >= 3, 'body must be an array [kind, version, signer, ...]')
+  need(isInt(f[0]), 'kind must be an integer')
+  need(isInt(f[1]), 'version must be an integer')
+  const kind = f[0]
+  need(KIND_NAMES[kind] !== undefined, `unknown message kind ${kind}`)
+  need(f[1] === VERSION, `unsupported ${KIND_NAMES[kind]} version ${f[1]}; this node speaks version ${VERSION}`)
+  const signer = bin(f[2], 'signer', 32)
+  need(f.length === FIELD_COUNT[kind], `wrong number of fields: ${KIND_NAMES[kind]} has ${FIELD_COUNT[kind]}`)
+  let body
+  if (kind === 1) {
+    const sch = list(f[7], 'schema')
+    need(sch.length === 3, 'schema must be [type, domain, labels]')
+    const labels = list(sch[2], 'schema labels').map(x => str(x, 'label name'))
+    const schema = { type: uint(sch[0], 'schema type'), domain: str(sch[1], 'schema domain'), labels }
+    const items = list(f[8], 'items').map(decodeItem)
+    const gc = f[11] === null ? null : bin(f[11], 'gold_commitment', 32)
+    body = {
+      kind,
+      requester: signer,
+      nonce: uint(f[3], 'nonce'),
+      created_at: uint(f[4], 'created_at'),
+      deadline: uint(f[5], 'deadline'),
+      title: str(f[6], 'title'),
+      schema,
+      items,
+      redundancy: uint(f[9], 'redundancy'),
+      bounty: uint(f[10], 'bounty'),
+      gold_commitment: gc,
+      reward_rule: uint(f[12], 'reward_rule')
+    }
+  } else if (kind === 2) {
+    body = { kind, annotator: signer, task_id: bin(f[3], 'task_id', 32), created_at: uint(f[4], 'created_at'), labels: pairs(f[5], 'labels') }
+  } else if (kind === 3) {
+    body = {
+      kind, requester: signer, task_id: bin(f[3], 'task_id', 32), created_at: uint(f[4], 'created_at'),
+      salt: bin(f[5], 'salt', 32), answers: pairs(f[6], 'answers')
+    }
+  } else {
+    body = {
+      kind,
+      validator: signer,
+      task_id: bin(f[3], 'task_id', 32),
+      created_at: uint(f[4], 'created_at'),
+      round: uint(f[5], 'round'),
+      phase: uint(f[6], 'phase'),
+      set_root: bin(f[7], 'set_root', 32),
+      result_root: bin(f[8], 'result_root', 32),
+      batch_ids: list(f[9], 'batch_ids').map(x => bin(x, 'batch id', 32))
+    }
+  }
+  return { kind, body, bodyBytes, signature, raw }
+}
+
+export const messageId = (msg, networkId) => sha256(signedBytes(msg.kind, networkId, msg.bodyBytes))
+
+export function verifyMessage (msg, networkId) {
+  return verify(signerOf(msg.body), signedBytes(msg.kind, networkId, msg.bodyBytes), msg.signature)
+}
+
+const utf8len = (s) => Buffer.byteLength(s, 'utf8')
+const increasing = (ps) => ps.every((p, i) => i === 0 || BigInt(p[0]) > BigInt(ps[i - 1][0]))
+
+/** Stateless size and range checks: null if fine, else the REJECT reason. */
+export function validateBasic (msg, p) {
+  const b = msg.body
+  if (msg.raw.length > p.max_message_bytes) return `message is ${msg.raw.length} bytes; limit ${p.max_message_bytes}`
+  if (b.kind === 1) {
+    const s = b.schema
+    if (s.type !== 0) return `unsupported schema type ${s.type}`
+    if (s.labels.length < 2 || s.labels.length > p.max_classes) return `schema must have 2..${p.max_classes} labels`
+    if (new Set(s.labels).size !== s.labels.length) return 'label names must be distinct'
+    for (const t of [b.title, s.domain, ...s.labels]) if (utf8len(t) > p.max_string_bytes) return 'string too long'
+    if (s.labels.some(l => l === '')) return 'label names must not be empty'
+    if (b.items.length < 1 || b.items.length > p.max_items_per_task) return `task must have 1..${p.max_items_per_task} items`
+    for (const it of b.items) {
+      if (it.type === 0 && utf8len(it.text) > p.max_inline_item_bytes) return 'inline item too long'
+      if (it.type === 1 && it.payload.length > p.max_inline_item_bytes) return 'inline item too long'
+      if (it.type === 2 && BigInt(it.size) > BigInt(p.max_blob_bytes)) return 'blob too big'
+      if (utf8len(it.media_type ?? '') > p.max_string_bytes) return 'media type too long'
+    }
+    const d = BigInt(b.deadline) - BigInt(b.created_at)
+    if (d < BigInt(p.min_task_duration_ms) || d > BigInt(p.max_task_duration_ms)) return 'deadline out of bounds'
+    if (b.redundancy < 1 || b.redundancy > p.max_redundancy) return 'redundancy out of range'
+    if (BigInt(b.bounty) > BigInt(p.max_bounty)) return 'bounty too big'
+    if (b.reward_rule !== 0) return `unknown reward rule ${b.reward_rule}`
+  } else if (b.kind === 2) {
+    if (b.labels.length < 1 || b.labels.length > p.max_labels_per_batch) return `batch must hold 1..${p.max_labels_per_batch} labels`
+    if (!increasing(b.labels)) return 'batch items must be strictly increasing'
+  } else if (b.kind === 3) {
+    if (b.answers.length > p.max_items_per_task) return 'too many gold answers'
+    if (!increasing(b.answers)) return 'gold items must be strictly increasing'
+  } else {
+    if (b.phase !== 0 && b.phase !== 1) return `unknown attestation phase ${b.phase}`
+    if (b.batch_ids.length > p.max_batch_ids_per_attestation) return 'too many batch ids'
+    for (let i = 1; i < b.batch_ids.length; i++) if (compareBytes(b.batch_ids[i - 1], b.batch_ids[i]) >= 0) return 'batch ids must be sorted and distinct'
+    if (b.phase === 0 && !equalBytes(computeSetRoot(b.task_id, b.batch_ids), b.set_root)) return 'set_root does not match the listed batch ids'
+    if (b.phase === 1 && b.batch_ids.length) return 'a precommit lists no batch ids'
+  }
+  return null
+}
+
+/**
+ * The whole pipeline of PROTOCOL.md section 6.2.
+ * ctx = { getTask(taskIdBytes) -> body | null, validatorWeight(accountBytes) -> bigint }.
+ * Returns { outcome: 'ACCEPT'|'REJECT'|'IGNORE', stage, reason, msg }.
+ */
+export function checkMessage (raw, ctx, networkId, nowMs, params) {
+  let msg
+  try {
+    msg = decodeMessage(raw, params)
+  } catch (e) {
+    if (!(e instanceof DecodeError)) throw e
+    return { outcome: 'REJECT', stage: 'decode', reason: `decode: ${e.message}`, msg: null }
+  }
+  const basic = validateBasic(msg, params)
+  if (basic) return { outcome: 'REJECT', stage: 'basic', reason: basic, msg }
+  if (!verifyMessage(msg, networkId)) return { outcome: 'REJECT', stage: 'signature', reason: 'bad signature', msg }
+  const [outcome, reason] = validateInContext(msg.body, ctx, BigInt(nowMs), params)
+  return { outcome, stage: outcome === 'ACCEPT' ? 'accept' : 'context', reason, msg }
+}
+
+function validateInContext (b, ctx, now, p) {
+  if (BigInt(b.created_at) > now + BigInt(p.clock_skew_ms)) return ['IGNORE', 'created_at is in the future beyond the clock-skew tolerance']
+  if (b.kind === 1) return ['ACCEPT', '']
+  const task = ctx.getTask(b.task_id)
+  if (!task) return ['IGNORE', 'unknown task (not received yet)']
+  const nItems = task.items.length; const nClasses = task.schema.labels.length
+  if (b.kind === 2) {
+    for (const [i, l] of b.labels) {
+      if (i >= nItems) return ['REJECT', `item ${i} out of range`]
+      if (l >= nClasses) return ['REJECT', `label ${l} out of range`]
+    }
+    if (BigInt(b.created_at) > BigInt(task.deadline)) return ['IGNORE', 'signed after the task deadline']
+    return ['ACCEPT', '']
+  }
+  if (b.kind === 3) {
+    if (!equalBytes(b.requester, task.requester)) return ['REJECT', "gold reveal not signed by the task's requester"]
+    if (task.gold_commitment === null) return ['REJECT', 'task has no gold commitment']
+    if (BigInt(b.created_at) < BigInt(task.deadline)) return ['REJECT', 'gold revealed before the deadline']
+    for (const [i, l] of b.answers) if (i >= nItems || l >= nClasses) return ['REJECT', 'gold answer out of range']
+    if (!equalBytes(computeGoldCommitment(b.salt, b.answers), task.gold_commitment)) return ['REJECT', "gold reveal does not match the task's commitment"]
+    return ['ACCEPT', '']
+  }
+  if (!(ctx.validatorWeight(b.validator) > 0n)) return ['REJECT', 'attestation signer is not a validator of this network']
+  return ['ACCEPT', '']
+}
+
+// ------------------------------------------------------------------ roots (sections 5.4, 5.5, 10.5)
+
+export function computeSetRoot (taskId, ids) {
+  return sha256(SET_ROOT_TAG, taskId, ...[...ids].sort(compareBytes))
+}
+
+export function computeGoldCommitment (salt, answers) {
+  const sorted = [...answers].sort((a, b) => (BigInt(a[0]) < BigInt(b[0]) ? -1 : BigInt(a[0]) > BigInt(b[0]) ? 1 : 0))
+  return sha256(GOLD_COMMIT_TAG, salt, encode(sorted.flat()))
+}
+
+export const computeResultRoot = (canonicalResultBytes) => sha256(RESULT_ROOT_TAG, canonicalResultBytes)
+
+// ------------------------------------------------------------------ sync (section 8.2)
+
+export const SYNC = { LEAF_IDS: 128, FANOUT: 16, MAX_SUMMARY_TASKS: 1024, MAX_GET_IDS: 1024, MAX_REQUEST_BYTES: 64 * 1024, MAX_RESPONSE_BYTES: 8 * 1024 * 1024 }
+const MOD256 = 1n << 256n
+export const idInt = (id) => BigInt('0x' + (hex(id) || '0'))
+
+export function fingerprintFromSum (total, count) {
+  const t = ((total % MOD256) + MOD256) % MOD256
+  const sum = new Uint8Array(Buffer.from(t.toString(16).padStart(64, '0'), 'hex'))
+  const cnt = new Uint8Array(8)
+  new DataView(cnt.buffer).setBigUint64(0, BigInt(count))
+  return sha256(FP_TAG, sum, cnt).slice(0, 16)
+}
+
+export function computeFingerprint (ids) {
+  let total = 0n
+  for (const i of ids) total += idInt(i)
+  return fingerprintFromSum(total, ids.length)
+}
+
+/** Index range [a, b) of sortedIds with lo <= id < hi (hi null = unbounded). */
+export function rangeSlice (sortedIds, lo, hi) {
+  const lower = (x) => { let a = 0; let b = sortedIds.length; while (a < b) { const m = (a + b) >> 1; if (compareBytes(sortedIds[m], x) < 0) a = m + 1; else b = m } return a }
+  const a = lower(lo)
+  const b = hi === null ? sortedIds.length : lower(hi)
+  return [a, Math.max(a, b)]
+}
+
+export const encodeSummaryRequest = (cursor, limit) => encode([0, cursor, limit])
+export const encodeRangeRequest = (taskId, lo, hi) => encode([1, taskId, lo, hi])
+export const encodeGetRequest = (ids) => encode([2, ids])
+
+const isBound = (v, allowNull) => v === null ? allowNull : (v instanceof Uint8Array && v.length <= 32)
+
+export function decodeSyncRequest (data) {
+  const f = decode(data, { maxBytes: SYNC.MAX_REQUEST_BYTES, maxArray: SYNC.MAX_GET_IDS, maxBin: 32, maxStr: 0 })
+  need(Array.isArray(f) && f.length >= 2 && isInt(f[0]), 'sync request must be [kind, ...]')
+  if (f[0] === 0) {
+    need(f.length === 3 && isBound(f[1], false) && isInt(f[2]) && f[2] >= 1 && f[2] <= SYNC.MAX_SUMMARY_TASKS, 'summary request must be [0, cursor, limit 1..1024]')
+    return { kind: 0, cursor: f[1], limit: f[2] }
+  }
+  if (f[0] === 1) {
+    need(f.length === 4 && f[1] instanceof Uint8Array && f[1].length === 32 && isBound(f[2], false) && isBound(f[3], true), 'range request must be [1, task_id, lo, hi|nil]')
+    return { kind: 1, taskId: f[1], lo: f[2], hi: f[3] }
+  }
+  if (f[0] === 2) {
+    need(f.length === 2 && Array.isArray(f[1]) && f[1].length >= 1 && f[1].length <= SYNC.MAX_GET_IDS && f[1].every(i => i instanceof Uint8Array && i.length === 32), 'get request must be [2, [id, ...]]')
+    return { kind: 2, ids: f[1] }
+  }
+  throw new DecodeError(`unknown sync request kind ${f[0]}`)
+}
+
+export const encodeSummaryResponse = (rows, nextCursor) => encode([rows.map(([t, c, fp]) => [t, c, fp]), nextCursor])
+
+export function decodeSummaryResponse (data) {
+  const f = decode(data, { maxBytes: SYNC.MAX_RESPONSE_BYTES, maxArray: SYNC.MAX_SUMMARY_TASKS, maxBin: 32, maxStr: 0 })
+  need(Array.isArray(f) && f.length === 2 && Array.isArray(f[0]) && isBound(f[1], true), 'summary response must be [[row...], next_cursor|nil]')
+  for (const r of f[0]) need(Array.isArray(r) && r.length === 3 && r[0] instanceof Uint8Array && r[0].length === 32 && isInt(r[1]) && r[2] instanceof Uint8Array && r[2].length === 16, 'bad summary row')
+  return { rows: f[0], next: f[1] }
+}
+
+export function encodeRangeResponse (sortedIds, lo, hi) {
+  const [a, b] = rangeSlice(sortedIds, lo, hi)
+  const n = b - a
+  if (n <= SYNC.LEAF_IDS) return encode([0, sortedIds.slice(a, b)])
+  const parts = []
+  const step = Math.ceil(n / SYNC.FANOUT)
+  for (let start = a; start < b; start += step) {
+    const end = Math.min(b, start + step)
+    parts.push([start === a ? lo : sortedIds[start], end === b ? hi : sortedIds[end], end - start, computeFingerprint(sortedIds.slice(start, end))])
+  }
+  return encode([1, parts])
+}
+
+export function decodeRangeResponse (data) {
+  const f = decode(data, { maxBytes: SYNC.MAX_RESPONSE_BYTES, maxArray: Math.max(SYNC.LEAF_IDS, SYNC.FANOUT), maxBin: 32, maxStr: 0 })
+  need(Array.isArray(f) && f.length === 2 && Array.isArray(f[1]), 'range response must be [mode, list]')
+  if (f[0] === 0) return { mode: 'ids', ids: f[1] }
+  if (f[0] === 1) return { mode: 'split', parts: f[1] }
+  throw new DecodeError(`unknown range response mode ${f[0]}`)
+}
+
+export const encodeGetResponse = (raws) => encode(raws)
+export function decodeGetResponse (data, maxMessageBytes) {
+  const f = decode(data, { maxBytes: SYNC.MAX_RESPONSE_BYTES, maxArray: SYNC.MAX_GET_IDS, maxBin: maxMessageBytes, maxStr: 0 })
+  need(Array.isArray(f) && f.every(x => x instanceof Uint8Array), 'get response must be [raw, ...]')
+  return f
+}
+
+// ------------------------------------------------------------------ request/response framing (section 8.1)
+
+export function uvarint (n) {
+  const out = []
+  let v = BigInt(n)
+  do {
+    let b = Number(v & 0x7fn)
+    v >>= 7n
+    if (v) b |= 0x80
+    out.push(b)
+  } while (v)
+  return Uint8Array.from(out)
+}
+
+// ------------------------------------------------------------------ finality (section 11)
+
+export const isQuorum = (weight, total) => 3n * BigInt(weight) > 2n * BigInt(total)
+
+export function computeLeader (taskId, round, validators /* Map hex -> bigint weight */) {
+  let total = 0n
+  for (const w of validators.values()) total += BigInt(w)
+  const r = new Uint8Array(8)
+  new DataView(r.buffer).setBigUint64(0, BigInt(round))
+  let x = idInt(sha256(LEADER_TAG, taskId, r)) % total
+  for (const account of [...validators.keys()].sort()) {
+    x -= BigInt(validators.get(account))
+    if (x < 0n) return account
+  }
+  throw new Error('unreachable')
+}
+
+/** Decode and verify a certificate [1, [precommit envelope, ...]]: { valid, weight, taskId, round }. */
+export function verifyCertificate (data, validators, networkId, params) {
+  const top = decode(data, { maxBytes: params.max_message_bytes, maxArray: 1000, maxBin: params.max_message_bytes, maxStr: 0 })
+  need(Array.isArray(top) && top.length === 2 && top[0] === 1 && Array.isArray(top[1]) && top[1].length > 0, 'certificate must be [1, [attestations]]')
+  const msgs = top[1].map(raw => decodeMessage(raw, params))
+  const first = msgs[0].body
+  let weight = 0n
+  let valid = true
+  let prev = null
+  for (const m of msgs) {
+    const b = m.body
+    if (b.kind !== 4 || b.phase !== 1 || b.batch_ids.length) valid = false
+    if (b.kind === 4 && (!equalBytes(b.task_id, first.task_id) || b.round !== first.round ||
+        !equalBytes(b.set_root, first.set_root) || !equalBytes(b.result_root, first.result_root))) valid = false
+    if (prev && compareBytes(prev, b.validator) >= 0) valid = false
+    prev = b.validator
+    const w = validators.get(hex(b.validator ?? new Uint8Array()))
+    if (!w || !verifyMessage(m, networkId)) valid = false
+    else weight += w
+  }
+  let total = 0n
+  for (const w of validators.values()) total += w
+  return { valid: valid && isQuorum(weight, total), weight, total, taskId: first.task_id, round: first.round }
+}

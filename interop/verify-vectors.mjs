@@ -1,0 +1,249 @@
+// Replay tests/vectors/*.json with the JavaScript implementation of PROTOCOL.md.
+// Usage: node interop/verify-vectors.mjs [vectors dir]   (exit 0 iff every check passes)
+import { readFileSync } from 'node:fs'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { decode, encode, equalBytes, hex, unhex } from './src/msgpack.mjs'
+import { keyFromSeed, verify, verifyOpenSSLOnly } from './src/ed25519.mjs'
+import * as P from './src/protocol.mjs'
+
+const here = dirname(fileURLToPath(import.meta.url))
+const dir = process.argv[2] ?? join(here, '..', 'tests', 'vectors')
+const load = (f) => {
+  const d = JSON.parse(readFileSync(join(dir, f), 'utf8'))
+  if (d.format !== 1) throw new Error(`${f}: unknown vector format ${d.format}`)
+  return d
+}
+const big = (v) => typeof v === 'string' ? BigInt(v) : v // integers above 2^53 are decimal strings
+
+let checks = 0
+const failures = []
+function check (cond, what) {
+  checks++
+  if (!cond) failures.push(what)
+}
+const eq = (a, b, what) => check(a === b, `${what}: got ${a}, want ${b}`)
+
+// ------------------------------------------------------------------ genesis
+const gen = load('genesis.json')
+const genesis = P.genesisFromJson(gen.cases[0].json)
+for (const c of gen.cases) {
+  const g = P.genesisFromJson(c.json)
+  eq(hex(g.canonical), c.canonical_hex, `genesis ${c.name} canonical bytes`)
+  eq(hex(g.networkId), c.network_id, `genesis ${c.name} network id`)
+  for (const [k, name] of Object.entries(P.KIND_NAMES)) eq(P.topicFor(g.networkId, Number(k)), c.topics[name], `genesis ${c.name} topic ${name}`)
+  eq(P.syncProtocolFor(g.networkId), c.sync_protocol, `genesis ${c.name} sync protocol id`)
+  for (const [k, v] of Object.entries(c.params)) if (k in g.params) eq(g.params[k], v, `genesis ${c.name} param ${k}`)
+}
+for (const a of gen.accounts) eq(hex(keyFromSeed(unhex(a.seed)).publicKey), a.public_key, `account ${a.name} public key`)
+const NET = genesis.networkId
+const params = genesis.params
+
+// ------------------------------------------------------------------ valid messages
+const bodyFromJson = (kind, b) => {
+  const h = unhex
+  if (kind === 1) {
+    return {
+      kind, requester: h(b.requester), nonce: big(b.nonce), created_at: big(b.created_at), deadline: big(b.deadline),
+      title: b.title, schema: b.schema, redundancy: b.redundancy, bounty: big(b.bounty), reward_rule: b.reward_rule,
+      gold_commitment: b.gold_commitment === null ? null : h(b.gold_commitment),
+      items: b.items.map(it => it.type === 0 ? it : it.type === 1
+        ? { type: 1, payload: h(it.payload), media_type: it.media_type }
+        : { type: 2, sha256: h(it.sha256), size: big(it.size), media_type: it.media_type })
+    }
+  }
+  if (kind === 2) return { kind, annotator: h(b.annotator), task_id: h(b.task_id), created_at: big(b.created_at), labels: b.labels }
+  if (kind === 3) return { kind, requester: h(b.requester), task_id: h(b.task_id), created_at: big(b.created_at), salt: h(b.salt), answers: b.answers }
+  return {
+    kind, validator: h(b.validator), task_id: h(b.task_id), created_at: big(b.created_at), round: b.round, phase: b.phase,
+    set_root: h(b.set_root), result_root: h(b.result_root), batch_ids: b.batch_ids.map(h)
+  }
+}
+const canon = (v) => JSON.stringify(v, (k, x) => {
+  if (typeof x === 'bigint') return x.toString()
+  if (x instanceof Uint8Array) return hex(x)
+  if (x && typeof x === 'object' && !Array.isArray(x)) return Object.fromEntries(Object.entries(x).sort(([a], [b]) => a < b ? -1 : 1))
+  return x
+})
+
+const msgs = load('messages.json')
+const byName = {}
+for (const m of msgs.messages) {
+  byName[m.name] = m
+  const key = keyFromSeed(unhex(m.signer.seed))
+  eq(hex(key.publicKey), m.signer.public_key, `${m.name} signer key`)
+  const body = bodyFromJson(m.kind, m.body)
+  const s = P.signMessage(body, key, NET)
+  eq(hex(s.bodyBytes), m.body_hex, `${m.name} body bytes`)
+  eq(hex(P.DOMAIN_TAGS[m.kind]), m.domain_tag_hex, `${m.name} domain tag`)
+  eq(hex(P.signedBytes(m.kind, NET, s.bodyBytes)), m.signed_bytes_hex, `${m.name} signed bytes`)
+  eq(hex(s.signature), m.signature_hex, `${m.name} signature`)
+  eq(hex(s.raw), m.envelope_hex, `${m.name} envelope`)
+  eq(hex(s.id), m.id, `${m.name} id`)
+  eq(P.topicFor(NET, m.kind), m.topic, `${m.name} topic`)
+  const d = P.decodeMessage(unhex(m.envelope_hex), params)
+  check(P.verifyMessage(d, NET), `${m.name}: signature does not verify`)
+  eq(hex(P.messageId(d, NET)), m.id, `${m.name} id of the decoded envelope`)
+  eq(canon(d.body), canon(body), `${m.name} decoded fields`)
+  eq(P.validateBasic(d, params), null, `${m.name} validate_basic`)
+}
+
+// ------------------------------------------------------------------ invalid (and valid) envelopes through the pipeline
+const inv = load('invalid.json')
+const tasks = {}
+for (const [name, tid] of Object.entries(inv.task_names)) {
+  const d = P.decodeMessage(unhex(byName[name].envelope_hex), params)
+  eq(hex(P.messageId(d, NET)), tid, `task id of ${name}`)
+  tasks[name] = d.body
+}
+let reasonMatches = 0
+for (const c of inv.cases) {
+  const held = new Map(c.context.tasks.map(n => [inv.task_names[n], tasks[n]]))
+  const ctx = { getTask: (id) => held.get(hex(id)) ?? null, validatorWeight: (a) => genesis.validators.get(hex(a)) ?? 0n }
+  const r = P.checkMessage(unhex(c.envelope_hex), ctx, NET, c.context.now_ms, params)
+  eq(r.outcome, c.expected, `${c.name} outcome (${r.reason})`)
+  eq(r.stage, c.stage, `${c.name} stage (${r.reason})`)
+  if (r.reason.includes(c.reason)) reasonMatches++
+}
+// the small-order vector is exactly what a bare RFC 8032 verifier gets wrong
+const so = inv.cases.find(c => c.name === 'small_order_public_key')
+{
+  const env = decode(unhex(so.envelope_hex), { maxBytes: 1 << 20, maxArray: 2, maxBin: 1 << 20, maxStr: 0 })
+  const m = P.decodeMessage(unhex(so.envelope_hex), params)
+  const sb = P.signedBytes(m.kind, NET, env[0])
+  check(!verify(m.body.annotator, sb, env[1]), 'small-order key accepted by verify()')
+  const bare = verifyOpenSSLOnly(m.body.annotator, sb, env[1])
+  console.log(`note: node:crypto alone ${bare ? 'ACCEPTS' : 'refuses'} the small-order vector (libsodium rules refuse it)`)
+}
+
+// ------------------------------------------------------------------ roots
+const roots = load('roots.json')
+eq(hex(P.SET_ROOT_TAG), roots.set_root_tag_hex, 'set root tag')
+eq(hex(P.GOLD_COMMIT_TAG), roots.gold_commit_tag_hex, 'gold commitment tag')
+eq(hex(P.RESULT_ROOT_TAG), roots.result_root_tag_hex, 'result root tag')
+for (const c of roots.set_roots) eq(hex(P.computeSetRoot(unhex(c.task_id), c.batch_ids.map(unhex))), c.set_root, 'set root')
+for (const c of roots.gold_commitments) {
+  const sorted = [...c.answers].sort((a, b) => a[0] - b[0])
+  eq(hex(encode(sorted.flat())), c.answers_msgpack_hex, 'gold answers encoding')
+  eq(hex(P.computeGoldCommitment(unhex(c.salt), c.answers)), c.commitment, 'gold commitment')
+}
+
+// ------------------------------------------------------------------ aggregation results: encoding only (the DS math is docs/consensus.md)
+const agg = load('aggregate.json')
+for (const c of agg.cases) {
+  for (const est of ['consensus', 'plurality']) {
+    const r = c[est]
+    const want = [1, agg.constants.ONE, r.label, r.confidence, r.agreement, r.annotator_accuracy, r.alpha]
+    eq(hex(encode(want)), r.encoded_hex, `aggregate ${c.name} ${est} encoding`)
+    eq(canon(decode(unhex(r.encoded_hex), { maxBytes: 1 << 24, maxArray: 1 << 20, maxBin: 0, maxStr: 0 })), canon(want), `aggregate ${c.name} ${est} decoding`)
+  }
+}
+
+// ------------------------------------------------------------------ tally: the result encoding and both roots
+const tally = load('tally.json')
+for (const c of tally.cases) {
+  const r = c.result
+  const d = decode(unhex(r.canonical_hex), { maxBytes: 1 << 24, maxArray: 1 << 20, maxBin: 32, maxStr: 0 })
+  eq(hex(d[0]), c.task_id, `tally ${c.name} task id`)
+  eq(hex(d[1]), r.set_root, `tally ${c.name} set root field`)
+  eq(canon(d.slice(2, 6)), canon([r.label, r.confidence, r.agreement, r.votes]), `tally ${c.name} per-item fields`)
+  eq(canon(d[6].map(a => hex(a[0]))), canon(r.annotators.map(a => a.account)), `tally ${c.name} annotators`)
+  eq(canon(d.slice(8)), canon([r.alpha, r.refund, r.gold_items]), `tally ${c.name} alpha, refund, gold items`)
+  eq(hex(P.computeResultRoot(unhex(r.canonical_hex))), r.result_root, `tally ${c.name} result root`)
+  const pinned = c.batch_ids.map(unhex)
+  if (c.gold) pinned.push(unhex(byName[c.gold].id))
+  eq(hex(P.computeSetRoot(unhex(c.task_id), pinned)), r.set_root, `tally ${c.name} set root`)
+  const bounty = BigInt(tasks[c.task] ? tasks[c.task].bounty : 0)
+  let paid = BigInt(r.refund)
+  for (const a of r.annotators) paid += BigInt(a.reward)
+  if (tasks[c.task]) eq(paid, bounty, `tally ${c.name} rewards + refund = bounty`)
+}
+
+// ------------------------------------------------------------------ sync
+const sync = load('sync.json')
+eq(hex(P.FP_TAG), sync.fp_tag_hex, 'fingerprint tag')
+for (const [k, v] of Object.entries(sync.constants)) eq(P.SYNC[k], v, `sync constant ${k}`)
+for (const c of sync.fingerprints) eq(hex(P.computeFingerprint(c.ids.map(unhex))), c.fingerprint, 'fingerprint')
+for (const f of sync.frames) {
+  const data = unhex(f.hex)
+  if (f.name.includes('request')) {
+    const r = P.decodeSyncRequest(data)
+    const again = r.kind === 0 ? P.encodeSummaryRequest(r.cursor, r.limit) : r.kind === 1 ? P.encodeRangeRequest(r.taskId, r.lo, r.hi) : P.encodeGetRequest(r.ids)
+    eq(hex(again), f.hex, `sync frame ${f.name}`)
+  } else if (f.name.startsWith('range_response')) {
+    eq(hex(P.encodeRangeResponse(f.ids.map(unhex), new Uint8Array(), null)), f.hex, `sync frame ${f.name}`)
+  } else if (f.name === 'summary_response') {
+    const s = P.decodeSummaryResponse(data)
+    eq(hex(P.encodeSummaryResponse(s.rows, s.next)), f.hex, 'sync frame summary_response')
+  } else if (f.name === 'get_response') {
+    const raws = P.decodeGetResponse(data, params.max_message_bytes)
+    eq(hex(raws[0]), byName.batch_a.envelope_hex, 'sync frame get_response')
+  }
+}
+for (const b of sync.bad_requests) {
+  let threw = false
+  try { P.decodeSyncRequest(unhex(b.hex)) } catch { threw = true }
+  check(threw, `sync bad request ${b.name} was accepted`)
+}
+for (const f of sync.framing) {
+  if ('body_len' in f) { eq(hex(P.uvarint(f.body_len)), f.prefix_hex, 'uvarint'); continue }
+  const body = unhex(f.body_hex)
+  const status = { request: [], response_ok: [0], response_error: [1] }[f.name]
+  eq(hex(Uint8Array.from([...P.uvarint(body.length + status.length), ...status, ...body])), f.stream_hex, `framing ${f.name}`)
+}
+
+// ------------------------------------------------------------------ finality
+const fin = load('finality.json')
+eq(hex(P.LEADER_TAG), fin.leader_tag_hex, 'leader tag')
+const vals = new Map(fin.validators.map(v => [v.account, BigInt(v.weight)]))
+check(canon([...vals]) === canon([...genesis.validators]), 'finality validators = genesis validators')
+for (const c of fin.leaders) eq(P.computeLeader(unhex(fin.task_id), c.round, vals), c.leader, `leader of round ${c.round}`)
+for (const c of fin.rounds) {
+  const start = BigInt(fin.deadline) + BigInt(fin.grace_period_ms)
+  const now = BigInt(c.now_ms)
+  eq(now < start ? -1 : Number((now - start) / BigInt(fin.round_timeout_ms)), c.round, `round at ${c.now_ms}`)
+}
+for (const c of fin.quorum) eq(P.isQuorum(c.weight, c.total), c.quorum, `quorum ${c.weight}/${c.total}`)
+for (const c of fin.certificates) {
+  const r = P.verifyCertificate(unhex(c.encoded_hex), vals, NET, params)
+  eq(r.valid, c.valid, `certificate by ${c.signers.join(',')}`)
+  eq(Number(r.weight), c.weight, `certificate weight by ${c.signers.join(',')}`)
+}
+
+// ------------------------------------------------------------------ reputation (PROTOCOL.md section 12), integers only
+const rep = load('reputation.json')
+{
+  const ONE = BigInt(rep.ONE)
+  const lag = BigInt(rep.reputation_lag_ms)
+  const window = rep.outcomes.filter(o => BigInt(o.deadline) <= BigInt(rep.created_at) - lag)
+  eq(canon(window.map(o => o.task_id)), canon(rep.in_window), 'reputation window')
+  const acc = new Map() // "account/domain" -> { excess, labels, eq }
+  for (const o of [...window].sort((a, b) => a.task_id < b.task_id ? -1 : 1)) {
+    for (const a of o.annotators) {
+      const key = `${a.account}/${o.domain}`
+      const v = acc.get(key) ?? { excess: 0n, labels: 0n, eq: 0n }
+      v.excess += BigInt(a.score) - (BigInt(a.labels) * ONE) / BigInt(Math.max(o.n_classes, 1))
+      v.labels += BigInt(a.labels)
+      v.eq += BigInt(a.equivocations)
+      acc.set(key, v)
+    }
+  }
+  const earned = new Map()
+  for (const [key, v] of acc) {
+    let x = v.excess - BigInt(rep.EQUIVOCATION_PENALTY) * ONE * v.eq
+    if (x < 0n) x = 0n
+    earned.set(key, x / (v.labels + BigInt(rep.PRIOR_LABELS)))
+  }
+  for (const e of rep.earned) eq(earned.get(`${e.account}/${e.domain}`), BigInt(e.earned), `earned reputation ${e.account.slice(0, 8)}/${e.domain}`)
+  for (const w of rep.weights) {
+    let x = earned.get(`${w.account}/${w.domain}`) ?? 0n
+    for (const g of rep.genesis_reputation) if (g.account === w.account && (g.domain === '' || g.domain === w.domain)) x += BigInt(g.weight)
+    if (x > BigInt(rep.max_weight)) x = BigInt(rep.max_weight)
+    eq(x > 0n ? x : BigInt(rep.fresh_weight), BigInt(w.weight), `reputation weight of ${w.name} in '${w.domain}'`)
+  }
+}
+
+// ------------------------------------------------------------------ verdict
+console.log(`verify-vectors: ${checks} checks, ${failures.length} failed; ${reasonMatches}/${inv.cases.length} validation reasons also match the reference's wording`)
+for (const f of failures.slice(0, 50)) console.log(`FAIL ${f}`)
+process.exit(failures.length ? 1 : 0)
