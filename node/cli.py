@@ -126,8 +126,8 @@ def build_node(data_dir: Path, *, listen_override=None, cfg=None):
     def p2p_factory(node):
         from .p2p import GossipOutcome, P2PConfig, P2PNode
 
-        async def validator(topic, data, peer):
-            outcome = await node.gossip_validate(topic, data, peer)
+        async def validator(topic, data, peer, origin=None):
+            outcome = await node.gossip_validate(topic, data, peer, origin)
             return GossipOutcome[outcome.name]
 
         async def on_peer_connected(peer):
@@ -139,9 +139,10 @@ def build_node(data_dir: Path, *, listen_override=None, cfg=None):
                        validator=validator, on_peer_connected=on_peer_connected)
 
     try:
+        from .ratelimit import RateLimitConfig
         return cfg, Node(data_dir, genesis, p2p_factory=p2p_factory, keystore=Keystore(data_dir),
                          rpc_socket=data_dir / cfg.rpc_socket, validator_account=cfg.validator_account,
-                         metrics_listen=cfg.metrics_listen)
+                         metrics_listen=cfg.metrics_listen, rate_limits=RateLimitConfig.from_env(os.environ))
     except StoreError as e:  # e.g. a store of a newer labelmesh, or already open
         raise CliError(str(e)) from None
 

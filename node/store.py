@@ -30,6 +30,19 @@ Reserved ``meta`` keys, written only by this module (``put_meta`` refuses them):
     next_seq        8-byte big-endian; the seq the next new message gets
     kind_counts     msgpack map {kind: number of messages of that kind}
 
+Schema versions and migrations
+------------------------------
+``SCHEMA_VERSION`` is the layout this code reads and writes.  Opening a store written
+with an older version runs ``MIGRATIONS[v]`` (v -> v+1) for each step up to the current
+version, all inside the one write transaction that opens the store: a migration that
+fails (or a crash during it) leaves the store exactly as it was.  A store with a newer
+version (or an older one with no migration path) is refused with a StoreVersionError.
+
+    0  pre-release layout: no ``by_kind`` index, no ``kind_counts`` meta entry
+    1  current: ``by_kind`` and ``kind_counts`` (built from ``by_task`` by 0 -> 1)
+
+``write_legacy_store`` writes a store in an old layout, so tests can prove each step.
+
 Random 32-byte ids make ``msgs`` inserts the expensive part (each dirties a random page),
 while the index tables get time-ordered keys and stay cheap (see LIMITS.md).  A batch
 inserts its ``msgs`` entries in sorted id order and its index entries in key order (the
@@ -68,9 +81,11 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 import resource
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple, TypeVar
@@ -80,6 +95,7 @@ import msgpack
 import trio
 
 __all__ = [
+    "MIGRATIONS",
     "SCHEMA_VERSION",
     "BadInputError",
     "Record",
@@ -88,6 +104,7 @@ __all__ = [
     "StoreFullError",
     "StoreVersionError",
     "StoreWriter",
+    "write_legacy_store",
 ]
 
 SCHEMA_VERSION = 1
@@ -116,6 +133,7 @@ _DB_NAMES = ("msgs", "arrival", "by_task", "by_kind", "meta", "derived")
 _OUT_OF_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 T = TypeVar("T")
+log = logging.getLogger("labelmesh.store")
 
 
 # --------------------------------------------------------------------------- errors
@@ -402,7 +420,12 @@ class Store:
                 txn.put(_META_NEXT_SEQ.encode(), _seq_bytes(1), db=meta)
                 txn.put(_META_KIND_COUNTS.encode(), msgpack.packb({}), db=meta)
             else:
-                _check_version(self.path, raw_version)
+                version = _check_version(self.path, raw_version)
+                if version < SCHEMA_VERSION:
+                    for step in range(version, SCHEMA_VERSION):
+                        MIGRATIONS[step](env, txn, meta)
+                    txn.put(_META_SCHEMA_VERSION.encode(), str(SCHEMA_VERSION).encode(), db=meta)
+                    self.migrated_from = version
                 try:
                     dbs = {n: env.open_db(n.encode(), txn=txn, create=False) for n in _DB_NAMES}
                 except lmdb.NotFoundError as exc:
@@ -415,7 +438,11 @@ class Store:
                     next_seq = max(next_seq, int.from_bytes(cur.key(), "big") + 1)
             return dbs, next_seq
 
+        self.migrated_from: int | None = None
         dbs, self._next_seq = self._write(body)
+        if self.migrated_from is not None:
+            log.info("store migrated from schema version %d to %d", self.migrated_from, SCHEMA_VERSION,
+                     extra={"path": self.path})
         self._msgs = dbs["msgs"]
         self._arrival = dbs["arrival"]
         self._by_task = dbs["by_task"]
@@ -816,7 +843,8 @@ class Store:
         return raw
 
 
-def _check_version(path: str, raw_version: bytes) -> None:
+def _check_version(path: str, raw_version: bytes) -> int:
+    """The store's schema version, if this code can read it (maybe after migrating)."""
     try:
         version = int(raw_version.decode("ascii"))
     except (UnicodeDecodeError, ValueError):
@@ -824,7 +852,8 @@ def _check_version(path: str, raw_version: bytes) -> None:
             f"store at {path} has an unreadable schema version record {raw_version!r:.40}; it is damaged "
             "or not a labelmesh store -- restore a backup or use another directory"
         ) from None
-    if version != SCHEMA_VERSION:
+    if version != SCHEMA_VERSION and not (0 <= version < SCHEMA_VERSION and all(
+            v in MIGRATIONS for v in range(version, SCHEMA_VERSION))):
         newer = version > SCHEMA_VERSION
         raise StoreVersionError(
             f"store at {path} has schema version {version}, but this labelmesh only understands "
@@ -832,6 +861,61 @@ def _check_version(path: str, raw_version: bytes) -> None:
             + ("; it was written by a newer labelmesh: upgrade labelmesh" if newer else "; it is not a store this labelmesh can read")
             + ", or use another data directory"
         )
+    return version
+
+
+# --------------------------------------------------------------------------- migrations
+
+
+def _migrate_0_to_1(env: Any, txn: Any, meta: Any) -> None:
+    """0 -> 1: build the ``by_kind`` index and the ``kind_counts`` entry from ``by_task``
+    (whose keys carry kind and seq)."""
+    by_task = env.open_db(b"by_task", txn=txn, create=False)
+    by_kind = env.open_db(b"by_kind", txn=txn, create=True)
+    counts: dict[int, int] = {}
+    entries = []
+    with txn.cursor(db=by_task) as cur:
+        for key, msg_id in cur:
+            kind_and_seq = key[ID_LEN:]
+            entries.append((kind_and_seq, msg_id))
+            counts[key[ID_LEN]] = counts.get(key[ID_LEN], 0) + 1
+    entries.sort()
+    with txn.cursor(db=by_kind) as cur:
+        cur.putmulti(entries, append=True)
+    txn.put(_META_KIND_COUNTS.encode(), msgpack.packb(counts), db=meta)
+
+
+MIGRATIONS: dict[int, Callable[[Any, Any, Any], None]] = {0: _migrate_0_to_1}
+"""``MIGRATIONS[v](env, txn, meta_db)`` turns layout v into v+1 inside ``txn``."""
+
+
+def write_legacy_store(path: str | os.PathLike[str], version: int, records: Sequence[Record]) -> None:
+    """Write a NEW store at ``path`` in the old layout ``version`` holding ``records``
+    (arrival order = list order), as an older labelmesh would have.  For migration tests."""
+    if version != 0:
+        raise BadInputError(f"no writer for legacy schema version {version}; known: 0")
+    recs = _check_records(records)
+    path = os.fspath(path)
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    if os.path.exists(os.path.join(path, _DATA_FILE)):
+        raise StoreError(f"{path} already holds a store")
+    env = lmdb.open(path, subdir=True, map_size=64 << 20, max_dbs=_MAX_DBS, sync=True, metasync=True)
+    try:
+        with env.begin(write=True) as txn:
+            dbs = {n: env.open_db(n.encode(), txn=txn, create=True)
+                   for n in ("msgs", "arrival", "by_task", "meta", "derived")}
+            seq = 1
+            for r in recs:
+                if not txn.put(r.msg_id, r.raw, overwrite=False, db=dbs["msgs"]):
+                    continue
+                s = _seq_bytes(seq)
+                txn.put(s, r.msg_id, db=dbs["arrival"])
+                txn.put(r.task_id + _KIND_BYTES[r.kind] + s, r.msg_id, db=dbs["by_task"])
+                seq += 1
+            txn.put(_META_SCHEMA_VERSION.encode(), b"0", db=dbs["meta"])
+            txn.put(_META_NEXT_SEQ.encode(), _seq_bytes(seq), db=dbs["meta"])
+    finally:
+        env.close()
 
 
 def _unpack_counts(raw: bytes | None) -> dict[int, int]:
@@ -893,7 +977,9 @@ class StoreWriter:
 
     Counters (for tests and metrics): ``commits`` (successful put_records calls, i.e.
     write transactions), ``failed_commits``, ``puts`` (put calls that returned flags),
-    ``records_written`` (records in successful groups, duplicates included).
+    ``records_written`` (records in successful groups, duplicates included).  ``on_commit``,
+    if set, is called as ``on_commit(records, seconds)`` after each successful group commit
+    (seconds from handing the group to the writer thread to its durable commit).
     """
 
     def __init__(self, store: Store, *, max_pending_records: int = 50_000, max_group_records: int = 10_000) -> None:
@@ -914,6 +1000,7 @@ class StoreWriter:
         self.failed_commits = 0
         self.puts = 0
         self.records_written = 0
+        self.on_commit: Callable[[int, float], None] | None = None
 
     @property
     def queued_records(self) -> int:
@@ -995,6 +1082,7 @@ class StoreWriter:
 
     async def _commit(self, group: list[_Request]) -> None:
         records = [r for request in group for r in request.records]
+        started = time.perf_counter()
         try:
             # abandon_on_cancel=False (the default): once the thread runs, a cancelled
             # worker still waits for the commit, so every caller learns the real outcome.
@@ -1012,6 +1100,8 @@ class StoreWriter:
         else:
             self.commits += 1
             self.records_written += len(records)
+            if self.on_commit is not None:
+                self.on_commit(len(records), time.perf_counter() - started)
             at = 0
             for request in group:
                 request.flags = flags[at : at + len(request.records)]
