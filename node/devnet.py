@@ -9,6 +9,11 @@ workers, spammers) sign labels and submit them through different nodes, waits
 for the deadline and for every node to hold the same annotation set, and prints
 a summary a person can read. ``down`` stops exactly the processes ``up`` started
 (by PID, checked against their command line).
+
+``up --netns`` puts every node in its own network namespace (``node/netns.py``;
+root needed) so that ``chaos`` (``node/chaos.py``, docs/chaos.md) can partition the
+network; ``down`` deletes the namespaces. After start-up every node's config lists
+all the others as bootstrap peers, for its next start (a restart after a crash).
 """
 from __future__ import annotations
 
@@ -28,7 +33,13 @@ WAIT_S = 90
 
 
 def add_arguments(p) -> None:
-    p.add_argument("action", choices=["up", "down", "status", "logs", "demo"], help="what to do")
+    p.add_argument("action", choices=["up", "down", "status", "logs", "demo", "chaos"], help="what to do")
+    p.add_argument("--netns", action="store_true",
+                   help="with `up`: one network namespace per node (needs root; lets `chaos` cut the network)")
+    p.add_argument("--duration", type=float, default=40.0, help="chaos: seconds of faults (default 40)")
+    p.add_argument("--settle", type=float, default=90.0,
+                   help="chaos: bound in seconds on convergence after the last fault (default 90)")
+    p.add_argument("--rate", type=float, default=20.0, help="chaos: signed batches submitted per second (default 20)")
     p.add_argument("-n", "--nodes", type=int, default=5, help="number of nodes for `up` (default 5, max 20)")
     p.add_argument("--demo", action="store_true", help="with `up`: run the demo task once the devnet is meshed")
     p.add_argument("--root", default=".devnet", help="devnet directory (default .devnet)")
@@ -36,7 +47,7 @@ def add_arguments(p) -> None:
     p.add_argument("--lines", type=int, default=20, help="with `logs`: lines per node (default 20)")
     p.add_argument("--items", type=int, default=300, help="demo: items in the task (default 300)")
     p.add_argument("--deadline", type=float, default=20.0, help="demo: seconds from posting to deadline (default 20)")
-    p.add_argument("--seed", type=int, default=7, help="demo: random seed of the simulation (default 7)")
+    p.add_argument("--seed", type=int, default=7, help="demo / chaos: random seed of the simulation or fault schedule (default 7)")
 
 
 class DevnetError(Exception):
@@ -92,7 +103,8 @@ def _alive(pid: int, data_dir: str) -> bool:
 def start_node(root: Path, i: int) -> int:
     dd = (root / f"node-{i}").resolve()  # absolute: `down` recognises its processes by this path
     log = open(dd / "node.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "node.cli", "run", "--data-dir", str(dd)],
+    from .netns import exec_prefix  # [] unless the devnet was started with --netns
+    proc = subprocess.Popen([*exec_prefix(root, i), sys.executable, "-m", "node.cli", "run", "--data-dir", str(dd)],
                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     pids = _pids(root)
@@ -120,8 +132,9 @@ def stop_node(root: Path, i: int, sig=signal.SIGTERM, timeout: float = 15.0) -> 
         os.kill(pid, signal.SIGKILL)
 
 
-def up(root: Path, n: int) -> dict:
+def up(root: Path, n: int, netns: bool = False) -> dict:
     from protocol.genesis import make_genesis
+    from . import netns as nns
     from .config import NodeConfig
     from .keystore import Keystore, write_private
 
@@ -129,10 +142,16 @@ def up(root: Path, n: int) -> dict:
         raise DevnetError("a devnet has 1..20 nodes")
     if any(_alive(e["pid"], e["data_dir"]) for e in _pids(root).values()):
         raise DevnetError(f"a devnet is already running in {root}; run `scripts/devnet down` first")
+    if netns:
+        ok, why = nns.available()
+        if not ok:
+            raise DevnetError(f"--netns is not possible here: {why}; run without --netns (loopback)")
     if root.exists():
         import shutil
+        nns.teardown(root)  # namespaces left by an earlier `up --netns` in this directory
         shutil.rmtree(root)
     root.mkdir(parents=True)
+    layout = nns.setup(root, n) if netns else None
     validators, keystores = [], []
     for i in range(n):
         dd = root / f"node-{i}"
@@ -146,10 +165,11 @@ def up(root: Path, n: int) -> dict:
                            [(requester, 10**9)], {"grace_period_ms": 3000, "round_timeout_ms": 4000,
                                                    "reputation_lag_ms": 5000})
     ports = [_free_port() for _ in range(n)]
+    listen = [nns.listen_addr(layout, i) if layout else f"/ip4/127.0.0.1/tcp/{ports[i]}" for i in range(n)]
     for i in range(n):
         dd = root / f"node-{i}"
         (dd / "genesis.json").write_text(genesis.to_json())
-        cfg = NodeConfig(listen=[f"/ip4/127.0.0.1/tcp/{ports[i]}"], validator_account="validator")
+        cfg = NodeConfig(listen=[listen[i]], validator_account="validator")
         (dd / "config.toml").write_text(cfg.to_toml())
     t0 = time.monotonic()
     start_node(root, 0)
@@ -160,15 +180,23 @@ def up(root: Path, n: int) -> dict:
     # each can also be a bootstrap peer for later ones.
     for i in range(1, n):
         boot = [addrs[0]] + [addrs[j] for j in sorted(addrs) if j != 0][-2:]
-        cfg = NodeConfig(listen=[f"/ip4/127.0.0.1/tcp/{ports[i]}"], bootstrap=boot, validator_account="validator")
+        cfg = NodeConfig(listen=[listen[i]], bootstrap=boot, validator_account="validator")
         (root / f"node-{i}" / "config.toml").write_text(cfg.to_toml())
         start_node(root, i)
         info = _wait(lambda: _rpc(root, i, "node_info"), WAIT_S, f"node {i} to start")
         addrs[i] = [a for a in info["listen_addrs"] if "/p2p/" in a][0]
+    # For the next start of each node (a restart after a crash): bootstrap from every other
+    # node. A restarted node then redials everyone at once itself, instead of waiting for
+    # peers whose redial backoff (up to a minute) grew while it was down (found by `chaos`).
+    for i in range(n):
+        cfg = NodeConfig(listen=[listen[i]], bootstrap=[addrs[j] for j in sorted(addrs) if j != i],
+                         validator_account="validator")
+        (root / f"node-{i}" / "config.toml").write_text(cfg.to_toml())
     want = min(2, n - 1)
     _wait(lambda: all(_rpc(root, i, "node_info")["peer_count"] >= want for i in range(n)), WAIT_S,
           f"every node to have at least {want} peers")
-    meta = {"nodes": n, "network_id": genesis.network_id.hex(), "addrs": addrs, "started_in_s": round(time.monotonic() - t0, 1)}
+    meta = {"nodes": n, "network_id": genesis.network_id.hex(), "addrs": addrs, "netns": bool(layout),
+            "started_in_s": round(time.monotonic() - t0, 1)}
     (root / "devnet.json").write_text(json.dumps(meta, indent=1))
     return meta
 
@@ -181,6 +209,8 @@ def down(root: Path) -> int:
     if left:
         raise DevnetError(f"processes still running: {left}")
     (root / "pids.json").unlink(missing_ok=True)
+    from .netns import teardown
+    teardown(root)  # the namespaces of `up --netns`, if any
     return len(pids)
 
 
@@ -331,7 +361,7 @@ def main(args) -> int:
     root = Path(args.root)
     try:
         if args.action == "up":
-            meta = up(root, args.nodes)
+            meta = up(root, args.nodes, netns=args.netns)
             print(f"devnet up: {meta['nodes']} nodes meshed in {meta['started_in_s']} s; data in {root}/node-<i>/ "
                   f"(RPC socket node.sock); stop with `scripts/devnet down`", flush=True)
             if args.demo:
@@ -345,6 +375,9 @@ def main(args) -> int:
             print(json.dumps(s) if args.json else "", end="")
             if not args.json:
                 print_summary(s)
+        elif args.action == "chaos":
+            from .chaos import main as chaos_main
+            return chaos_main(root, args)
         elif args.action == "down":
             k = down(root)
             print(f"devnet down: stopped {k} nodes")

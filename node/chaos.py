@@ -1,0 +1,563 @@
+"""`scripts/devnet chaos`: faults on a running devnet under load, then a Jepsen-style set check.
+
+How it works
+------------
+1. *Task and load.* A task is posted on node 0 whose deadline falls a few
+   seconds after the fault window. Every batch the run will submit is signed up
+   front (one fresh annotator key per batch, derived from the seed), plus a
+   share of *invalid* ones (a flipped signature bit, or a label index outside the
+   schema). Two client threads submit them at ``--rate`` batches/s, each to a
+   random node that is not known to be dead, over the node's RPC socket, and
+   classify every submission:
+
+   * acknowledged: the node answered ``accepted`` / ``duplicate`` (durably stored);
+   * in doubt: the request was sent but no answer came (node paused or killed
+     mid-call, timeout) -- it may or may not be stored, both are correct;
+   * refused: the node answered with an error (-32002 for the invalid ones);
+   * not sent: the socket refused the connection; the batch is retried on
+     another node (up to 5 times), nothing was sent so nothing may appear.
+
+2. *Faults.* A seeded schedule (same seed, same schedule) of faults, one at a
+   time, each for a few seconds: ``kill`` (SIGKILL, then restart the node from its
+   data dir), ``pause`` (SIGSTOP ... SIGCONT) and ``partition`` (a random minority
+   of nodes cut off from the rest: network namespaces, see ``node/netns.py``).
+   The first faults of a run cycle through every kind, so even a short run has
+   at least one of each. Whatever happens (even Ctrl-C), paused nodes are
+   continued, the network healed and killed nodes restarted before checking.
+
+3. *Check.* After the last fault ends (the restart launched, the SIGCONT sent, the
+   partition healed) the checker polls every node until, within ``--settle``
+   seconds, every node holds the same batch set that contains every acknowledged
+   batch, and all report the same ``set_root`` and ``result_root``; then, once past
+   the deadline, until all report the task *certified* with the same roots. Then:
+
+   * lost    = acknowledged batches missing from any node (must be 0);
+   * phantom = stored batches that were neither acknowledged nor in doubt:
+     refused, never sent, invalid, or never submitted at all (must be 0);
+   * in doubt batches that ended up stored are reported, not judged.
+
+   Exit status 0 when lost = phantom = 0, no invalid batch was acknowledged,
+   and the nodes converged (and certified) within the bound; 1 otherwise.
+
+Without network namespaces (a loopback devnet, ``up`` without ``--netns``)
+partitions cannot be made honestly -- every node shares one loopback interface
+-- so they are left out of the schedule and the summary says so.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import signal
+import socket
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import nacl.signing
+
+from . import netns
+from .devnet import DevnetError, _alive, _pids, _rpc, _wait, start_node
+
+WARMUP_S = 2.0              # load only, before the first fault
+DEADLINE_MARGIN_S = 5.0     # the task's deadline is this long after the fault window
+RPC_TIMEOUT_S = 3.0         # a submission unanswered this long is "in doubt"
+INVALID_SHARE = 0.05        # of the submissions
+ITEMS = 100
+LABELS = ["red", "green", "blue"]
+LABELS_PER_BATCH = 10
+MAX_SEND_TRIES = 5
+
+
+@dataclass
+class Fault:
+    kind: str               # kill | pause | partition
+    at: float               # seconds after the start of the fault window
+    duration: float         # seconds until the node is restarted / continued / the network healed
+    targets: list[int]      # the node (kill, pause) or the cut-off minority (partition)
+    started: float | None = None   # actual times, seconds after the start
+    ended: float | None = None
+
+    def describe(self, n: int) -> str:
+        if self.kind == "partition":
+            rest = [i for i in range(n) if i not in self.targets]
+            what = f"partition {self.targets} | {rest}"
+        elif self.kind == "kill":
+            what = f"kill -9 node {self.targets[0]}, restart"
+        else:
+            what = f"pause node {self.targets[0]} (SIGSTOP/SIGCONT)"
+        return f"{what} at {self.at:.1f} s for {self.duration:.1f} s"
+
+
+def make_schedule(seed: int, duration: float, n: int, partitions: bool) -> list[Fault]:
+    """A seeded, bounded, sequential fault schedule within [WARMUP_S, duration]."""
+    rng = random.Random(seed)
+    kinds = ["kill", "pause"] + (["partition"] if partitions and n >= 2 else [])
+    first = kinds[:]
+    rng.shuffle(first)
+    lengths = {"kill": (2.0, 6.0), "pause": (3.0, 7.0), "partition": (5.0, 10.0)}
+    out: list[Fault] = []
+    t = WARMUP_S
+    while True:
+        kind = first.pop(0) if first else rng.choice(kinds)
+        d = round(rng.uniform(*lengths[kind]), 1)
+        if t + d > duration:
+            break
+        if kind == "partition":
+            size = rng.randint(1, max(1, n // 2))
+            targets = sorted(rng.sample(range(n), size))
+        else:
+            targets = [rng.randrange(n)]
+        out.append(Fault(kind, round(t, 1), d, targets))
+        t += d + rng.uniform(1.0, 3.0)
+    return out
+
+
+# ---------------------------------------------------------------------- load
+
+
+@dataclass
+class Submission:
+    batch_id: str
+    raw: str
+    valid: bool
+    outcome: str = "pending"   # acked | in_doubt | refused | not_sent
+    node: int | None = None
+    detail: str = ""
+
+
+def sign_batches(seed: int, network_id: bytes, task_id: bytes, count: int) -> list[Submission]:
+    """``count`` pre-signed submissions, about INVALID_SHARE of them invalid."""
+    from protocol.messages import AnnotationBatch, sign_message
+
+    rng = random.Random(seed * 1_000_003 + 1)
+    now = int(time.time() * 1000)
+    out = []
+    for k in range(count):
+        sk = nacl.signing.SigningKey(hashlib.sha256(b"labelmesh-chaos/%d/%d" % (seed, k)).digest())
+        items = sorted(rng.sample(range(ITEMS), LABELS_PER_BATCH))
+        bad = rng.random() < INVALID_SHARE
+        bad_label = bad and rng.random() < 0.5
+        pairs = tuple((i, (len(LABELS) + 4) if bad_label and j == 0 else rng.randrange(len(LABELS)))
+                      for j, i in enumerate(items))
+        body = AnnotationBatch(annotator=bytes(sk.verify_key), task_id=task_id, created_at=now, labels=pairs)
+        m = sign_message(body, sk, network_id)
+        raw = m.raw
+        if bad and not bad_label:  # flip one bit of the signature (the id does not cover it)
+            from protocol.codec import pack
+            sig = bytearray(m.signature)
+            sig[rng.randrange(64)] ^= 1 << rng.randrange(8)
+            raw = pack([m.body_bytes, bytes(sig)])
+        out.append(Submission(m.compute_id(network_id).hex(), raw.hex(), not bad))
+    return out
+
+
+def submit(sock_path: Path, raw_hex: str, timeout: float) -> tuple[str, str]:
+    """One annotations_submit call, classified: (acked | in_doubt | refused | not_sent, detail)."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        try:
+            s.connect(str(sock_path))
+        except OSError as e:
+            return "not_sent", f"connect: {e.strerror or e}"
+        req = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "annotations_submit", "params": {"raw": raw_hex}})
+        buf = b""
+        try:
+            s.sendall(req.encode() + b"\n")
+            while b"\n" not in buf:
+                chunk = s.recv(1 << 16)
+                if not chunk:
+                    return "in_doubt", "connection closed before the answer"
+                buf += chunk
+        except OSError as e:
+            return "in_doubt", f"{type(e).__name__}: {e}"
+        resp = json.loads(buf.split(b"\n", 1)[0])
+        if "error" in resp:
+            return "refused", f"{resp['error'].get('code')}: {resp['error'].get('message', '')[:120]}"
+        status = resp["result"].get("status")
+        return ("acked", status) if status in ("accepted", "duplicate") else ("refused", f"status {status}")
+    finally:
+        s.close()
+
+
+class LoadGenerator:
+    def __init__(self, root: Path, n: int, subs: list[Submission], rate: float, seed: int):
+        self.root, self.n, self.subs, self.rate = root, n, subs, rate
+        self.rng = random.Random(seed * 7 + 3)
+        self.dead: set[int] = set()          # killed by the schedule: don't bother connecting
+        self.lock = threading.Lock()
+        self.next = 0
+        self.stop = threading.Event()
+        self.t0 = 0.0
+        self.threads: list[threading.Thread] = []
+
+    def start(self, workers: int = 2) -> None:
+        self.t0 = time.monotonic()
+        for _ in range(workers):
+            t = threading.Thread(target=self._work, daemon=True)
+            t.start()
+            self.threads.append(t)
+
+    def join(self) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=RPC_TIMEOUT_S * MAX_SEND_TRIES + 5)
+
+    def _take(self) -> tuple[Submission, random.Random] | None:
+        with self.lock:
+            if self.next >= len(self.subs) or self.stop.is_set():
+                return None
+            k = self.next
+            self.next += 1
+            due = self.t0 + k / self.rate
+            rng = random.Random(self.rng.getrandbits(64))  # node choices of this submission
+        delay = due - time.monotonic()
+        if delay > 0 and self.stop.wait(delay):
+            return None  # stopped while waiting: stays "pending" (never sent)
+        return self.subs[k], rng
+
+    def _work(self) -> None:
+        while True:
+            took = self._take()
+            if took is None:
+                return
+            sub, rng = took
+            outcome, detail, node = "not_sent", "no live node", None
+            refused: set[int] = set()  # nodes that refused this submission's connection
+            for _ in range(MAX_SEND_TRIES):
+                live = ([i for i in range(self.n) if i not in self.dead and i not in refused]
+                        or [i for i in range(self.n) if i not in self.dead] or list(range(self.n)))
+                node = rng.choice(live)
+                outcome, detail = submit(self.root / f"node-{node}" / "node.sock", sub.raw, RPC_TIMEOUT_S)
+                if outcome != "not_sent":
+                    break
+                refused.add(node)
+                time.sleep(0.05)
+            sub.outcome, sub.detail, sub.node = outcome, detail, node
+
+
+# ---------------------------------------------------------------------- faults
+
+
+class FaultRunner:
+    """Applies faults and always undoes them (``restore``)."""
+
+    def __init__(self, root: Path, n: int, load: LoadGenerator, log):
+        self.root, self.n, self.load, self.log = root, n, load, log
+        self.paused: set[int] = set()
+        self.killed: set[int] = set()
+        self.partitioned = False
+
+    def _pid(self, i: int) -> tuple[int, str]:
+        e = _pids(self.root)[str(i)]
+        return e["pid"], e["data_dir"]
+
+    def begin(self, f: Fault) -> None:
+        i = f.targets[0]
+        if f.kind == "kill":
+            pid, dd = self._pid(i)
+            self.load.dead.add(i)
+            self.killed.add(i)
+            if _alive(pid, dd):
+                os.kill(pid, signal.SIGKILL)
+            _wait(lambda: not _alive(pid, dd) or _reap(pid), 30, f"node {i} to die")
+        elif f.kind == "pause":
+            pid, _ = self._pid(i)
+            os.kill(pid, signal.SIGSTOP)
+            self.paused.add(i)
+        else:
+            netns.partition(self.root, f.targets)
+            self.partitioned = True
+
+    def end(self, f: Fault) -> None:
+        i = f.targets[0]
+        if f.kind == "kill":
+            start_node(self.root, i)
+            self.killed.discard(i)
+            self.load.dead.discard(i)
+        elif f.kind == "pause":
+            pid, _ = self._pid(i)
+            os.kill(pid, signal.SIGCONT)
+            self.paused.discard(i)
+        else:
+            netns.heal(self.root)
+            self.partitioned = False
+
+    def restore(self) -> None:
+        for i in sorted(self.paused):
+            try:
+                os.kill(self._pid(i)[0], signal.SIGCONT)
+            except OSError:
+                pass
+        self.paused.clear()
+        if self.partitioned:
+            netns.heal(self.root)
+            self.partitioned = False
+        for i in sorted(self.killed):
+            start_node(self.root, i)
+            self.load.dead.discard(i)
+        self.killed.clear()
+
+
+def _reap(pid: int) -> bool:
+    try:
+        return os.waitpid(pid, os.WNOHANG)[0] == pid
+    except ChildProcessError:
+        return False
+
+
+# ---------------------------------------------------------------------- checker
+
+
+def node_view(root: Path, i: int, task_id: str) -> dict:
+    ids, offset = set(), 0
+    while True:
+        r = _rpc(root, i, "annotations_list", {"task_id": task_id, "limit": 10_000, "offset": offset}, timeout=10)
+        ids |= {b["batch_id"] for b in r["batches"]}
+        offset += len(r["batches"])
+        if offset >= r["total"] or not r["batches"]:
+            break
+    c = _rpc(root, i, "consensus_get", {"task_id": task_id, "items": False}, timeout=10)
+    return {"ids": ids, "set_root": c["set_root"], "result_root": c["result_root"], "status": c["status"],
+            "certified_batches": c["batches"] if c["status"] == "certified" else None}
+
+
+@dataclass
+class Report:
+    nodes: int
+    seed: int
+    duration_s: float
+    network: str
+    partitions_enabled: bool
+    faults: list = field(default_factory=list)
+    submitted: int = 0
+    acked: int = 0
+    in_doubt: int = 0
+    in_doubt_stored: int = 0
+    refused: int = 0
+    not_sent: int = 0
+    invalid_submitted: int = 0
+    invalid_acked: int = 0
+    lost: int = 0
+    phantom: int = 0
+    invalid_stored: int = 0
+    converged: bool = False
+    converged_after_s: float | None = None
+    certified: bool = False
+    certified_after_s: float | None = None
+    stored_outside_certified_set: int | None = None
+    set_root: str = ""
+    result_root: str = ""
+    task_id: str = ""
+    violations: list = field(default_factory=list)
+    lost_examples: list = field(default_factory=list)
+    phantom_examples: list = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+
+def run(root: Path, *, duration: float, seed: int, rate: float, settle: float, out=print) -> Report:
+    meta_path = root / "devnet.json"
+    if not meta_path.exists():
+        raise DevnetError(f"no devnet in {root}: start one with `scripts/devnet up` (add --netns for partitions)")
+    meta = json.loads(meta_path.read_text())
+    n = meta["nodes"]
+    if n < 2:
+        raise DevnetError("chaos needs a devnet of at least 2 nodes")
+    pids = _pids(root)
+    dead = [i for i in range(n) if str(i) not in pids or not _alive(pids[str(i)]["pid"], pids[str(i)]["data_dir"])]
+    if dead:
+        raise DevnetError(f"nodes {dead} are not running; restart the devnet (`scripts/devnet down && up`)")
+    if duration < 5 or duration > 3600:
+        raise DevnetError("--duration must be 5..3600 seconds")
+    if not 0.1 <= rate <= 500:
+        raise DevnetError("--rate must be 0.1..500 batches per second")
+    has_netns = netns.load(root) is not None
+    rep = Report(nodes=n, seed=seed, duration_s=duration, partitions_enabled=has_netns,
+                 network="network namespaces" if has_netns else "loopback (no partitions: `up --netns` enables them)")
+    network_id = bytes.fromhex(meta["network_id"])
+
+    # --- the task and the pre-signed load
+    _wait(lambda: all(_rpc(root, i, "node_info", timeout=5)["peer_count"] >= 1 for i in range(n)), 60,
+          "every node to have a peer")
+    deadline_s = duration + DEADLINE_MARGIN_S
+    t = _rpc(root, 0, "task_post", {"account": "requester", "title": f"chaos run, seed {seed}", "labels": LABELS,
+                                    "items": [f"chaos item {i}" for i in range(ITEMS)], "duration_s": deadline_s,
+                                    "redundancy": 5, "bounty": 100_000, "nonce": seed})
+    task_id = t["task_id"]
+    rep.task_id = task_id
+    deadline_ms = t["deadline_ms"]
+    _wait(lambda: all(any(x["task_id"] == task_id for x in _rpc(root, i, "tasks_list", timeout=5)["tasks"])
+                      for i in range(n)), 30, "the chaos task to reach every node")
+    subs = sign_batches(seed, network_id, bytes.fromhex(task_id), max(1, int(rate * duration)))
+    schedule = make_schedule(seed, duration, n, has_netns)
+    rep.faults = schedule
+    out(f"chaos: {n} nodes, seed {seed}, {duration:.0f} s of faults on {rep.network}; "
+        f"task {task_id[:16]}…, {len(subs)} pre-signed batches at {rate:g}/s")
+    for f in schedule:
+        out(f"  planned: {f.describe(n)}")
+
+    # --- faults under load
+    load = LoadGenerator(root, n, subs, rate, seed)
+    runner = FaultRunner(root, n, load, out)
+    t0 = time.monotonic()
+    last_fault_end = t0
+    load.start()
+    try:
+        for f in schedule:
+            _sleep_until(t0 + f.at)
+            f.started = round(time.monotonic() - t0, 2)
+            runner.begin(f)
+            out(f"  {f.started:6.1f} s  {f.describe(n).split(' at ')[0]}")
+            _sleep_until(t0 + f.at + f.duration)
+            runner.end(f)
+            last_fault_end = time.monotonic()
+            f.ended = round(last_fault_end - t0, 2)
+            out(f"  {f.ended:6.1f} s  end of {f.kind}")
+        _sleep_until(t0 + duration)
+    finally:
+        runner.restore()
+        load.join()
+    if not schedule:
+        last_fault_end = time.monotonic()
+
+    # --- classify the load
+    acked = {s.batch_id for s in subs if s.outcome == "acked"}
+    doubt = {s.batch_id for s in subs if s.outcome == "in_doubt"}
+    invalid = {s.batch_id for s in subs if not s.valid}
+    rep.submitted = sum(1 for s in subs if s.outcome != "pending")
+    rep.acked, rep.in_doubt = len(acked), len(doubt)
+    rep.refused = sum(1 for s in subs if s.outcome == "refused")
+    rep.not_sent = sum(1 for s in subs if s.outcome == "not_sent")
+    rep.invalid_submitted = sum(1 for s in subs if not s.valid and s.outcome != "pending")
+    rep.invalid_acked = len(acked & invalid)
+    refused_valid = [s for s in subs if s.valid and s.outcome == "refused"]
+    if refused_valid:
+        out(f"  note: {len(refused_valid)} valid batches refused, e.g. {refused_valid[0].detail}")
+    out(f"load: {rep.submitted} submitted, {rep.acked} acknowledged, {rep.in_doubt} in doubt, "
+        f"{rep.refused} refused ({rep.invalid_submitted} invalid), {rep.not_sent} not sent")
+
+    # --- converge and check
+    views: dict[int, dict] = {}
+    errors: dict[int, str] = {}
+    next_progress = time.monotonic() + 5.0
+    settle_end = time.monotonic() + settle
+    while time.monotonic() < settle_end:
+        for i in range(n):
+            try:
+                views[i] = node_view(root, i, task_id)
+            except Exception as e:  # restarting, busy: not converged yet
+                views.pop(i, None)
+                errors[i] = f"{type(e).__name__}: {e}"
+        nodes_ok = [views.get(i) for i in range(n)]
+        if time.monotonic() >= next_progress:
+            next_progress = time.monotonic() + 5.0
+            out("  waiting: " + "  ".join(
+                f"node {i}: " + (f"{len(v['ids'])} batches ({len(acked - v['ids'])} acked missing), {v['status']}"
+                                 if v else f"unreachable ({errors.get(i, '?')[:60]})")
+                for i, v in enumerate(nodes_ok)))
+        if all(nodes_ok):
+            same_set = len({frozenset(v["ids"]) for v in nodes_ok}) == 1 and acked <= nodes_ok[0]["ids"]
+            same_roots = len({(v["set_root"], v["result_root"]) for v in nodes_ok}) == 1
+            if same_set and same_roots and not rep.converged:
+                rep.converged = True
+                rep.converged_after_s = round(time.monotonic() - last_fault_end, 1)
+                out(f"converged: {n} nodes hold the same {len(nodes_ok[0]['ids'])} batches and roots, "
+                    f"{rep.converged_after_s} s after the last fault")
+            # past the deadline the validators certify; until then keep polling
+            certified = all(v["status"] == "certified" for v in nodes_ok) and same_roots
+            if rep.converged and certified and time.time() * 1000 > deadline_ms:
+                rep.certified = True
+                rep.certified_after_s = round(time.monotonic() - last_fault_end, 1)
+                break
+        time.sleep(0.5)
+
+    # --- the set checker, on the last view of every node
+    missing: set[str] = set()
+    phantom: set[str] = set()
+    for i in range(n):
+        v = views.get(i)
+        if v is None:
+            rep.violations.append(f"node {i} did not answer at the end ({errors.get(i, '?')})")
+            continue
+        missing |= acked - v["ids"]
+        phantom |= v["ids"] - acked - (doubt - invalid)
+    stored_anywhere = set().union(*(v["ids"] for v in views.values())) if views else set()
+    rep.lost, rep.phantom = len(missing), len(phantom)
+    rep.lost_examples, rep.phantom_examples = sorted(missing)[:5], sorted(phantom)[:5]
+    rep.invalid_stored = len(stored_anywhere & invalid)
+    rep.in_doubt_stored = len(stored_anywhere & doubt)
+    if views.get(0):
+        rep.set_root, rep.result_root = views[0]["set_root"], views[0]["result_root"]
+    if rep.certified and views.get(0):
+        rep.stored_outside_certified_set = len(views[0]["ids"]) - views[0]["certified_batches"]
+    if rep.lost:
+        rep.violations.append(f"lost {rep.lost} acknowledged batches")
+    if rep.phantom:
+        rep.violations.append(f"{rep.phantom} phantom batches (never acknowledged nor in doubt)")
+    if rep.invalid_acked:
+        rep.violations.append(f"{rep.invalid_acked} invalid batches were acknowledged")
+    if not rep.converged:
+        rep.violations.append(f"nodes did not converge within {settle:.0f} s after the last fault")
+    elif not rep.certified:
+        rep.violations.append(f"nodes did not all report the task certified within {settle:.0f} s after the last fault")
+    return rep
+
+
+def _sleep_until(t: float) -> None:
+    d = t - time.monotonic()
+    if d > 0:
+        time.sleep(d)
+
+
+def print_report(r: Report) -> None:
+    print()
+    print("=" * 72)
+    print(f"labelmesh chaos — {r.nodes} nodes, seed {r.seed}, {r.duration_s:.0f} s of faults, {r.network}")
+    print("=" * 72)
+    kinds = {}
+    for f in r.faults:
+        kinds[f.kind] = kinds.get(f.kind, 0) + 1
+    print("faults       " + ", ".join(f"{k} x{v}" for k, v in sorted(kinds.items())))
+    print(f"load         {r.submitted} submitted: {r.acked} acknowledged, {r.in_doubt} in doubt "
+          f"({r.in_doubt_stored} of them stored), {r.refused} refused ({r.invalid_submitted} invalid, "
+          f"{r.invalid_acked} of those acknowledged), {r.not_sent} not sent")
+    print(f"lost         {r.lost}" + (f"   e.g. {', '.join(x[:16] for x in r.lost_examples)}" if r.lost else ""))
+    print(f"phantom      {r.phantom}" + (f"   e.g. {', '.join(x[:16] for x in r.phantom_examples)}" if r.phantom else "")
+          + f"   (invalid stored: {r.invalid_stored})")
+    conv = f"{r.converged_after_s} s after the last fault (target 30 s)" if r.converged else "NO"
+    print(f"converged    {conv}")
+    cert = f"{r.certified_after_s} s after the last fault (deadline + grace included)" if r.certified else "NO"
+    print(f"certified    {cert}")
+    if r.stored_outside_certified_set:
+        print(f"             note: {r.stored_outside_certified_set} stored batches reached the validators after "
+              f"their snapshot: stored everywhere but not in the certified set")
+    print(f"roots        set {r.set_root[:16]}…  result {r.result_root[:16]}…  identical on all nodes: "
+          f"{'yes' if r.converged else 'no'}")
+    print(f"RESULT       {'PASS' if r.ok else 'FAIL: ' + '; '.join(r.violations)}")
+
+
+def main(root: Path, args) -> int:
+    try:
+        rep = run(root, duration=args.duration, seed=args.seed, rate=args.rate, settle=args.settle,
+                  out=(lambda s: print(s, file=sys.stderr, flush=True)) if args.json else
+                  (lambda s: print(s, flush=True)))
+    except KeyboardInterrupt:
+        print("chaos: interrupted (faults undone)", file=sys.stderr)
+        return 130
+    except (DevnetError, netns.NetnsError) as e:
+        print(f"chaos: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        d = asdict(rep)
+        d["ok"] = rep.ok
+        print(json.dumps(d))
+    else:
+        print_report(rep)
+    return 0 if rep.ok else 1
