@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 import sys
 from dataclasses import dataclass
 from fractions import Fraction
@@ -162,6 +163,10 @@ def read_gold(path: str, labels: list[str]) -> dict[str, int]:
 
 def parse_weight(text: str, where: str) -> int:
     """A decimal weight in votes -> fixed point (floor to 1/WEIGHT_ONE).  Raises OfflineError."""
+    # Fraction("1e-999999999") computes 10**999999999 (hangs): bound the exponent first.
+    exp = re.search(r"[eE]\s*([-+]?[\d_]+)", text)
+    if exp is not None and len(exp.group(1).lstrip("+-").lstrip("_0")) > 2:
+        raise OfflineError(f"{where}: weight {text[:40]!r} has an exponent beyond +-99")
     try:
         value = Fraction(text)
     except (ValueError, ZeroDivisionError):

@@ -122,6 +122,9 @@ py-libp2p 0.8.1 defaults we override (verified in site-packages/libp2p)
 * ``Pubsub.__init__`` starts a ``LastSeenCache`` sweeper *thread* that nobody
   stops -> Pubsub is created inside ``run()`` and ``seen_messages.stop()`` is
   called on teardown.
+* ``Pubsub._teardown_if_connected`` (blacklisting a peer) races with the
+  disconnect of the same peer and raises KeyError, which stops the pubsub service
+  and the node -> replaced by a tolerant version in ``_LabelmeshPubsub``.
 * ``TCP`` listeners (``transport/tcp/tcp.py`` ``_set_reuse_flags``) always set
   SO_REUSEPORT, so a second node on a busy port starts fine and steals half the
   inbound connections -> ``run()`` first probes each fixed port with a plain
@@ -480,6 +483,56 @@ def _configure_libp2p_logging() -> None:
         logging.getLogger(name).addFilter(noise_filter)
 
 
+_SIGNED_RECORD_CACHE: collections.OrderedDict = collections.OrderedDict()
+_SIGNED_RECORD_TTL_S = 600.0
+_SIGNED_RECORD_CACHE_SIZE = 4096
+
+
+def _tune_libp2p_hot_paths() -> None:
+    """Two py-libp2p 0.8.1 costs that dominated a 10-node devnet under gossip load
+    (profiled with py-spy by ``scripts/bench``; see BENCHMARKS.md). Idempotent.
+
+    1. Every pubsub RPC carries the sender's signed peer record, and py-libp2p verifies
+       it (ed25519) twice per RPC (``Pubsub.continuously_read_stream`` and
+       ``GossipSub.handle_rpc``) -- with ~D copies of each message per node. A record is
+       immutable bytes: the same bytes from the same peer that verified once are
+       accepted from memory (per local host, bounded, re-verified after 10 min).
+    2. Yamux sent a WINDOW_UPDATE frame after every read (``PY_YAMUX_RELEASE_ON_READ``
+       defaults to on), i.e. one more encrypted frame and syscall per gossip RPC;
+       with it off, credit is returned in half-window batches as go-yamux does.
+    """
+    import time
+
+    import libp2p.pubsub.gossipsub as gossipsub_mod
+    import libp2p.pubsub.pubsub as pubsub_mod
+    import libp2p.pubsub.utils as pubsub_utils
+
+    os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
+    original = pubsub_utils.maybe_consume_signed_record
+    if getattr(pubsub_mod.maybe_consume_signed_record, "_labelmesh_cached", False):
+        return
+
+    def maybe_consume_signed_record(msg: Any, host: Any, peer_id: ID) -> bool:
+        if not msg.HasField("senderRecord"):
+            return True
+        key = (host.get_id(), peer_id, msg.senderRecord)
+        now = time.monotonic()
+        seen = _SIGNED_RECORD_CACHE.get(key)
+        if seen is not None and now - seen < _SIGNED_RECORD_TTL_S:
+            return True
+        ok = original(msg, host, peer_id)
+        if ok:
+            _SIGNED_RECORD_CACHE[key] = now
+            _SIGNED_RECORD_CACHE.move_to_end(key)
+            while len(_SIGNED_RECORD_CACHE) > _SIGNED_RECORD_CACHE_SIZE:
+                _SIGNED_RECORD_CACHE.popitem(last=False)
+        return ok
+
+    maybe_consume_signed_record._labelmesh_cached = True  # type: ignore[attr-defined]
+    pubsub_mod.maybe_consume_signed_record = maybe_consume_signed_record
+    gossipsub_mod.maybe_consume_signed_record = maybe_consume_signed_record
+
+
 # ---------------------------------------------------------------------------
 # py-libp2p subclasses (only what the module docstring lists)
 
@@ -561,6 +614,26 @@ class _LabelmeshPubsub(Pubsub):
     def notify_subscriptions(self, publish_message: rpc_pb2.Message) -> None:
         forwarder, self._lm_forwarder = self._lm_forwarder, None
         self._lm_node._on_gossip_accepted(publish_message, forwarder)
+
+    async def _teardown_if_connected(self, peer_id: ID) -> None:
+        """py-libp2p 0.8.1's version (run by ``add_to_blacklist``) does ``del
+        self.peers[peer_id]`` after awaiting the stream reset; our offender ban
+        disconnects the peer at the same time, ``_handle_dead_peer`` deletes the entry
+        first, and the KeyError kills the pubsub service and with it the node (found
+        by tests/test_attack_devnet.py). Same steps, tolerant of that race, and it
+        also drops the peer's queue and router state, which the library leaks here."""
+        stream = self.peers.get(peer_id)
+        if stream is not None:
+            try:
+                await stream.reset()
+            except Exception:
+                pass
+            if self.peers.pop(peer_id, None) is not None:
+                queue = self.peer_queues.pop(peer_id, None)
+                if queue is not None:
+                    queue.close()
+                self.router.remove_peer(peer_id)
+        self._forget_all_subscriptions(peer_id)
 
 
 class _NodeNotifee(INotifee):
@@ -719,6 +792,7 @@ class P2PNode:
     ) -> None:
         config.validate()
         _configure_libp2p_logging()
+        _tune_libp2p_hot_paths()
         if libp2p.__version__ != PINNED_LIBP2P_VERSION:
             logger.warning(
                 "py-libp2p %s is installed but node.p2p was written and verified against %s",

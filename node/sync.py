@@ -185,7 +185,8 @@ class SyncService:
             stored += await self._fetch(peer_id, missing, st, budget)
         return stored
 
-    async def _fetch(self, peer_id: str, ids: list[bytes], st: PeerSyncState, budget: list) -> int:
+    async def _fetch(self, peer_id: str, ids: list[bytes], st: PeerSyncState, budget: list,
+                     source: str = "sync") -> int:
         stored = 0
         want = list(dict.fromkeys(ids))
         while want and budget[0] > 0:
@@ -195,7 +196,7 @@ class SyncService:
                 await self._req(peer_id, sp.encode_get_request(chunk), st), self.node.params.max_message_bytes)
             if not raws:
                 break
-            results = await self.node.ingest_many(raws, "sync")
+            results = await self.node.ingest_many(raws, source)
             got = set()
             bad = 0
             for v, mid in results:
@@ -228,7 +229,9 @@ class SyncService:
             if st.banned_until > trio.current_time():
                 continue
             try:
-                stored += await self._fetch(p, want, st, [MAX_REQUESTS_PER_SESSION])
+                # "pinned": ids named by attestations/certificates, stored even past the
+                # per-annotator cap (node/daemon.py UNCAPPED_SOURCES) so finality can converge.
+                stored += await self._fetch(p, want, st, [MAX_REQUESTS_PER_SESSION], source="pinned")
             except _Banned:
                 continue
             except Exception as e:

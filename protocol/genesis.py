@@ -98,6 +98,8 @@ def validate_genesis(g: Genesis) -> None:
         raise GenesisError(f"unsupported genesis version {g.version}; this node knows version 1")
     if not g.name or len(g.name) > 64:
         raise GenesisError("genesis name must be 1..64 characters")
+    if not 0 <= g.genesis_time_ms < 1 << 63:
+        raise GenesisError("genesis_time_ms must be a non-negative 64-bit integer (ms since the epoch)")
     if not g.validators:
         raise GenesisError("genesis needs at least one validator")
     if len(g.validators) > MAX_VALIDATORS:
@@ -118,8 +120,8 @@ def validate_genesis(g: Genesis) -> None:
         if len(a) != 32 or not 0 <= w <= g.params.max_weight:
             raise GenesisError(f"reputation entry {a.hex()}: bad key or weight out of 0..{g.params.max_weight}")
     for a, c in g.balances:
-        if len(a) != 32 or c < 0:
-            raise GenesisError(f"balance entry {a.hex()}: bad key or negative credits")
+        if len(a) != 32 or not 0 <= c < 1 << 63:
+            raise GenesisError(f"balance entry {a.hex()}: bad key or credits out of 0..2^63-1")
 
 
 def _hex32(v, where: str) -> bytes:
@@ -138,6 +140,8 @@ def genesis_from_json(text: str) -> Genesis:
         d = json.loads(text)
     except json.JSONDecodeError as e:
         raise GenesisError(f"genesis is not valid JSON: {e}") from None
+    except RecursionError:
+        raise GenesisError("genesis is not valid JSON: nested too deeply") from None
     if not isinstance(d, dict):
         raise GenesisError("genesis must be a JSON object")
     try:
@@ -154,6 +158,6 @@ def genesis_from_json(text: str) -> Genesis:
         params = d.get("params", {}) or {}
         if not isinstance(params, dict) or not all(isinstance(v, int) for v in params.values()):
             raise GenesisError("genesis params must be an object of integers")
-    except (KeyError, TypeError, AttributeError) as e:
+    except (KeyError, TypeError, AttributeError, ValueError, OverflowError) as e:
         raise GenesisError(f"genesis is missing or has a malformed field: {e}") from None
     return make_genesis(name, t, vals, reps, bals, params)

@@ -183,7 +183,8 @@ def decode_range_response(data: bytes):
         f = unpack(data, max_bytes=MAX_RESPONSE_BYTES, max_array=max(LEAF_IDS, FANOUT), max_bin=ID_LEN, max_str=0)
     except DecodeError as e:
         raise SyncProtocolError(f"range response: {e}") from None
-    _need(type(f) is list and len(f) == 2 and type(f[1]) is list, "range response must be [mode, list]")
+    _need(type(f) is list and len(f) == 2 and type(f[0]) is int and type(f[1]) is list,
+          "range response must be [mode, list]")  # type(): False == 0 must not pass as mode 0
     if f[0] == RESP_IDS:
         _need(all(type(i) is bytes and len(i) == ID_LEN for i in f[1]), "range ids must be 32 bytes")
         _need(all(f[1][k] < f[1][k + 1] for k in range(len(f[1]) - 1)), "range ids must be sorted")

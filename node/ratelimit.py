@@ -1,0 +1,213 @@
+"""Rate limits in front of gossip: token buckets per forwarding peer, per origin
+peer and per signing account, and the abuse rule that turns a flood into a ban.
+
+How it works
+------------
+``Node.gossip_validate`` asks this module before doing any costly work:
+
+1. **Per forwarder** (``peer_*``), before decoding: every gossip message a peer
+   hands us takes a token from that peer's bucket, relayed or its own. Empty
+   bucket -> IGNORE (don't forward, no penalty). This bounds the CPU one
+   connection can make us spend on decoding and verifying.
+2. **Per origin** (``origin_*``), after decoding and de-duplication: each *new*
+   message takes a token from the bucket of the peer that originated it (the
+   libp2p ``from`` field, which py-libp2p's strict signing authenticates), however
+   many relayers it came through. Empty -> IGNORE. An honest node never exceeds
+   it: it publishes at most ``P2PConfig.publish_rate_per_s`` (200/s, burst 16)
+   and the default here is 300/s with a burst of 2,000 (gossip jitter bunches
+   messages up). ``scripts/bench`` offers node 0 up to 400 batches/s: node 0
+   publishes them at 200/s, so even the bench never trips this.
+3. **Per account** (``account_*``): a message is only let through while its
+   signer's bucket has a token, and takes one only once its signature verified
+   and it was stored or parked (so forgeries cannot drain an honest account's
+   bucket). Empty -> IGNORE. This bounds what one key can make the network
+   carry; Sybil keys are bounded by (2) per peer and by ``Params.
+   max_batches_per_annotator`` per task.
+
+**Abuse -> REJECT.** An over-limit message (1 or 2) whose forwarder *is* its
+origin -- the peer is flooding us with its own messages, something no honest
+node does -- adds 1 to that peer's decayed abuse count (half-life
+``abuse_half_life_s``). Once the count reaches ``abuse_threshold``, each such
+message is REJECTed instead of IGNOREd, and node/p2p.py's offender policy
+disconnects and bans the peer after ``offender_reject_threshold`` REJECTs (with
+the defaults: the 3rd). Relayers are never penalised for what they relay: an
+honest relayer of someone else's flood only ever gets IGNOREs. With an unknown
+origin (the in-memory test network) only the IGNORE rules apply.
+
+Messages over a limit are not lost for good: IGNORE keeps them out of the
+py-libp2p seen-cache, and anti-entropy sync (pull-based, paced by us) fetches
+any valid message later. Limits are local policy (they never change which
+messages are *valid*), so nodes may differ in them without disagreeing.
+
+Defaults are chosen so that no honest node is ever penalised; a peer that floods
+*valid* messages at up to the origin rate is therefore not banned but paced (and
+py-libp2p validates one peer's messages one at a time, so a single connection
+delivers only ~100-200 messages/s to a node anyway). Operators who expect less
+traffic tighten the limits with ``LABELMESH_GOSSIP_LIMITS`` (see
+``RateLimitConfig.from_env``); tests/test_attack_devnet.py does, and its flooding
+peer is banned by every node.
+
+Pure: time is an argument (seconds, any monotonic clock); the node passes
+``trio.current_time()``. State is bounded: at most ``max_tracked`` buckets per
+kind, least recently used evicted (an evicted bucket comes back full, which
+only ever favours the peer).
+"""
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, fields
+
+from .errors import ConfigError
+
+ENV_LIMITS = "LABELMESH_GOSSIP_LIMITS"
+
+
+@dataclass(frozen=True)
+class RateLimitConfig:
+    """Gossip rate limits of one node (local policy; rates in messages per second)."""
+
+    peer_rate_per_s: float = 1000.0      # messages/s one forwarding peer may hand us (all kinds, relayed or own), > 0
+    peer_burst: float = 4000.0           # bucket size of the above, >= 1
+    origin_rate_per_s: float = 300.0     # new messages/s originated by one peer, via any relayer (1.5x honest publish pace), > 0
+    origin_burst: float = 2000.0         # bucket size of the above, >= 1
+    account_rate_per_s: float = 100.0    # new messages/s signed by one account that we store or park, > 0
+    account_burst: float = 1000.0        # bucket size of the above, >= 1
+    abuse_threshold: float = 100.0       # decayed over-limit count of a self-originating peer before REJECT, >= 1
+    abuse_half_life_s: float = 60.0      # half-life of that count, seconds, > 0
+    max_tracked: int = 100_000           # buckets remembered per kind (LRU), >= 16
+
+    @classmethod
+    def from_env(cls, env) -> "RateLimitConfig":
+        """Defaults overridden by ``LABELMESH_GOSSIP_LIMITS="origin_rate_per_s=50,origin_burst=500"``
+        (comma-separated field=number pairs). Raises ConfigError naming the bad pair."""
+        text = env.get(ENV_LIMITS, "").strip()
+        if not text:
+            return cls()
+        known = {f.name: f for f in fields(cls)}
+        values: dict = {}
+        for part in text.split(","):
+            name, sep, raw = part.strip().partition("=")
+            if not sep or name not in known:
+                raise ConfigError(f"{ENV_LIMITS}: expected field=number pairs with fields "
+                                  f"{', '.join(known)}; got {part.strip()!r}")
+            try:
+                values[name] = int(raw) if name == "max_tracked" else float(raw)
+            except ValueError:
+                raise ConfigError(f"{ENV_LIMITS}: {name} must be a number, got {raw!r}") from None
+        return cls(**values).validate()
+
+    def validate(self) -> "RateLimitConfig":
+        """Raise ConfigError naming the first field out of range; return self."""
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
+                raise ConfigError(f"rate limit {f.name} must be a number, got {v!r}")
+        for name in ("peer_rate_per_s", "origin_rate_per_s", "account_rate_per_s", "abuse_half_life_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"rate limit {name} must be > 0")
+        for name in ("peer_burst", "origin_burst", "account_burst", "abuse_threshold"):
+            if not getattr(self, name) >= 1:
+                raise ConfigError(f"rate limit {name} must be >= 1")
+        if self.max_tracked < 16:
+            raise ConfigError("rate limit max_tracked must be >= 16")
+        return self
+
+
+class _Buckets:
+    """Token buckets keyed by anything hashable, LRU-bounded. Time is an argument."""
+
+    def __init__(self, rate: float, burst: float, max_tracked: int):
+        self.rate = rate
+        self.burst = burst
+        self.max_tracked = max_tracked
+        self._b: collections.OrderedDict = collections.OrderedDict()  # key -> [tokens, stamp]
+
+    def _get(self, key, now: float) -> list:
+        b = self._b.get(key)
+        if b is None:
+            b = self._b[key] = [self.burst, now]
+            if len(self._b) > self.max_tracked:
+                self._b.popitem(last=False)
+        else:
+            self._b.move_to_end(key)
+            if now > b[1]:
+                b[0] = min(self.burst, b[0] + (now - b[1]) * self.rate)
+                b[1] = now
+        return b
+
+    def has(self, key, now: float) -> bool:
+        return self._get(key, now)[0] >= 1.0
+
+    def take(self, key, now: float) -> bool:
+        """Take one token if there is one; False (nothing taken) if the bucket is empty."""
+        b = self._get(key, now)
+        if b[0] >= 1.0:
+            b[0] -= 1.0
+            return True
+        return False
+
+    def tokens(self, key, now: float) -> float:
+        return self._get(key, now)[0]
+
+
+IGNORE = "ignore"
+REJECT = "reject"
+
+
+class GossipRateLimiter:
+    """The three bucket kinds plus the abuse counter. Methods return None (go on),
+    ``IGNORE`` or ``REJECT``; see the module docstring."""
+
+    def __init__(self, config: RateLimitConfig | None = None):
+        self.config = cfg = (config or RateLimitConfig()).validate()
+        self.peers = _Buckets(cfg.peer_rate_per_s, cfg.peer_burst, cfg.max_tracked)
+        self.origins = _Buckets(cfg.origin_rate_per_s, cfg.origin_burst, cfg.max_tracked)
+        self.accounts = _Buckets(cfg.account_rate_per_s, cfg.account_burst, cfg.max_tracked)
+        self._abuse: collections.OrderedDict[str, tuple[float, float]] = collections.OrderedDict()
+        self.stats: collections.Counter[str] = collections.Counter()
+
+    def on_message(self, forwarder: str, origin: str | None, now: float) -> str | None:
+        """Before decoding: the forwarder's bucket."""
+        if self.peers.take(forwarder, now):
+            return None
+        self.stats["over_peer_limit"] += 1
+        return self._over_limit(forwarder, origin, now)
+
+    def on_new_message(self, forwarder: str, origin: str | None, now: float) -> str | None:
+        """After de-duplication (a message we do not hold yet): the origin's bucket."""
+        if origin is None or self.origins.take(origin, now):
+            return None
+        self.stats["over_origin_limit"] += 1
+        return self._over_limit(forwarder, origin, now)
+
+    def account_allows(self, account: bytes, now: float) -> bool:
+        """Whether ``account`` may have one more message verified now (takes nothing)."""
+        if self.accounts.has(account, now):
+            return True
+        self.stats["over_account_limit"] += 1
+        return False
+
+    def on_account_used(self, account: bytes, now: float) -> None:
+        """A message signed by ``account`` verified and was kept: take its token."""
+        self.accounts.take(account, now)
+
+    def abuse(self, peer: str, now: float) -> float:
+        """The peer's current decayed abuse count."""
+        v = self._abuse.get(peer)
+        if v is None:
+            return 0.0
+        count, stamp = v
+        return count * 0.5 ** (max(0.0, now - stamp) / self.config.abuse_half_life_s)
+
+    def _over_limit(self, forwarder: str, origin: str | None, now: float) -> str:
+        if origin is None or origin != forwarder:
+            return IGNORE  # relaying someone else's flood is not abuse
+        count = self.abuse(forwarder, now) + 1.0
+        self._abuse[forwarder] = (count, now)
+        self._abuse.move_to_end(forwarder)
+        if len(self._abuse) > self.config.max_tracked:
+            self._abuse.popitem(last=False)
+        if count >= self.config.abuse_threshold:
+            self.stats["abuse_rejects"] += 1
+            return REJECT
+        return IGNORE
