@@ -28,6 +28,7 @@ rewards_get {[account], [task_id]}   rewards from certified tasks, per task and 
 reputation_get {[account], [domain]} reputation per (account, domain) and the resulting weight
 task_export {task_id, [format]}      consensus dataset: jsonl | csv | labelstudio
 account_list {}                      local accounts (public keys only)
+messages_arrival {ids: [hex, ...]}   when this node stored each message (ms), for benchmarks
 backup_create {dest}                 consistent hot backup of the node (store, config, genesis, keys) into dest
 blob_get {task_id, item} | {sha256}  make sure a blob is stored here (fetched from peers if needed)
 blob_read {sha256, [offset], [length]}  a chunk (<= 1 MiB, hex) of a locally stored blob
@@ -112,14 +113,14 @@ async def _ingest_or_raise(node, raw: bytes) -> tuple[bytes, str]:
     return (await _ingest_many_or_raise(node, [raw]))[0]
 
 
-async def _ingest_many_or_raise(node, raws: list[bytes]) -> list[tuple[bytes, str]]:
+async def _ingest_many_or_raise(node, raws: list[bytes], decoded=None) -> list[tuple[bytes, str]]:
     """Ingest ``raws`` in ONE pipeline run (one group commit for all of them, not one
     fsync each); (id, "accepted" | "duplicate") per message, or RpcError for the first
     message that was rejected or ignored (the valid ones are stored all the same)."""
     from .store import StoreFullError
 
     try:
-        results = await node.ingest_many(raws, "rpc", publish=True)
+        results = await node.ingest_many(raws, "rpc", publish=True, decoded=decoded)
     except StoreFullError as e:
         logging.getLogger("labelmesh.rpc").error("refused an RPC write, store full: %s", e)
         raise RpcError(STORE_FULL, f"store is full: {e}. Free disk space; the node resumes by itself.") from None
@@ -162,6 +163,10 @@ async def node_info(node, params):
             "accepted": c.accepted, "rejected": c.rejected, "ignored": c.ignored,
             "duplicates": c.duplicates, "published": c.published,
             "orphans": len(node._orphans),
+            # hostile-peer defences (node/ratelimit.py, the per-annotator cap, p2p offender bans)
+            "rate_limited": c.rate_limited, "over_batch_cap": c.over_batch_cap,
+            "offenders_banned": (node.p2p.stats().get("offenders_banned", 0)
+                                 if node.p2p is not None and hasattr(node.p2p, "stats") else 0),
         },
         "sync": _sync_summary(node),
         "blobs": node.blobs.status() if hasattr(node, "blobs") else None,
@@ -340,7 +345,7 @@ async def annotations_submit(node, params):
         if len(raws) > MAX_RAW_PER_CALL:
             raise RpcError(INVALID_PARAMS, f"at most {MAX_RAW_PER_CALL} raw messages per call")
         out = []
-        datas, n_labels = [], []
+        datas, msgs = [], []
         for r in raws:
             try:
                 data = bytes.fromhex(r)
@@ -353,9 +358,9 @@ async def annotations_submit(node, params):
             if decoded.kind != KIND_BATCH:
                 raise RpcError(INVALID_PARAMS, "annotations_submit takes annotation batches; use task_post for tasks")
             datas.append(data)
-            n_labels.append(len(decoded.body.labels))
-        for (mid, status), n in zip(await _ingest_many_or_raise(node, datas), n_labels):
-            out.append({"batch_id": mid.hex(), "status": status, "labels": n})
+            msgs.append(decoded)
+        for (mid, status), m in zip(await _ingest_many_or_raise(node, datas, msgs), msgs):
+            out.append({"batch_id": mid.hex(), "status": status, "labels": len(m.body.labels)})
         return out[0] if single else {"results": out}
     sk = _signing_key(node, params)
     tid = _task_id(node, params)
@@ -602,6 +607,8 @@ async def backup_create(node, params):
         return await trio.to_thread.run_sync(create_backup, node, dest)
     except (BackupError, StoreError) as e:
         raise RpcError(APP_ERROR, str(e)) from None
+    except OSError as e:
+        raise RpcError(APP_ERROR, f"cannot write the backup into {dest}: {e.strerror or e}") from None
 
 
 async def account_list(node, params):
@@ -609,10 +616,24 @@ async def account_list(node, params):
     return {"accounts": node.keystore.list() if node.keystore else []}
 
 
+async def messages_arrival(node, params):
+    """When this node stored each of 'ids' (clock ms; null if not stored since start or too long
+    ago -- the newest 200,000 are kept): {"arrival_ms": [...]} in the order of 'ids'."""
+    ids = _get(params, "ids", list)
+    if len(ids) > MAX_LIST or not all(isinstance(i, str) for i in ids):
+        raise RpcError(INVALID_PARAMS, f"param 'ids' must be a list of at most {MAX_LIST} hex ids")
+    try:
+        keys = [bytes.fromhex(i) for i in ids]
+    except ValueError:
+        raise RpcError(INVALID_PARAMS, "param 'ids' must hold hex ids") from None
+    got = node.arrival_ms.get
+    return {"arrival_ms": [got(k) for k in keys]}
+
+
 METHODS = {f.__name__: f for f in [
     node_info, peers_list, sync_status, rpc_methods, task_post, task_get, tasks_list, annotations_submit,
     annotations_list, consensus_get, certificate_get, gold_reveal, rewards_get, reputation_get, task_export,
-    account_list, backup_create,
+    account_list, backup_create, messages_arrival,
 ]}
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -45,6 +45,16 @@ from .store import Record, Store, StoreError, StoreWriter
 log = logging.getLogger("labelmesh.node")
 
 MAX_ORPHANS = 20_000
+# Sources whose batches are stored even past the per-annotator cap: our own messages and
+# batches that a validator's attestation or a certificate pins (fetched by the finality
+# service); everything else (gossip, sync, rpc) is capped.
+UNCAPPED_SOURCES = frozenset({"local", "pinned"})
+ARRIVALS_KEPT = 200_000  # stored-at times remembered for messages_arrival (RPC)
+VERIFY_IN_THREAD_MIN = 16  # signatures verified in a worker thread from this many per group on
+
+
+def _verify_all(msgs: list[SignedMessage], network_id: bytes) -> list[bool]:
+    return [verify_signature(m, network_id) for m in msgs]
 
 
 def wall_clock_ms() -> int:
@@ -95,6 +105,9 @@ class Counters:
     ignored: int = 0
     duplicates: int = 0
     published: int = 0
+    over_batch_cap: int = 0  # batches IGNOREd by the per-annotator, per-task cap
+    rate_limited: int = 0  # gossip messages IGNOREd (or REJECTed as abuse) by node/ratelimit.py
+    publish_dropped: int = 0  # accepted messages not gossiped because the publish queue was full
 
 
 class Node:
@@ -104,7 +117,8 @@ class Node:
     def __init__(self, data_dir: Path, genesis: Genesis, *, p2p_factory: Callable | None,
                  keystore=None, clock: Callable[[], int] = wall_clock_ms,
                  rpc_socket: Path | None = None, validator_account: str = "", sync_interval_s: float = 3.0,
-                 validator_key=None, finality_tick_s: float = 0.25, metrics_listen: str = ""):
+                 validator_key=None, finality_tick_s: float = 0.25, metrics_listen: str = "",
+                 rate_limits=None):
         self.data_dir = Path(data_dir)
         self.genesis = genesis
         self.params = genesis.params
@@ -125,7 +139,11 @@ class Node:
         self.task_index = TaskIndex()
         self._orphans: OrderedDict[bytes, tuple[bytes, str]] = OrderedDict()  # msg id -> (raw, source)
         self._inflight: dict[bytes, trio.Event] = {}
+        from .ratelimit import GossipRateLimiter
+        self.ratelimit = GossipRateLimiter(rate_limits)  # rate_limits: a ratelimit.RateLimitConfig or None
+        self._batch_counts: dict[bytes, Counter] = {}  # task -> annotator -> batches stored (for the cap)
         self._result_cache: dict[bytes, TaskResult] = {}
+        self.arrival_ms: dict[bytes, int] = {}  # msg id -> clock() when stored, the newest ARRIVALS_KEPT
         self._outcomes: dict = {}
         self.topics = {k: topic_for(self.network_id, k) for k in KIND_NAMES}
         self._kind_of_topic = {t: k for k, t in self.topics.items()}
@@ -196,20 +214,22 @@ class Node:
         """Run the whole pipeline on one message; see ``ingest_many``."""
         return (await self.ingest_many([raw], source, publish=publish))[0]
 
-    async def ingest_many(self, raws: list[bytes], source: str, *, publish: bool = False
-                          ) -> list[tuple[Verdict, bytes | None]]:
+    async def ingest_many(self, raws: list[bytes], source: str, *, publish: bool = False,
+                          decoded: list[SignedMessage] | None = None) -> list[tuple[Verdict, bytes | None]]:
         """Run the pipeline on many messages and store the valid ones in one group commit.
 
         Returns one (verdict, message id or None) per input, in input order.
         ACCEPT means the message is on disk now. A message already stored (or
         listed twice) is IGNOREd as "duplicate". Task announcements are stored
         before the messages that refer to them, so a sync chunk may hold both.
+        ``decoded``: the caller's ``decode_message`` of each raw (same order), to
+        skip decoding twice.
         """
         results: list = [None] * len(raws)
         tasks, others = [], []
         for k, raw in enumerate(raws):
             try:
-                msg = decode_message(raw, self.params)
+                msg = decoded[k] if decoded is not None else decode_message(raw, self.params)
             except DecodeError as e:
                 self.counters.rejected += 1
                 results[k] = (reject(f"decode: {e}"), None)
@@ -223,19 +243,37 @@ class Node:
     async def _ingest_group(self, group, source: str, publish: bool, results: list) -> None:
         now = self.clock()
         records, accepted, seen = [], [], set()
+        checked = []  # (k, mid, msg, validate_basic verdict) of messages not stored yet
+        pending_batches: Counter = Counter()  # (task, annotator) -> batches admitted in this group
         for k, mid, msg in group:
             ev = self._inflight.get(mid)
             if ev is not None:  # being written by another caller right now
                 await ev.wait()
-            if mid in seen or self.store.has(mid):
+            if self.store.has(mid):
                 self.counters.duplicates += 1
                 results[k] = (ignore("duplicate"), mid)
                 continue
-            v = validate_basic(msg, self.params)
-            if v.ok and not verify_signature(msg, self.network_id):
+            checked.append((k, mid, msg, validate_basic(msg, self.params)))
+        # Verify signatures in one go; a big group in a worker thread, where libsodium runs
+        # without the GIL while the event loop decodes the next request (two cores busy).
+        to_verify = [msg for _, _, msg, v in checked if v.ok]
+        if len(to_verify) >= VERIFY_IN_THREAD_MIN:
+            sig_ok = iter(await trio.to_thread.run_sync(_verify_all, to_verify, self.network_id))
+        else:
+            sig_ok = iter(_verify_all(to_verify, self.network_id))
+        for k, mid, msg, v in checked:
+            if mid in seen:
+                self.counters.duplicates += 1
+                results[k] = (ignore("duplicate"), mid)
+                if v.ok:
+                    next(sig_ok)
+                continue
+            if v.ok and not next(sig_ok):
                 v = reject("bad signature")
             if v.ok:
                 v = validate_in_context(msg, self, now, self.params)
+            if v.ok and msg.kind == KIND_BATCH and source not in UNCAPPED_SOURCES:
+                v = self._check_batch_cap(msg.body, pending_batches)
             if not v.ok:
                 if v.outcome is Outcome.IGNORE and v.reason.startswith("unknown task"):
                     self._park_orphan(mid, msg.raw, source)
@@ -266,7 +304,13 @@ class Node:
             self._on_accepted(mid, msg)
             results[k] = (ACCEPT, mid)
             if publish and self.p2p is not None:
-                await self._publish_send.send((self.topics[msg.kind], msg.raw))
+                # Never make an acknowledged write wait for gossip: the publisher is paced
+                # (token bucket) far below what ingest accepts, and gossip is best effort
+                # anyway. A full queue drops the publish; anti-entropy sync delivers it.
+                try:
+                    self._publish_send.send_nowait((self.topics[msg.kind], msg.raw))
+                except trio.WouldBlock:
+                    self.counters.publish_dropped += 1
         for k, mid, msg in accepted:
             if msg.kind == KIND_TASK:
                 await self._adopt_orphans(mid)
@@ -278,15 +322,40 @@ class Node:
             self.counters.ignored += 1
 
     def _on_accepted(self, mid: bytes, msg: SignedMessage) -> None:
+        self.arrival_ms[mid] = self.clock()  # for messages_arrival (propagation measurements)
+        if len(self.arrival_ms) > ARRIVALS_KEPT:
+            del self.arrival_ms[next(iter(self.arrival_ms))]
         if msg.kind == KIND_TASK:
             self.tasks[mid] = msg.body
             self.task_index.add_task(mid)
             if hasattr(self, "blobs"):
                 self.blobs.on_task(mid, msg.body)
         self.task_index.add(mid if msg.kind == KIND_TASK else msg.body.task_id, mid)
+        if msg.kind == KIND_BATCH:
+            counts = self._batch_counts.get(msg.body.task_id)
+            if counts is not None:
+                counts[msg.body.annotator] += 1
         if msg.kind == KIND_ATTESTATION and hasattr(self, "finality"):
             self.finality.on_attestation(msg)
         log.debug("stored %s %s", KIND_NAMES[msg.kind], mid.hex()[:16])
+
+    def _check_batch_cap(self, batch: AnnotationBatch, pending: Counter) -> Verdict:
+        """IGNORE a batch past ``params.max_batches_per_annotator`` batches of its annotator
+        for its task (a local storage bound, never a REJECT; see SECURITY.md for why this
+        is safe with sync and finality). Admits it into ``pending`` otherwise."""
+        counts = self._batch_counts.get(batch.task_id)
+        if counts is None:  # first batch for this task since start: count what is stored
+            counts = self._batch_counts[batch.task_id] = Counter(
+                decode_message(raw, self.params).body.annotator
+                for raw in self.store.task_messages(batch.task_id, KIND_BATCH))
+        key = (batch.task_id, batch.annotator)
+        cap = self.params.max_batches_per_annotator
+        if counts[batch.annotator] + pending[key] >= cap:
+            self.counters.over_batch_cap += 1
+            return ignore(f"annotator already has {cap} batches for this task (the per-annotator cap); "
+                          f"put more labels in each batch")
+        pending[key] += 1
+        return ACCEPT
 
     def _park_orphan(self, mid: bytes, raw: bytes, source: str) -> None:
         if mid in self._orphans:
@@ -310,25 +379,57 @@ class Node:
 
     # ------------------------------------------------------------------ gossip
 
-    async def gossip_validate(self, topic: str, data: bytes, from_peer: str) -> Outcome:
+    async def gossip_validate(self, topic: str, data: bytes, from_peer: str, origin: str | None = None) -> Outcome:
         """Validator for every gossip message: ACCEPT forwards it, REJECT penalises
-        the forwarder, IGNORE drops it quietly."""
-        kind = self._kind_of_topic.get(topic)
+        the forwarder, IGNORE drops it quietly. ``origin``: the peer that published
+        it (libp2p ``from``), if the transport knows it (enables the abuse rule of
+        node/ratelimit.py).
+
+        Order, cheapest first: forwarder's rate limit -> decode -> kind matches the
+        topic (else REJECT: no smuggling across topics) -> duplicate (IGNORE, never
+        penalised: honest relayers race) -> origin's and signer's rate limits ->
+        the ingest pipeline (verify, validate, per-annotator cap, store)."""
         if from_peer == self.peer_id:
             return Outcome.ACCEPT  # our own publish: already validated and stored
+        now_s = trio.current_time()
+        rl = self.ratelimit
+        limited = rl.on_message(from_peer, origin, now_s)
+        if limited is not None:
+            return self._rate_limited(limited)
         try:
-            v, _ = await self.ingest(data, "gossip")
+            msg = decode_message(data, self.params)
+        except DecodeError:
+            self.counters.rejected += 1
+            return Outcome.REJECT
+        if msg.kind != self._kind_of_topic.get(topic):
+            self.counters.rejected += 1
+            return Outcome.REJECT
+        mid = msg.compute_id(self.network_id)
+        if mid in self._inflight or self.store.has(mid):
+            self.counters.duplicates += 1
+            return Outcome.IGNORE
+        limited = rl.on_new_message(from_peer, origin, now_s)
+        if limited is not None:
+            return self._rate_limited(limited)
+        signer = msg.body.signer
+        if not rl.account_allows(signer, now_s):
+            return self._rate_limited("ignore")
+        try:
+            v, _ = (await self.ingest_many([data], "gossip", decoded=[msg]))[0]
         except StoreError as e:  # e.g. disk full: drop quietly, sync repairs once space is back
             log.warning("cannot store gossip message: %s", e)
             return Outcome.IGNORE
-        if v.ok:
-            # The kind must match the topic, or a peer could smuggle messages across topics.
-            try:
-                if decode_message(data, self.params).kind != kind:
-                    return Outcome.REJECT
-            except DecodeError:
-                return Outcome.REJECT
+        if v.ok or (v.outcome is Outcome.IGNORE and v.reason != "duplicate"):
+            rl.on_account_used(signer, now_s)  # verified and stored (or parked): it costs a token
         return v.outcome
+
+    def _rate_limited(self, what: str) -> Outcome:
+        self.counters.rate_limited += 1
+        if what == "reject":
+            self.counters.rejected += 1
+            return Outcome.REJECT
+        self.counters.ignored += 1
+        return Outcome.IGNORE
 
     async def _publisher(self) -> None:
         async for topic, raw in self._publish_recv:

@@ -1,0 +1,286 @@
+"""Helpers shared by the sub-benchmarks: figures, statistics, process footprint,
+throw-away devnets and a minimal JSON-RPC line client."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def log(msg: str) -> None:
+    """Progress goes to stderr, so ``--json`` keeps stdout clean."""
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def figure(name: str, value, unit: str, *, limit=None, target=None, higher_is_better: bool = True,
+           note: str = "") -> dict:
+    """One reported figure. ``ratio`` = value / limit when a limit applies."""
+    f = {"name": name, "value": _round(value), "unit": unit}
+    if limit is not None and limit > 0 and value is not None:
+        f["limit"] = _round(limit)
+        f["ratio"] = round(value / limit, 3)
+    if target is not None:
+        f["target"] = target
+        if value is not None:
+            f["meets_target"] = bool(value >= target if higher_is_better else value <= target)
+    if note:
+        f["note"] = note
+    return f
+
+
+def _round(v):
+    if isinstance(v, float):
+        if abs(v) >= 100:
+            return round(v, 1)
+        return round(v, 4)
+    return v
+
+
+def median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def percentile(xs, q: float):
+    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
+    s = sorted(xs)
+    if not s:
+        return None
+    k = max(0, min(len(s) - 1, int(-(-q * len(s) // 100)) - 1))
+    return s[k]
+
+
+# ------------------------------------------------------------------ process footprint
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds used by ``pid`` so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+class CpuMeter:
+    """CPU % of one core used by a set of processes between start() and stop()."""
+
+    def __init__(self, pids):
+        self.pids = list(pids)
+
+    def start(self):
+        self.t0 = time.monotonic()
+        self.c0 = {p: cpu_s(p) for p in self.pids}
+        return self
+
+    def stop(self) -> dict[int, float]:
+        dt = time.monotonic() - self.t0
+        return {p: 100.0 * (cpu_s(p) - self.c0[p]) / dt for p in self.pids}
+
+
+def dir_bytes(path: Path) -> int:
+    """Bytes of disk actually allocated under ``path``."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.stat(os.path.join(root, f)).st_blocks * 512
+            except OSError:
+                pass
+    return total
+
+
+# ------------------------------------------------------------------ RPC
+
+class LineClient:
+    """A blocking JSON-RPC client on one Unix-socket connection that can also send
+    pre-built request lines (so the benchmark client spends no time encoding)."""
+
+    def __init__(self, path, timeout: float = 120.0):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(str(path))
+        self.buf = b""
+        self.next_id = 0
+
+    def close(self):
+        self.sock.close()
+
+    def send_line(self, line: bytes) -> dict:
+        self.sock.sendall(line)
+        while True:
+            nl = self.buf.find(b"\n")
+            if nl >= 0:
+                resp, self.buf = self.buf[:nl], self.buf[nl + 1:]
+                return json.loads(resp)
+            chunk = self.sock.recv(1 << 20)
+            if not chunk:
+                raise ConnectionError("node closed the RPC connection")
+            self.buf += chunk
+
+    def call(self, method: str, params=None):
+        self.next_id += 1
+        r = self.send_line(request_line(method, params or {}, self.next_id))
+        if "error" in r:
+            raise RuntimeError(f"{method}: {r['error']}")
+        return r["result"]
+
+
+def request_line(method: str, params: dict, id_: int = 1) -> bytes:
+    return json.dumps({"jsonrpc": "2.0", "id": id_, "method": method, "params": params},
+                      separators=(",", ":")).encode() + b"\n"
+
+
+# ------------------------------------------------------------------ devnets
+
+class Devnet:
+    """A throw-away devnet of ``n`` real node processes (``node.devnet.up``) in a
+    short temporary directory; ``close()`` stops exactly its processes and removes it."""
+
+    def __init__(self, n: int, prefix: str = "lmb"):
+        from node import devnet
+
+        self.devnet = devnet
+        self.root = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+        self.n = n
+        try:
+            self.meta = devnet.up(self.root, n)
+        except BaseException:
+            self.close()
+            raise
+        self.network_id = bytes.fromhex(self.meta["network_id"])
+        self.clients: dict[int, LineClient] = {}
+
+    def sock(self, i: int) -> Path:
+        return self.root / f"node-{i}" / "node.sock"
+
+    def rpc(self, i: int, method: str, params=None, timeout: float = 60.0):
+        return self.devnet._rpc(self.root, i, method, params or {}, timeout=timeout)
+
+    def client(self, i: int) -> LineClient:
+        c = self.clients.get(i)
+        if c is None:
+            c = self.clients[i] = LineClient(self.sock(i))
+        return c
+
+    def pid(self, i: int) -> int:
+        return self.devnet._pids(self.root)[str(i)]["pid"]
+
+    def pids(self) -> list[int]:
+        return [self.pid(i) for i in range(self.n)]
+
+    def close(self):
+        for c in getattr(self, "clients", {}).values():
+            try:
+                c.close()
+            except OSError:
+                pass
+        try:
+            self.devnet.down(self.root)
+        except Exception as e:  # pragma: no cover - reported, never hidden
+            log(f"devnet down in {self.root} failed: {e}")
+            raise
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def wait_until(cond, timeout: float, what: str, interval: float = 0.05):
+    end = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.monotonic() > end:
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def post_task(net: Devnet, node: int, n_items: int, n_classes: int, duration_s: float, title: str = "bench") -> dict:
+    """Post a task signed by the devnet's funded requester; returns task_post's result."""
+    labels = [f"c{k}" for k in range(n_classes)]
+    return net.rpc(node, "task_post", {"account": "requester", "title": title, "labels": labels,
+                                        "items": [f"i{k}" for k in range(n_items)], "duration_s": duration_s,
+                                        "bounty": 1_000_000, "redundancy": 3})
+
+
+def run_threads(fn, args_list):
+    """Run ``fn(*args)`` for each args tuple in its own thread; re-raise the first error."""
+    errors = []
+
+    def wrap(*a):
+        try:
+            fn(*a)
+        except BaseException as e:  # noqa: BLE001 - re-raised below
+            errors.append(e)
+
+    ts = [threading.Thread(target=wrap, args=a, daemon=True) for a in args_list]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
+# ------------------------------------------------------------------ signed workload
+
+_KEYS: list = []
+
+
+def annotator_keys(n: int):
+    """``n`` deterministic annotator signing keys (bench-only seeds)."""
+    import nacl.signing
+
+    while len(_KEYS) < n:
+        k = len(_KEYS)
+        _KEYS.append(nacl.signing.SigningKey(b"labelmesh-bench\x00" + k.to_bytes(16, "big")))
+    return _KEYS[:n]
+
+
+def make_batches(network_id: bytes, task_id: bytes, *, n_msgs: int, labels_per_msg: int, n_items: int,
+                 n_classes: int, t_base_ms: int, first: int = 0, n_annotators: int = 1000, seed: int = 1) -> list[bytes]:
+    """Signed AnnotationBatch envelopes (raw bytes), all distinct.
+
+    Message k (counting from ``first``) is signed by annotator ``k % n_annotators`` with
+    created_at ``t_base_ms + k // n_annotators`` (so (annotator, created_at) is unique),
+    and labels ``labels_per_msg`` consecutive items with pseudo-random classes.
+    """
+    import random
+
+    from protocol.messages import AnnotationBatch, sign_message
+
+    keys = annotator_keys(n_annotators)
+    pubs = [bytes(k.verify_key) for k in keys]
+    rng = random.Random(seed * 1_000_003 + first)
+    span = max(1, n_items - labels_per_msg + 1)
+    out = []
+    for k in range(first, first + n_msgs):
+        a = k % n_annotators
+        start = (k * 7919) % span
+        labels = tuple((start + j, rng.randrange(n_classes)) for j in range(labels_per_msg))
+        b = AnnotationBatch(annotator=pubs[a], task_id=task_id, created_at=t_base_ms + k // n_annotators,
+                            labels=labels)
+        out.append(sign_message(b, keys[a], network_id).raw)
+    return out
+
+
+DETAILS: dict[str, str] = {}
+"""Extra markdown sections (title -> body) a benchmark wants in BENCHMARKS.md."""

@@ -1,0 +1,199 @@
+"""Consensus: our aggregation (``protocol.aggregate.compute_consensus``) against
+crowd-kit on the same data in the same run.
+
+1. A simulated task of 1,000,000 labels (100,000 items, 1,000 annotators, 5 classes,
+   10 labels per item; annotators: 70% fair (accuracy 0.6-0.95), 20% weak (0.35-0.6),
+   10% spammers (uniform)), and smaller ones of 10^4 and 10^5 labels. Times are the
+   pure aggregation call on in-memory integer arrays, for us and for crowd-kit's
+   ``fit_predict`` (DataFrame built before the clock), median of repeats.
+2. The eight real datasets (``../shared/datasets``): accuracy and time of ours (no
+   gold, no reputation: every worker weight 1) and of crowd-kit MajorityVote, Wawa and
+   DawidSkene(n_iter=100). GLAD and MACE (minutes per dataset) are in BASELINES.md.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .common import DETAILS, figure, log
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCH_VENV = ROOT / ".bench-venv"
+CROWDKIT_REQS = ["crowd-kit==1.4.2", "scikit-learn==1.5.2", "pandas==2.3.3"]  # as in BASELINES.md
+DATASETS = ["bluebirds", "rte", "temp", "product", "possent", "dog", "relevance", "adult"]
+
+
+def datasets_dir() -> Path | None:
+    for p in [os.environ.get("LABELMESH_DATASETS"), ROOT.parent / "shared" / "datasets", "/work/shared/datasets"]:
+        if p and (Path(p) / "rte" / "answers.csv").exists():
+            return Path(p)
+    return None
+
+
+def ensure_bench_venv() -> Path:
+    """``.bench-venv/bin/python`` with crowd-kit, created (once) from PyPI."""
+    py = BENCH_VENV / "bin" / "python"
+    stamp = BENCH_VENV / (".installed-" + "-".join(CROWDKIT_REQS).replace("=", "").replace("<", "lt"))
+    if py.exists() and stamp.exists():
+        return py
+    log(f"creating {BENCH_VENV} with {' '.join(CROWDKIT_REQS)} (first run; takes a minute)")
+    subprocess.run([sys.executable, "-m", "venv", str(BENCH_VENV)], check=True)
+    with open(BENCH_VENV / "install.log", "wb") as lf:
+        r = subprocess.run([str(py), "-m", "pip", "install", "-q", *CROWDKIT_REQS], stdout=lf, stderr=subprocess.STDOUT)
+    if r.returncode != 0:
+        raise RuntimeError(f"pip install {' '.join(CROWDKIT_REQS)} failed; see {BENCH_VENV / 'install.log'}")
+    stamp.touch()
+    return py
+
+
+def crowdkit(job: dict) -> dict:
+    py = ensure_bench_venv()
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    r = subprocess.run([str(py), str(Path(__file__).with_name("crowdkit_worker.py"))], input=json.dumps(job),
+                       capture_output=True, text=True, env=env)
+    if r.returncode != 0:
+        raise RuntimeError(f"crowd-kit worker failed: {r.stderr[-2000:]}")
+    return json.loads(r.stdout)
+
+
+# ------------------------------------------------------------------ simulation
+
+def simulate(n_items: int, n_annotators: int, n_classes: int, per_item: int, seed: int = 7) -> dict:
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(0, n_classes, n_items)
+    kind = rng.random(n_annotators)
+    acc = np.where(kind < 0.7, rng.uniform(0.6, 0.95, n_annotators),
+                   np.where(kind < 0.9, rng.uniform(0.35, 0.6, n_annotators), 1.0 / n_classes))
+    # per item, `per_item` distinct annotators: base + k * step (mod n), step coprime with n
+    coprime = np.array([s for s in range(1, n_annotators) if np.gcd(s, n_annotators) == 1])
+    base = rng.integers(0, n_annotators, n_items)
+    step = coprime[rng.integers(0, len(coprime), n_items)]
+    ann = (base[:, None] + np.arange(per_item)[None, :] * step[:, None]) % n_annotators
+    item = np.repeat(np.arange(n_items), per_item)
+    ann = ann.reshape(-1)
+    correct = rng.random(item.size) < acc[ann]
+    wrong = (truth[item] + rng.integers(1, n_classes, item.size)) % n_classes
+    spam = kind[ann] >= 0.9
+    label = np.where(spam, rng.integers(0, n_classes, item.size), np.where(correct, truth[item], wrong))
+    return {"item": item.astype(np.int32), "annotator": ann.astype(np.int32), "label": label.astype(np.int32),
+            "truth": truth.astype(np.int32), "n_items": n_items, "n_annotators": n_annotators, "n_classes": n_classes}
+
+
+def ours(sim: dict, repeats: int) -> tuple[float, float]:
+    from protocol.aggregate import WEIGHT_ONE, AggregateInput, compute_consensus
+
+    inp = AggregateInput(n_items=sim["n_items"], n_classes=sim["n_classes"], n_annotators=sim["n_annotators"],
+                         item=sim["item"], annotator=sim["annotator"], label=sim["label"],
+                         prior_weight=np.full(sim["n_annotators"], WEIGHT_ONE, dtype=np.int64))
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        res = compute_consensus(inp)
+        times.append(time.perf_counter() - t)
+    acc = float((np.asarray(res.label) == sim["truth"]).mean())
+    return statistics.median(times), acc
+
+
+def run_simulated(quick: bool) -> list[dict]:
+    figs = []
+    repeats = 1 if quick else 3
+    sizes = [(1_000, 100), (10_000, 1_000), (100_000, 1_000)]
+    rows = ["| labels | items | annotators | ours (s) | ours acc | crowd-kit DS (s) | DS acc | crowd-kit MV (s) | MV acc | speed-up vs DS |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    with tempfile.TemporaryDirectory(prefix="lmb-cons-") as d:
+        for n_items, n_ann in sizes:
+            sim = simulate(n_items, n_ann, 5, 10)
+            n = sim["item"].size
+            t_ours, acc_ours = ours(sim, repeats)
+            path = os.path.join(d, f"sim{n}.npz")
+            np.savez(path, item=sim["item"], annotator=sim["annotator"], label=sim["label"], truth=sim["truth"])
+            ck = crowdkit({"kind": "npz", "path": path, "methods": ["DawidSkene", "MajorityVote"], "repeats": repeats})
+            ds, mv = ck["DawidSkene"], ck["MajorityVote"]
+            speedup = ds["seconds"] / t_ours
+            log(f"consensus {n:,} labels: ours {t_ours:.2f} s (acc {acc_ours:.4f}), crowd-kit DS {ds['seconds']:.2f} s "
+                f"(acc {ds['accuracy']:.4f}), MV {mv['seconds']:.2f} s (acc {mv['accuracy']:.4f}): {speedup:.1f}x")
+            rows.append(f"| {n:,} | {n_items:,} | {n_ann:,} | {t_ours:.3f} | {acc_ours:.4f} | {ds['seconds']:.3f} | "
+                        f"{ds['accuracy']:.4f} | {mv['seconds']:.3f} | {mv['accuracy']:.4f} | {speedup:.1f}× |")
+            tag = {1_000: "1e4", 10_000: "1e5", 100_000: "1m"}[n_items]
+            if tag == "1m":
+                figs.append(figure("consensus_1m_s", t_ours, "s", limit=ds["seconds"], target=2.0, higher_is_better=False,
+                                   note=f"100k items, 1k annotators, 5 classes; accuracy ours {acc_ours:.4f} vs "
+                                        f"crowd-kit DS {ds['accuracy']:.4f}; limit = crowd-kit DS time"))
+                figs.append(figure("consensus_speedup_vs_crowdkit", speedup, "x", target=3.0,
+                                   note=f"crowd-kit DawidSkene(n_iter=100) {ds['seconds']:.2f} s on the same labels, "
+                                        f"same run; median of {repeats}"))
+                figs.append(figure("consensus_accuracy_1m", acc_ours, "share", limit=ds["accuracy"],
+                                   note="ratio = ours / crowd-kit DS accuracy"))
+            else:
+                figs.append(figure(f"consensus_{tag}_s", t_ours, "s", limit=ds["seconds"], higher_is_better=False,
+                                   note=f"limit = crowd-kit DS time; {speedup:.1f}x faster"))
+    DETAILS["Consensus time on simulated tasks (same labels, same run)"] = "\n".join(rows)
+    return figs
+
+
+# ------------------------------------------------------------------ datasets
+
+def _ours_on_dataset(path: Path) -> tuple[float, float]:
+    from node.offline import read_answers
+    from protocol.aggregate import WEIGHT_ONE, AggregateInput, compute_consensus
+
+    table = read_answers(str(path / "answers.csv"))
+    with open(path / "truth.csv", newline="") as f:
+        truth = {r["task"]: r["label"] for r in csv.DictReader(f)}
+    inp = AggregateInput(n_items=len(table.tasks), n_classes=len(table.labels), n_annotators=len(table.workers),
+                         item=table.item, annotator=table.annotator, label=table.label,
+                         prior_weight=np.full(len(table.workers), WEIGHT_ONE, dtype=np.int64))
+    t = time.perf_counter()
+    res = compute_consensus(inp)
+    dt = time.perf_counter() - t
+    ok = n = 0
+    for i, task in enumerate(table.tasks):
+        if task in truth:
+            n += 1
+            lab = int(res.label[i])
+            ok += lab >= 0 and table.labels[lab] == truth[task]
+    return ok / n, dt
+
+
+def run_datasets(quick: bool) -> list[dict]:
+    root = datasets_dir()
+    if root is None:
+        log("consensus: datasets not found (set LABELMESH_DATASETS); skipping the accuracy table")
+        return []
+    names = ["bluebirds", "rte", "dog"] if quick else DATASETS
+    methods = ["MajorityVote", "Wawa", "DawidSkene"]
+    rows = ["| dataset | answers | ours acc | ours (s) | MV acc | Wawa acc | DS acc | DS (s) | ours − DS (points) |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    accs, ds_accs = [], []
+    for name in names:
+        p = root / name
+        acc, dt = _ours_on_dataset(p)
+        ck = crowdkit({"kind": "csv", "answers": str(p / "answers.csv"), "truth": str(p / "truth.csv"), "methods": methods})
+        n_answers = sum(1 for _ in open(p / "answers.csv")) - 1
+        ds = ck["DawidSkene"]
+        accs.append(acc)
+        ds_accs.append(ds["accuracy"])
+        rows.append(f"| {name} | {n_answers:,} | {acc:.3f} | {dt:.3f} | {ck['MajorityVote']['accuracy']:.3f} | "
+                    f"{ck['Wawa']['accuracy']:.3f} | {ds['accuracy']:.3f} | {ds['seconds']:.2f} | "
+                    f"{100 * (acc - ds['accuracy']):+.1f} |")
+        log(f"consensus {name}: ours {acc:.3f} ({dt:.2f} s), crowd-kit DS {ds['accuracy']:.3f} ({ds['seconds']:.2f} s)")
+    mean, ds_mean = statistics.mean(accs), statistics.mean(ds_accs)
+    rows.append(f"| **mean** | | **{mean:.3f}** | | | | **{ds_mean:.3f}** | | {100 * (mean - ds_mean):+.1f} |")
+    DETAILS["Consensus accuracy on the real datasets (no gold, no reputation)"] = (
+        "\n".join(rows) + f"\n\ncrowd-kit {ck['_versions']['crowd-kit']}, pandas {ck['_versions']['pandas']}, "
+        f"scikit-learn {ck['_versions']['scikit-learn']} in `.bench-venv/`; one BLAS thread.")
+    return [figure("consensus_mean_accuracy_datasets", mean, "share", limit=ds_mean,
+                   note=f"mean over {len(names)} datasets; limit = crowd-kit DS mean, same run")]
+
+
+def run(quick: bool) -> list[dict]:
+    return run_simulated(quick) + run_datasets(quick)
