@@ -46,7 +46,7 @@ from protocol.messages import (
     sign_message,
 )
 from protocol.errors import DecodeError
-from protocol.tally import ONE
+ONE = 1 << 16  # = protocol.tally.ONE (tests/test_rpc.py checks); not imported: protocol.tally loads numpy
 
 from .errors import KeystoreError
 from .metrics import store_summary, task_state_counts
@@ -131,7 +131,7 @@ async def _ingest_many_or_raise(node, raws: list[bytes], decoded=None) -> list[t
         elif v.outcome is Outcome.IGNORE and v.reason == "duplicate":
             out.append((mid, "duplicate"))
         else:
-            raise RpcError(REJECTED, f"message {v.outcome.value}ed: {v.reason}", {"outcome": v.outcome.value})
+            raise RpcError(REJECTED, f"message {'rejected' if v.outcome is Outcome.REJECT else 'ignored'}: {v.reason}", {"outcome": v.outcome.value})
     return out
 
 

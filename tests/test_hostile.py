@@ -299,8 +299,8 @@ async def test_honest_relayer_of_duplicates_not_penalised_over_libp2p(tmp_path, 
     tm = signed(make_task(), 1, g.network_id)
     for _ in range(5):
         await relay.publish(topic, tm.raw)
-    await wait_for(lambda: node.p2p.stats().get("gossip_ignored", 0) >= 4, 20)
-    assert node.store.count() == 1
+    # copies that arrive while the first one is still being written are IGNOREd as well
+    await wait_for(lambda: node.p2p.stats().get("gossip_ignored", 0) >= 4 and node.store.count() == 1, 20)
     assert node.p2p.peer_score(relay.peer_id) == 0.0
     assert not node.p2p.is_banned(relay.peer_id)
     assert node.p2p.stats().get("gossip_rejected", 0) == 0
