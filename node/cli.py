@@ -400,7 +400,7 @@ def cmd_devnet(args) -> int:
 
 # ------------------------------------------------------------------ parser
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(with_offline: bool = True) -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--data-dir", default=default_data_dir(),
                         help="node data directory (default: $LABELMESH_DATA_DIR or ~/.labelmesh)")
@@ -459,9 +459,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, default=20, help="items to show in human output (default 20)")
     s.set_defaults(fn=cmd_consensus)
 
-    from . import offline
-    s = offline.add_parser(sub)
-    s.set_defaults(fn=offline.run_aggregate, json=False, data_dir=default_data_dir())
+    if with_offline:  # node.offline imports numpy (~11 MB RSS): the daemon (`run`) never needs it
+        from . import offline
+        s = offline.add_parser(sub)
+        s.set_defaults(fn=offline.run_aggregate, json=False, data_dir=default_data_dir())
 
     s = sub.add_parser("rewards", parents=[common], help="rewards earned in certified tasks")
     s.add_argument("--account", help="only this account (local name or hex public key)")
@@ -503,7 +504,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     from protocol.errors import LabelmeshError
 
-    parser = build_parser()
+    words = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(with_offline=not (words and words[0] == "run"))
     args = parser.parse_args(argv)
     try:
         return args.fn(args) or 0

@@ -26,7 +26,7 @@ import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import trio
 from sortedcontainers import SortedList
@@ -38,7 +38,9 @@ from protocol.messages import (
     validate_basic, validate_in_context, verify_signature,
 )
 from protocol.errors import DecodeError
-from protocol.tally import TaskResult, compute_task_result
+
+if TYPE_CHECKING:  # protocol.tally loads numpy (~11 MB RSS): imported when a result is first computed
+    from protocol.tally import TaskResult
 
 from .store import Record, Store, StoreError, StoreWriter
 
@@ -577,6 +579,8 @@ class Node:
         # commitment); pin the smallest id so the set is canonical.
         gold_id, gold = min(golds, key=lambda g: g[0]) if golds else (None, None)
         started = time.perf_counter()
+        from protocol.tally import compute_task_result
+
         res = compute_task_result(task_id, task, batches, gold, weight_of, self.params, gold_id=gold_id)
         self.metrics.observe_consensus(time.perf_counter() - started)
         if len(self._result_cache) > 1024:

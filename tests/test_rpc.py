@@ -158,3 +158,11 @@ async def test_garbage_raw_rejected(node):
     assert r["error"]["code"] == -32002
     r = await c.call("annotations_submit", {"raw": "zz"})
     assert r["error"]["code"] == -32602
+
+
+def test_api_fixed_point_one_is_the_tally_one():
+    # node/api.py keeps its own copy so that an idle node never loads numpy
+    from node import api
+    from protocol import tally
+
+    assert api.ONE == tally.ONE

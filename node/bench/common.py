@@ -68,6 +68,17 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def rss_split_mb(pid: int) -> tuple[float, float]:
+    """(anonymous, file-backed) resident MB: LMDB's memory-mapped pages count as file-backed."""
+    anon = file = 0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            anon = int(line.split()[1]) / 1024
+        elif line.startswith("RssFile:") or line.startswith("RssShmem:"):
+            file += int(line.split()[1]) / 1024
+    return anon, file
+
+
 def cpu_s(pid: int) -> float:
     """User + system CPU seconds used by ``pid`` so far (all its threads)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
