@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import nacl.signing
+import trio
 
 from protocol.genesis import make_genesis
 from protocol.messages import (
@@ -55,3 +56,46 @@ class DictContext:
 
     def validator_weight(self, account):
         return self.genesis.validator_weight(account)
+
+
+# ------------------------------------------------------------------ in-process nodes
+
+
+class FakeClock:
+    """The node's protocol clock (ms), set by the test."""
+
+    def __init__(self, now: int = T0):
+        self.now = now
+
+    def __call__(self) -> int:
+        return self.now
+
+
+async def wait_for(cond, timeout: float = 10.0, what: str = "condition"):
+    """Poll ``cond`` until true; TooSlowError after ``timeout`` seconds."""
+    with trio.fail_after(timeout):
+        while not cond():
+            await trio.sleep(0.005)
+
+
+async def advance(clock, until, step=100):
+    """Let protocol time run on to ``until`` in steps, yielding to the nodes between steps."""
+    while clock.now < until:
+        clock.now += step
+        await trio.sleep(0.01)
+
+
+def fake_node(net, name: str, path, genesis, **node_kwargs):
+    """A Node on the in-memory network ``net`` (tests/fakenet.py), gossip validated by the
+    node itself exactly as with libp2p; not started yet (``await nursery.start(node.run)``)."""
+    from node.daemon import Node
+
+    p2p = net.make(name)
+
+    def factory(node):
+        async def validator(topic, data, peer):
+            return await node.gossip_validate(topic, data, peer)
+        p2p.validator = validator
+        return p2p
+
+    return Node(path, genesis, p2p_factory=factory, **node_kwargs)

@@ -15,7 +15,6 @@ import trio
 
 from node import api
 from node.blobs import BlobError, BlobInputError, BlobStore
-from node.daemon import Node
 from node.keystore import Keystore
 from node.rpc import INVALID_PARAMS, NOT_FOUND, UNAVAILABLE, RpcError
 from protocol import blobs as bp
@@ -23,7 +22,7 @@ from protocol.codec import pack
 
 from .fakenet import FakeNet
 from .helpers import make_test_genesis
-from .test_inprocess import FakeClock, wait_for
+from .helpers import FakeClock, fake_node, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -101,17 +100,9 @@ def test_blob_store_import_is_content_addressed_and_atomic(tmp_path):
 async def start(nursery, tmp_path, net, names, clock, g, *, prefetch=True):
     out = []
     for name in names:
-        p2p = net.make(name)
-
-        def factory(node, p2p=p2p):
-            async def validator(topic, data, peer):
-                return await node.gossip_validate(topic, data, peer)
-            p2p.validator = validator
-            return p2p
-
         ks = Keystore(tmp_path / name)
         ks.create("req")
-        n = Node(tmp_path / name, g, p2p_factory=factory, clock=clock, keystore=ks, sync_interval_s=0.2)
+        n = fake_node(net, name, tmp_path / name, g, clock=clock, keystore=ks, sync_interval_s=0.2)
         n.blobs.prefetch = prefetch
         await nursery.start(n.run)
         out.append(n)

@@ -5,13 +5,11 @@ import random
 
 import trio
 
-from node.daemon import Node
 from protocol.finality import decode_certificate, encode_certificate, verify_certificate
 from protocol.genesis import make_genesis
 
 from .fakenet import FakeNet
-from .helpers import T0, key, make_batch, make_task, pk, signed
-from .test_inprocess import FakeClock, wait_for
+from .helpers import T0, FakeClock, advance, fake_node, key, make_batch, make_task, pk, signed, wait_for
 
 VALIDATORS = [1000 + i for i in range(4)]
 
@@ -24,26 +22,12 @@ def genesis():
 async def start(nursery, tmp_path, net, g, clock, n=4, observers=0):
     nodes = []
     for i in range(n + observers):
-        p2p = net.make(f"v{i}")
-
-        def factory(node, p2p=p2p):
-            async def validator(topic, data, peer):
-                return await node.gossip_validate(topic, data, peer)
-            p2p.validator = validator
-            return p2p
-
         vk = key(VALIDATORS[i]) if i < n else None
-        node = Node(tmp_path / f"v{i}", g, p2p_factory=factory, clock=clock, sync_interval_s=0.1,
-                    validator_key=vk, finality_tick_s=0.02)
+        node = fake_node(net, f"v{i}", tmp_path / f"v{i}", g, clock=clock, sync_interval_s=0.1,
+                         validator_key=vk, finality_tick_s=0.02)
         await nursery.start(node.run)
         nodes.append(node)
     return nodes
-
-
-async def advance(clock, until, step=100):
-    while clock.now < until:
-        clock.now += step
-        await trio.sleep(0.01)
 
 
 async def test_validators_certify_same_result(tmp_path):

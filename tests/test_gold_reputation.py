@@ -15,8 +15,7 @@ from protocol.reputation import ONE, AnnotatorOutcome, TaskOutcome, compute_earn
 from protocol.tally import compute_task_result
 
 from .helpers import T0, key, make_batch, make_task, make_test_genesis, pk, signed
-from .test_certify import advance
-from .test_inprocess import FakeClock, wait_for
+from .helpers import FakeClock, advance, wait_for
 
 G = make_test_genesis()
 NET = G.network_id

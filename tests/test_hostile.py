@@ -36,7 +36,8 @@ from protocol.messages import (
 
 from .fakenet import FakeNet
 from .helpers import T0, DictContext, key, make_batch, make_task, make_test_genesis, pk, signed
-from .test_inprocess import FakeClock, wait_for
+from . import helpers
+from .helpers import FakeClock, fake_node, wait_for
 
 G = make_test_genesis()
 NET = G.network_id
@@ -415,25 +416,15 @@ def skew_genesis():
 async def start_validators(nursery, path, net, g, clocks):
     nodes = []
     for i, clock in enumerate(clocks):
-        p2p = net.make(f"v{i}")
-
-        def factory(node, p2p=p2p):
-            async def validator(topic, data, peer):
-                return await node.gossip_validate(topic, data, peer)
-            p2p.validator = validator
-            return p2p
-
-        n = Node(path / f"v{i}", g, p2p_factory=factory, clock=clock, sync_interval_s=0.1,
-                 validator_key=key(VALIDATORS[i]), finality_tick_s=0.02)
+        n = fake_node(net, f"v{i}", path / f"v{i}", g, clock=clock, sync_interval_s=0.1,
+                      validator_key=key(VALIDATORS[i]), finality_tick_s=0.02)
         await nursery.start(n.run)
         nodes.append(n)
     return nodes
 
 
 async def advance(clock, until, step=200):
-    while clock.now < until:
-        clock.now += step
-        await trio.sleep(0.01)
+    await helpers.advance(clock, until, step)
 
 
 async def run_skew_scenario(path, offsets):

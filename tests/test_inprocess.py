@@ -7,35 +7,15 @@ from node.daemon import Node
 from protocol.messages import Outcome
 
 from .fakenet import FakeNet
-from .helpers import T0, make_batch, make_task, make_test_genesis, signed
+from .helpers import FakeClock, fake_node, make_batch, make_task, make_test_genesis, signed, wait_for  # noqa: F401
 
 
-class FakeClock:
-    def __init__(self, now: int = T0):
-        self.now = now
-
-    def __call__(self) -> int:
-        return self.now
-
-
-async def wait_for(cond, timeout: float = 10.0, what: str = "condition"):
-    with trio.fail_after(timeout):
-        while not cond():
-            await trio.sleep(0.005)
 
 
 async def start_nodes(nursery, tmp_path, net: FakeNet, n: int, clock, genesis):
     nodes = []
     for i in range(n):
-        p2p = net.make(f"n{i}")
-
-        def factory(node, p2p=p2p):
-            async def validator(topic, data, peer):
-                return await node.gossip_validate(topic, data, peer)
-            p2p.validator = validator
-            return p2p
-
-        node = Node(tmp_path / f"n{i}", genesis, p2p_factory=factory, clock=clock)
+        node = fake_node(net, f"n{i}", tmp_path / f"n{i}", genesis, clock=clock)
         await nursery.start(node.run)
         nodes.append(node)
     return nodes

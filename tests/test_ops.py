@@ -33,7 +33,8 @@ from node.logs import scrub, setup_logging
 from protocol.genesis import make_genesis
 
 from .helpers import T0, key, pk
-from .test_inprocess import FakeClock, wait_for
+from . import helpers
+from .helpers import FakeClock, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 VALIDATOR = 1000
@@ -108,9 +109,7 @@ async def http_get(host: str, port: int, path: str, method: str = "GET") -> byte
 
 
 async def advance(clock, until, step=200):
-    while clock.now < until:
-        clock.now += step
-        await trio.sleep(0.01)
+    await helpers.advance(clock, until, step)
 
 
 async def post_and_label(capsys, dd: Path, items=6) -> str:

@@ -16,7 +16,7 @@ from node.keystore import Keystore
 from protocol.genesis import make_genesis
 
 from .helpers import T0, key, pk, make_batch, signed
-from .test_inprocess import FakeClock
+from .helpers import FakeClock
 
 
 @pytest.fixture

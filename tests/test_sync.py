@@ -7,13 +7,11 @@ import random
 import trio
 from hypothesis import given, settings, strategies as st
 
-from node.daemon import Node
 from protocol import sync as sp
 from protocol.codec import pack
 
 from .fakenet import FakeNet
-from .helpers import T0, make_batch, make_task, make_test_genesis, signed
-from .test_inprocess import FakeClock, wait_for
+from .helpers import FakeClock, fake_node, make_batch, make_task, make_test_genesis, signed, wait_for
 
 
 # ------------------------------------------------------------------ pure
@@ -70,15 +68,7 @@ def test_request_decoder_limits():
 async def start(nursery, tmp_path, net, names, clock, g):
     out = []
     for name in names:
-        p2p = net.make(name)
-
-        def factory(node, p2p=p2p):
-            async def validator(topic, data, peer):
-                return await node.gossip_validate(topic, data, peer)
-            p2p.validator = validator
-            return p2p
-
-        n = Node(tmp_path / name, g, p2p_factory=factory, clock=clock, sync_interval_s=0.1)
+        n = fake_node(net, name, tmp_path / name, g, clock=clock, sync_interval_s=0.1)
         await nursery.start(n.run)
         out.append(n)
     return out
