@@ -166,3 +166,34 @@ def test_api_fixed_point_one_is_the_tally_one():
     from protocol import tally
 
     assert api.ONE == tally.ONE
+
+
+@pytest.mark.parametrize("method,params,code", [
+    ("certificate_get", {"task_id": "zz"}, -32602),
+    ("certificate_get", {"task_id": "00" * 32}, -32001),
+    ("gold_reveal", {}, -32602),
+    ("gold_reveal", {"task_id": "00" * 32}, -32001),
+    ("gold_reveal", {"raw": "00ff"}, -32002),
+    ("rewards_get", {"account": "nobody"}, -32001),
+    ("rewards_get", {"task_id": 5}, -32602),
+    ("reputation_get", {"domain": 7}, -32602),
+    ("task_export", {"task_id": "00" * 32}, -32001),
+    ("messages_arrival", {}, -32602),
+    ("messages_arrival", {"ids": ["zz"]}, -32602),
+    ("messages_arrival", {"ids": ["00"] * 10_001}, -32602),
+    ("annotations_list", {"task_id": 5}, -32602),
+    ("tasks_list", {"limit": -1}, -32602),
+])
+async def test_bad_params_get_clear_errors(node, method, params, code):
+    c = await connect(node)
+    r = await c.call(method, params)
+    assert r["error"]["code"] == code, r
+    assert r["error"]["message"]
+    assert "result" in await c.call("node_info")  # and the node is still fine
+
+
+async def test_task_export_rejects_unknown_format(node):
+    c = await connect(node)
+    tid = (await c.call("task_post", {"account": "alice", "labels": ["a", "b"], "items": ["x"]}))["result"]["task_id"]
+    r = await c.call("task_export", {"task_id": tid, "format": "xml"})
+    assert r["error"]["code"] == -32602 and "format" in r["error"]["message"]
