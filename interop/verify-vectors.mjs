@@ -243,6 +243,22 @@ const rep = load('reputation.json')
   }
 }
 
+// ------------------------------------------------------------------ gossip bundles
+const bun = load('bundles.json')
+eq(P.BUNDLE_TAG, bun.bundle_tag, 'bundle tag')
+eq(P.MAX_BUNDLE_ENVELOPES, bun.max_envelopes, 'bundle max envelopes')
+eq(P.MAX_GOSSIP_PAYLOAD_BYTES, bun.max_payload_bytes, 'gossip payload limit')
+for (const c of bun.valid) {
+  let got = []
+  try { got = P.splitPayload(unhex(c.payload_hex), params).map(hex) } catch (e) { got = [`error: ${e.message}`] }
+  eq(got.join(','), c.envelopes.map(n => byName[n].envelope_hex).join(','), `bundle ${c.name}`)
+}
+for (const c of bun.invalid) {
+  let threw = false
+  try { for (const raw of P.splitPayload(unhex(c.payload_hex), params)) P.decodeMessage(raw, params) } catch { threw = true }
+  check(threw, `invalid bundle ${c.name} was accepted`)
+}
+
 // ------------------------------------------------------------------ verdict
 console.log(`verify-vectors: ${checks} checks, ${failures.length} failed; ${reasonMatches}/${inv.cases.length} validation reasons also match the reference's wording`)
 for (const f of failures.slice(0, 50)) console.log(`FAIL ${f}`)

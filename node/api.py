@@ -162,12 +162,14 @@ async def node_info(node, params):
             "by_kind": {KIND_NAMES.get(k, str(k)): n for k, n in node.store.count_by_kind().items()},
             "accepted": c.accepted, "rejected": c.rejected, "ignored": c.ignored,
             "duplicates": c.duplicates, "published": c.published,
+            "published_envelopes": c.published_envelopes,
             "orphans": len(node._orphans),
             # hostile-peer defences (node/ratelimit.py, the per-annotator cap, p2p offender bans)
             "rate_limited": c.rate_limited, "over_batch_cap": c.over_batch_cap,
             "offenders_banned": (node.p2p.stats().get("offenders_banned", 0)
                                  if node.p2p is not None and hasattr(node.p2p, "stats") else 0),
         },
+        "gossip": (node.p2p.stats() if node.p2p is not None and hasattr(node.p2p, "stats") else {}),
         "sync": _sync_summary(node),
         "blobs": node.blobs.status() if hasattr(node, "blobs") else None,
         "tasks_by_state": task_state_counts(node),

@@ -124,7 +124,7 @@ def build_node(data_dir: Path, *, listen_override=None, cfg=None):
         raise CliError(f"cannot read node key {data_dir / 'node.key'}: {e}") from None
 
     def p2p_factory(node):
-        from .p2p import GossipOutcome, P2PConfig, P2PNode
+        from .p2p import GossipOutcome, P2PConfig, P2PNode, p2p_tuning_from_env
 
         async def validator(topic, data, peer, origin=None):
             outcome = await node.gossip_validate(topic, data, peer, origin)
@@ -135,7 +135,8 @@ def build_node(data_dir: Path, *, listen_override=None, cfg=None):
                 node.sync.wake()  # catch up with a new peer at once
 
         return P2PNode(P2PConfig(seed=seed, listen=listen_override or cfg.listen, bootstrap=cfg.bootstrap,
-                                 max_message_bytes=genesis.params.max_message_bytes),
+                                 max_message_bytes=genesis.params.max_message_bytes,
+                                 **p2p_tuning_from_env(os.environ)),
                        validator=validator, on_peer_connected=on_peer_connected)
 
     try:

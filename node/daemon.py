@@ -37,6 +37,7 @@ from protocol.messages import (
     ACCEPT, Outcome, SignedMessage, TaskAnnouncement, Verdict, decode_message, ignore, reject,
     validate_basic, validate_in_context, verify_signature,
 )
+from protocol.bundle import pack_bundles, split_payload
 from protocol.errors import DecodeError
 
 if TYPE_CHECKING:  # protocol.tally loads numpy (~11 MB RSS): imported when a result is first computed
@@ -106,7 +107,8 @@ class Counters:
     rejected: int = 0
     ignored: int = 0
     duplicates: int = 0
-    published: int = 0
+    published: int = 0  # gossip messages published (a bundle counts once)
+    published_envelopes: int = 0  # accepted messages gossiped (each envelope of a bundle counts)
     over_batch_cap: int = 0  # batches IGNOREd by the per-annotator, per-task cap
     rate_limited: int = 0  # gossip messages IGNOREd (or REJECTed as abuse) by node/ratelimit.py
     publish_dropped: int = 0  # accepted messages not gossiped because the publish queue was full
@@ -385,45 +387,81 @@ class Node:
         """Validator for every gossip message: ACCEPT forwards it, REJECT penalises
         the forwarder, IGNORE drops it quietly. ``origin``: the peer that published
         it (libp2p ``from``), if the transport knows it (enables the abuse rule of
-        node/ratelimit.py).
+        node/ratelimit.py). A message carries one envelope or a bundle of them
+        (protocol/bundle.py); rate limits count envelopes, not messages.
 
-        Order, cheapest first: forwarder's rate limit -> decode -> kind matches the
-        topic (else REJECT: no smuggling across topics) -> duplicate (IGNORE, never
-        penalised: honest relayers race) -> origin's and signer's rate limits ->
-        the ingest pipeline (verify, validate, per-annotator cap, store)."""
+        Order, cheapest first: forwarder's rate limit -> split the bundle and decode
+        each envelope -> kind matches the topic (else REJECT: no smuggling across
+        topics) -> duplicates (never penalised: honest relayers race) -> origin's and
+        signers' rate limits -> the ingest pipeline (verify, validate, per-annotator
+        cap, store), one group commit for the whole bundle.
+
+        The message's outcome: REJECT if any envelope is invalid or the bundle is
+        malformed; ACCEPT if every envelope is now stored (at least one of them new
+        from this message), so forwarding it can never carry something we have not
+        checked; IGNORE otherwise (all duplicates, or some envelope was only
+        rate-limited, parked as an orphan or over a cap — what was valid is stored
+        anyway, and sync brings the rest to our peers)."""
         if from_peer == self.peer_id:
             return Outcome.ACCEPT  # our own publish: already validated and stored
         now_s = trio.current_time()
         rl = self.ratelimit
-        limited = rl.on_message(from_peer, origin, now_s)
-        if limited is not None:
-            return self._rate_limited(limited)
         try:
-            msg = decode_message(data, self.params)
+            raws = split_payload(data, self.params)
         except DecodeError:
             self.counters.rejected += 1
             return Outcome.REJECT
-        if msg.kind != self._kind_of_topic.get(topic):
-            self.counters.rejected += 1
-            return Outcome.REJECT
-        mid = msg.compute_id(self.network_id)
-        if mid in self._inflight or self.store.has(mid):
-            self.counters.duplicates += 1
-            return Outcome.IGNORE
-        limited = rl.on_new_message(from_peer, origin, now_s)
+        limited = rl.on_message(from_peer, origin, now_s, len(raws))
         if limited is not None:
             return self._rate_limited(limited)
-        signer = msg.body.signer
-        if not rl.account_allows(signer, now_s):
-            return self._rate_limited("ignore")
+        want = self._kind_of_topic.get(topic)
+        fresh, fresh_msgs = [], []
+        for raw in raws:
+            try:
+                msg = decode_message(raw, self.params)
+            except DecodeError:
+                self.counters.rejected += 1
+                return Outcome.REJECT
+            if msg.kind != want:
+                self.counters.rejected += 1
+                return Outcome.REJECT
+            mid = msg.compute_id(self.network_id)
+            if mid in self._inflight or self.store.has(mid):
+                self.counters.duplicates += 1
+                continue
+            fresh.append(raw)
+            fresh_msgs.append(msg)
+        if not fresh:
+            return Outcome.IGNORE
+        limited = rl.on_new_message(from_peer, origin, now_s, len(fresh))
+        if limited is not None:
+            return self._rate_limited(limited)
+        allowed, allowed_msgs = [], []
+        for raw, msg in zip(fresh, fresh_msgs):
+            if rl.account_allows(msg.body.signer, now_s):
+                allowed.append(raw)
+                allowed_msgs.append(msg)
+            else:
+                self._rate_limited("ignore")
+        if not allowed:
+            return Outcome.IGNORE
         try:
-            v, _ = (await self.ingest_many([data], "gossip", decoded=[msg]))[0]
+            verdicts = await self.ingest_many(allowed, "gossip", decoded=allowed_msgs)
         except StoreError as e:  # e.g. disk full: drop quietly, sync repairs once space is back
             log.warning("cannot store gossip message: %s", e)
             return Outcome.IGNORE
-        if v.ok or (v.outcome is Outcome.IGNORE and v.reason != "duplicate"):
-            rl.on_account_used(signer, now_s)  # verified and stored (or parked): it costs a token
-        return v.outcome
+        outcome = Outcome.ACCEPT if len(allowed) == len(fresh) else Outcome.IGNORE
+        new = 0
+        for (v, _), msg in zip(verdicts, allowed_msgs):
+            if v.ok or (v.outcome is Outcome.IGNORE and v.reason != "duplicate"):
+                rl.on_account_used(msg.body.signer, now_s)  # verified and stored (or parked): it costs a token
+            if v.outcome is Outcome.REJECT:
+                return Outcome.REJECT
+            if v.ok:
+                new += 1
+            elif v.reason != "duplicate":
+                outcome = Outcome.IGNORE
+        return outcome if new else Outcome.IGNORE
 
     def _rate_limited(self, what: str) -> Outcome:
         self.counters.rate_limited += 1
@@ -434,12 +472,30 @@ class Node:
         return Outcome.IGNORE
 
     async def _publisher(self) -> None:
+        """Gossip what local clients submitted. Each round takes everything queued
+        and publishes it per topic, several envelopes as one bundle (protocol/bundle.py):
+        under light load a message leaves alone and at once; under heavy load
+        ``p2p.publish`` waits for its token bucket (P2PConfig.publish_rate_per_s)
+        while the queue fills, so the next round sends fewer, bigger messages —
+        labels/s grows without growing the per-message cost every peer pays."""
         async for topic, raw in self._publish_recv:
-            try:
-                await self.p2p.publish(topic, raw)
-                self.counters.published += 1
-            except Exception as e:  # the network must not take the node down
-                log.warning("publish failed: %s", e)
+            by_topic: dict[str, list[bytes]] = {topic: [raw]}
+            while True:
+                try:
+                    t, r = self._publish_recv.receive_nowait()
+                except trio.WouldBlock:
+                    break
+                by_topic.setdefault(t, []).append(r)
+            # Task announcements first, so no peer sees a batch before its task.
+            for t in sorted(by_topic, key=lambda t: self._kind_of_topic.get(t, 0)):
+                raws = by_topic[t]
+                for payload in pack_bundles(raws, self.p2p.max_payload_bytes):
+                    try:
+                        await self.p2p.publish(t, payload)
+                        self.counters.published += 1
+                        self.counters.published_envelopes += len(split_payload(payload, self.params))
+                    except Exception as e:  # the network must not take the node down
+                        log.warning("publish failed: %s", e)
 
     # ------------------------------------------------------------------ reads
 

@@ -141,6 +141,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Awaitable, Callable, Sequence
+import dataclasses
 from dataclasses import dataclass, field
 import enum
 import inspect
@@ -280,8 +281,11 @@ class P2PConfig:
     max_message_bytes: int = 512 * 1024  # largest gossip payload we publish, 1 .. 1 MiB - 64 KiB
 
     # --- our publishing (py-libp2p never blocks a publish; its per-peer queues hold 32 RPCs) ---
-    publish_rate_per_s: float = 200.0  # token-bucket refill rate for publish(), > 0
-    publish_burst: int = 16  # token-bucket size (publishes allowed back to back), 1..28
+    # 10/s: under load the daemon bundles what waits (protocol/bundle.py), so a slow bucket
+    # means bigger messages, not fewer labels; the rate is what 10 py-libp2p nodes on 2 cores
+    # carry with p99 < 300 ms (BENCHMARKS.md, propagation).
+    publish_rate_per_s: float = 10.0  # token-bucket refill rate for publish() (pubsub messages/s), > 0
+    publish_burst: int = 2  # token-bucket size (publishes allowed back to back), 1..28
     publish_queue_wait_s: float = 1.0  # max wait for room in a peer's outbound queue, then mark it congested, >= 0
 
     # --- delivery and validation ---
@@ -381,6 +385,31 @@ class P2PConfig:
         need(self.max_response_bytes >= 1, "max_response_bytes", "must be >= 1")
         need(self.request_timeout_s > 0, "request_timeout_s", "must be > 0")
         need(self.max_inbound_requests >= 1, "max_inbound_requests", "must be >= 1")
+
+
+ENV_P2P_TUNING = "LABELMESH_P2P_TUNING"
+
+
+def p2p_tuning_from_env(env: Any) -> dict[str, Any]:
+    """Numeric :class:`P2PConfig` fields overridden by
+    ``LABELMESH_P2P_TUNING="publish_rate_per_s=10,gossip_degree=4"`` (comma-separated
+    field=number pairs; e.g. for benchmarks and experiments). Raises
+    :class:`P2PConfigError` naming the bad pair; ranges are checked by ``validate``."""
+    text = str(env.get(ENV_P2P_TUNING, "")).strip()
+    if not text:
+        return {}
+    numeric = {f.name: f for f in dataclasses.fields(P2PConfig) if f.type in ("int", "float")}
+    out: dict[str, Any] = {}
+    for part in text.split(","):
+        name, sep, raw = part.strip().partition("=")
+        if not sep or name not in numeric:
+            raise P2PConfigError(f"{ENV_P2P_TUNING}: expected field=number pairs with fields "
+                                 f"{', '.join(sorted(numeric))}; got {part.strip()!r}")
+        try:
+            out[name] = int(raw) if numeric[name].type == "int" else float(raw)
+        except ValueError:
+            raise P2PConfigError(f"{ENV_P2P_TUNING}: {name} must be a number, got {raw!r}") from None
+    return out
 
 
 def _ensure_port_free(addr: str) -> None:
@@ -945,6 +974,11 @@ class P2PNode:
         return self._host, self._pubsub, self._nursery
 
     # -- addresses and peers -------------------------------------------------
+
+    @property
+    def max_payload_bytes(self) -> int:
+        """Largest gossip payload ``publish`` accepts (``max_message_bytes``)."""
+        return self.config.max_message_bytes
 
     def listen_addrs(self) -> list[str]:
         """Dialable multiaddrs of this node including ``/p2p/<id>`` (real ports once running)."""

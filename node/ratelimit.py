@@ -5,34 +5,43 @@ How it works
 ------------
 ``Node.gossip_validate`` asks this module before doing any costly work:
 
-1. **Per forwarder** (``peer_*``), before decoding: every gossip message a peer
-   hands us takes a token from that peer's bucket, relayed or its own. Empty
-   bucket -> IGNORE (don't forward, no penalty). This bounds the CPU one
-   connection can make us spend on decoding and verifying.
-2. **Per origin** (``origin_*``), after decoding and de-duplication: each *new*
-   message takes a token from the bucket of the peer that originated it (the
-   libp2p ``from`` field, which py-libp2p's strict signing authenticates), however
-   many relayers it came through. Empty -> IGNORE. An honest node never exceeds
-   it: it publishes at most ``P2PConfig.publish_rate_per_s`` (200/s, burst 16)
-   and the default here is 300/s with a burst of 2,000 (gossip jitter bunches
-   messages up). ``scripts/bench`` offers node 0 up to 400 batches/s: node 0
-   publishes them at 200/s, so even the bench never trips this.
-3. **Per account** (``account_*``): a message is only let through while its
+Limits count *envelopes* (signed messages) where they bound work, and pubsub
+*messages* where they detect abuse: a gossip message carries one envelope or a
+bundle of up to 256 (protocol/bundle.py).
+
+1. **Per forwarder** (``peer_*``), before decoding: every envelope a peer hands
+   us takes a token from that peer's bucket, relayed or its own. Empty bucket ->
+   IGNORE (don't forward, no penalty). This bounds the CPU one connection can
+   make us spend on decoding and verifying.
+2. **Per origin, messages** (``origin_message_*``), before decoding: each pubsub
+   message takes a token from the bucket of the peer that published it (the
+   libp2p ``from`` field, which py-libp2p's strict signing authenticates),
+   however many relayers it came through. Empty -> IGNORE, and the abuse rule
+   below. An honest node stays far below it: it publishes at most
+   ``P2PConfig.publish_rate_per_s`` messages (10/s, burst 2) and bundles the rest,
+   and the default here is 50/s with a burst of 500.
+3. **Per origin, envelopes** (``origin_*``), after decoding and de-duplication:
+   each *new* envelope takes a token from its origin's bucket. Empty -> IGNORE
+   only: a busy honest node may well originate more than 300 envelopes/s in
+   bundles; what gossip does not carry, sync fetches, paced by the receiver.
+4. **Per account** (``account_*``): a message is only let through while its
    signer's bucket has a token, and takes one only once its signature verified
    and it was stored or parked (so forgeries cannot drain an honest account's
    bucket). Empty -> IGNORE. This bounds what one key can make the network
-   carry; Sybil keys are bounded by (2) per peer and by ``Params.
+   carry; Sybil keys are bounded by (1) and (3) per peer and by ``Params.
    max_batches_per_annotator`` per task.
 
-**Abuse -> REJECT.** An over-limit message (1 or 2) whose forwarder *is* its
-origin -- the peer is flooding us with its own messages, something no honest
-node does -- adds 1 to that peer's decayed abuse count (half-life
-``abuse_half_life_s``). Once the count reaches ``abuse_threshold``, each such
-message is REJECTed instead of IGNOREd, and node/p2p.py's offender policy
+**Abuse -> REJECT.** A message over the origin *message* limit (2) whose
+forwarder *is* its origin -- the peer is flooding us with its own messages at a
+pace no honest publisher reaches -- adds 1 to that peer's decayed abuse count
+(half-life ``abuse_half_life_s``). Once the count reaches ``abuse_threshold``,
+each such message is REJECTed instead of IGNOREd, and node/p2p.py's offender policy
 disconnects and bans the peer after ``offender_reject_threshold`` REJECTs (with
 the defaults: the 3rd). Relayers are never penalised for what they relay: an
-honest relayer of someone else's flood only ever gets IGNOREs. With an unknown
-origin (the in-memory test network) only the IGNORE rules apply.
+honest relayer of someone else's flood only ever gets IGNOREs. Envelope limits
+never lead to a ban (a bundle flood at an honest message pace is paced, not
+banned). With an unknown origin (the in-memory test network) only the forwarder
+and account rules apply.
 
 Messages over a limit are not lost for good: IGNORE keeps them out of the
 py-libp2p seen-cache, and anti-entropy sync (pull-based, paced by us) fetches
@@ -40,7 +49,7 @@ any valid message later. Limits are local policy (they never change which
 messages are *valid*), so nodes may differ in them without disagreeing.
 
 Defaults are chosen so that no honest node is ever penalised; a peer that floods
-*valid* messages at up to the origin rate is therefore not banned but paced (and
+*valid* messages at up to the origin message rate is therefore not banned but paced (and
 py-libp2p validates one peer's messages one at a time, so a single connection
 delivers only ~100-200 messages/s to a node anyway). Operators who expect less
 traffic tighten the limits with ``LABELMESH_GOSSIP_LIMITS`` (see
@@ -68,8 +77,10 @@ class RateLimitConfig:
 
     peer_rate_per_s: float = 1000.0      # messages/s one forwarding peer may hand us (all kinds, relayed or own), > 0
     peer_burst: float = 4000.0           # bucket size of the above, >= 1
-    origin_rate_per_s: float = 300.0     # new messages/s originated by one peer, via any relayer (1.5x honest publish pace), > 0
+    origin_rate_per_s: float = 300.0     # new envelopes/s originated by one peer, via any relayer, > 0
     origin_burst: float = 2000.0         # bucket size of the above, >= 1
+    origin_message_rate_per_s: float = 50.0  # pubsub messages/s published by one peer (5x the reference pace of 10/s), > 0
+    origin_message_burst: float = 500.0  # bucket size of the above, >= 1
     account_rate_per_s: float = 100.0    # new messages/s signed by one account that we store or park, > 0
     account_burst: float = 1000.0        # bucket size of the above, >= 1
     abuse_threshold: float = 100.0       # decayed over-limit count of a self-originating peer before REJECT, >= 1
@@ -102,10 +113,11 @@ class RateLimitConfig:
             v = getattr(self, f.name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
                 raise ConfigError(f"rate limit {f.name} must be a number, got {v!r}")
-        for name in ("peer_rate_per_s", "origin_rate_per_s", "account_rate_per_s", "abuse_half_life_s"):
+        for name in ("peer_rate_per_s", "origin_rate_per_s", "origin_message_rate_per_s", "account_rate_per_s",
+                     "abuse_half_life_s"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"rate limit {name} must be > 0")
-        for name in ("peer_burst", "origin_burst", "account_burst", "abuse_threshold"):
+        for name in ("peer_burst", "origin_burst", "origin_message_burst", "account_burst", "abuse_threshold"):
             if not getattr(self, name) >= 1:
                 raise ConfigError(f"rate limit {name} must be >= 1")
         if self.max_tracked < 16:
@@ -138,11 +150,12 @@ class _Buckets:
     def has(self, key, now: float) -> bool:
         return self._get(key, now)[0] >= 1.0
 
-    def take(self, key, now: float) -> bool:
-        """Take one token if there is one; False (nothing taken) if the bucket is empty."""
+    def take(self, key, now: float, n: int = 1) -> bool:
+        """Take ``n`` tokens if there are; False (nothing taken) if the bucket holds fewer.
+        More than the burst is taken from a full bucket, leaving a debt that refills first."""
         b = self._get(key, now)
-        if b[0] >= 1.0:
-            b[0] -= 1.0
+        if b[0] >= min(n, self.burst):
+            b[0] -= n
             return True
         return False
 
@@ -162,23 +175,29 @@ class GossipRateLimiter:
         self.config = cfg = (config or RateLimitConfig()).validate()
         self.peers = _Buckets(cfg.peer_rate_per_s, cfg.peer_burst, cfg.max_tracked)
         self.origins = _Buckets(cfg.origin_rate_per_s, cfg.origin_burst, cfg.max_tracked)
+        self.origin_messages = _Buckets(cfg.origin_message_rate_per_s, cfg.origin_message_burst, cfg.max_tracked)
         self.accounts = _Buckets(cfg.account_rate_per_s, cfg.account_burst, cfg.max_tracked)
         self._abuse: collections.OrderedDict[str, tuple[float, float]] = collections.OrderedDict()
         self.stats: collections.Counter[str] = collections.Counter()
 
-    def on_message(self, forwarder: str, origin: str | None, now: float) -> str | None:
-        """Before decoding: the forwarder's bucket."""
-        if self.peers.take(forwarder, now):
+    def on_message(self, forwarder: str, origin: str | None, now: float, n: int = 1) -> str | None:
+        """Before decoding a pubsub message of ``n`` envelopes: the forwarder's envelope
+        bucket (over: IGNORE), then the origin's message bucket (over: IGNORE, or toward
+        REJECT when the forwarder is the origin — see the abuse rule)."""
+        if not self.peers.take(forwarder, now, n):
+            self.stats["over_peer_limit"] += 1
+            return IGNORE
+        if origin is None or self.origin_messages.take(origin, now):
             return None
-        self.stats["over_peer_limit"] += 1
+        self.stats["over_origin_message_limit"] += 1
         return self._over_limit(forwarder, origin, now)
 
-    def on_new_message(self, forwarder: str, origin: str | None, now: float) -> str | None:
-        """After de-duplication (a message we do not hold yet): the origin's bucket."""
-        if origin is None or self.origins.take(origin, now):
+    def on_new_message(self, forwarder: str, origin: str | None, now: float, n: int = 1) -> str | None:
+        """After de-duplication (``n`` envelopes we do not hold yet): the origin's envelope bucket."""
+        if origin is None or self.origins.take(origin, now, n):
             return None
         self.stats["over_origin_limit"] += 1
-        return self._over_limit(forwarder, origin, now)
+        return IGNORE
 
     def account_allows(self, account: bytes, now: float) -> bool:
         """Whether ``account`` may have one more message verified now (takes nothing)."""

@@ -25,6 +25,11 @@ log = logging.getLogger("labelmesh.sync")
 MAX_DEPTH = 16
 MAX_REQUESTS_PER_SESSION = 20_000
 REQUEST_TIMEOUT_S = 20.0
+# A periodic session waits this long before fetching what a peer holds and we lack, then
+# fetches only what is still missing: messages published a moment ago are usually in
+# flight through gossip, and fetching them too would double the traffic under load.
+# Sessions with a newly connected peer (catch-up) fetch at once.
+SETTLE_S = 1.0
 PENALTY_LIMIT = 10
 BAN_S = 300.0
 
@@ -101,7 +106,7 @@ class SyncService:
                 st = self._state(p)
                 if st.banned_until > trio.current_time():
                     continue
-                await self.sync_with(p)
+                await self.sync_with(p, settle_s=0.0 if p in new else SETTLE_S)
             self._wake = trio.Event()
             with trio.move_on_after(self.interval_s * random.uniform(0.8, 1.2) if not new else 0.5):
                 await self._wake.wait()
@@ -110,14 +115,16 @@ class SyncService:
         st.requests += 1
         return await self.node.p2p.request(peer_id, self.protocol_id, data, timeout=REQUEST_TIMEOUT_S)
 
-    async def sync_with(self, peer_id: str) -> int:
-        """One pull session with ``peer_id``; returns the number of messages stored."""
+    async def sync_with(self, peer_id: str, settle_s: float = 0.0) -> int:
+        """One pull session with ``peer_id``; returns the number of messages stored.
+        ``settle_s``: before the first fetch, wait this long and drop what arrived
+        meanwhile (see SETTLE_S)."""
         st = self._state(peer_id)
         st.sessions += 1
         self.running_sessions += 1
         stored = 0
         try:
-            budget = [MAX_REQUESTS_PER_SESSION]
+            budget = [MAX_REQUESTS_PER_SESSION, settle_s]
             cursor = b""
             lag = 0
             while True:
@@ -189,6 +196,10 @@ class SyncService:
                      source: str = "sync") -> int:
         stored = 0
         want = list(dict.fromkeys(ids))
+        if len(budget) > 1 and budget[1] > 0:
+            await trio.sleep(budget[1])
+            budget[1] = 0.0
+            want = [i for i in want if not self.node.store.has(i)]
         while want and budget[0] > 0:
             chunk = want[: sp.MAX_GET_IDS]
             budget[0] -= 1

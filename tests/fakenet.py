@@ -67,6 +67,8 @@ class FakeP2P:
         self.validator = None
         self.handlers = {}
         self.running = False
+        self.max_payload_bytes = 512 * 1024
+        self.published: list[tuple[str, bytes]] = []  # every payload this node published
 
     # -- P2PNode interface
     def subscribe(self, topic: str) -> None:
@@ -90,6 +92,7 @@ class FakeP2P:
         return [p["peer_id"] for p in self.peers()]
 
     async def publish(self, topic: str, data: bytes) -> None:
+        self.published.append((topic, data))
         self.seen.add(hashlib.sha256(data).digest())
         self._forward(topic, data, exclude=None)
 

@@ -95,7 +95,7 @@ pytestmark = pytest.mark.devnet
 # The honest nodes run with tighter gossip limits than the defaults (which are set so
 # that even `scripts/bench` at 400 batches/s never trips them): a flooding peer must
 # cross them quickly for the test. Honest traffic here stays far below.
-LIMITS = "origin_rate_per_s=30,origin_burst=300,abuse_threshold=50"
+LIMITS = "origin_message_rate_per_s=30,origin_message_burst=300,abuse_threshold=50"
 
 
 def cli(*args, timeout=240, check=True, env=None):

@@ -315,7 +315,7 @@ def _spam(g, tid, n, first=5000):
 
 
 async def test_rate_limits_ignore_then_reject_a_flooding_origin(tmp_path, nursery, mock_clock):
-    cfg = RateLimitConfig(peer_rate_per_s=1000, peer_burst=300, origin_rate_per_s=10, origin_burst=50,
+    cfg = RateLimitConfig(peer_rate_per_s=1000, peer_burst=300, origin_message_rate_per_s=10, origin_message_burst=50,
                           account_rate_per_s=5, account_burst=20, abuse_threshold=40)
     node = await start_node(nursery, tmp_path / "n", rate_limits=cfg)
     task, tm, tid, _ = task_and_batches()

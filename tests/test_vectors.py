@@ -33,7 +33,7 @@ from protocol.tally import RESULT_ROOT_TAG, compute_task_result
 ROOT = Path(__file__).resolve().parent.parent
 VECTORS = ROOT / "tests" / "vectors"
 FILES = ["genesis.json", "messages.json", "invalid.json", "roots.json", "aggregate.json", "tally.json", "sync.json",
-         "finality.json", "reputation.json"]
+         "finality.json", "reputation.json", "bundles.json"]
 
 
 def load(name: str) -> dict:
@@ -404,3 +404,26 @@ def test_reputation_window_earned_and_weights():
     assert rp.compute_snapshot(outcomes, doc["created_at"], P) == earned
     for w in doc["weights"]:
         assert rp.compute_weight(bytes.fromhex(w["account"]), w["domain"], earned, GENESIS.reputation, P) == w["weight"]
+
+
+# --------------------------------------------------------------------------- gossip bundles
+
+BUNDLES = load("bundles.json")
+
+
+@pytest.mark.parametrize("case", BUNDLES["valid"], ids=lambda c: c["name"])
+def test_bundle_vectors_split_into_their_envelopes(case):
+    from protocol.bundle import split_payload
+
+    got = split_payload(bytes.fromhex(case["payload_hex"]), P)
+    assert [e.hex() for e in got] == [MSGS[n]["envelope_hex"] for n in case["envelopes"]]
+    assert [decode_message(e, P).compute_id(NET).hex() for e in got] == [MSGS[n]["id"] for n in case["envelopes"]]
+
+
+@pytest.mark.parametrize("case", BUNDLES["invalid"], ids=lambda c: c["name"])
+def test_invalid_bundle_vectors_fail_to_decode(case):
+    from protocol.bundle import split_payload
+
+    with pytest.raises(DecodeError):
+        for raw in split_payload(bytes.fromhex(case["payload_hex"]), P):
+            decode_message(raw, P)

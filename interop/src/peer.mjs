@@ -118,10 +118,26 @@ const pubsub = node.services.pubsub
 for (const [kind, topic] of Object.entries(topics)) {
   pubsub.topicValidators.set(topic, (peerId, msg) => {
     if (msg.type !== 'signed') return TopicValidatorResult.Reject
-    const r = ingest(msg.data, 'gossip')
-    if (r.outcome === 'ACCEPT' && r.msg.kind !== Number(kind)) return TopicValidatorResult.Reject // kind must match the topic
-    if (r.outcome !== 'ACCEPT') log(`gossip ${P.KIND_NAMES[kind]} from ${peerId}: ${r.outcome} ${r.reason}`)
-    return { ACCEPT: TopicValidatorResult.Accept, REJECT: TopicValidatorResult.Reject, IGNORE: TopicValidatorResult.Ignore }[r.outcome]
+    // One envelope, or a bundle of envelopes of this topic's kind (PROTOCOL.md 7.3): REJECT if
+    // any is invalid, ACCEPT if all are now held and one was new, IGNORE otherwise.
+    let envelopes
+    try { envelopes = P.splitPayload(msg.data, params) } catch (e) {
+      log(`gossip ${P.KIND_NAMES[kind]} from ${peerId}: REJECT ${e.message}`)
+      return TopicValidatorResult.Reject
+    }
+    let accepted = 0
+    let complete = true
+    for (const raw of envelopes) {
+      const r = ingest(raw, 'gossip')
+      if (r.msg && r.msg.kind !== Number(kind)) return TopicValidatorResult.Reject // kind must match the topic
+      if (r.outcome === 'REJECT') {
+        log(`gossip ${P.KIND_NAMES[kind]} from ${peerId}: REJECT ${r.reason}`)
+        return TopicValidatorResult.Reject
+      }
+      if (r.outcome === 'ACCEPT') accepted++
+      else if (r.reason !== 'duplicate') { complete = false; log(`gossip ${P.KIND_NAMES[kind]} from ${peerId}: IGNORE ${r.reason}`) }
+    }
+    return accepted && complete ? TopicValidatorResult.Accept : TopicValidatorResult.Ignore
   })
 }
 

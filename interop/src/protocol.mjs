@@ -182,6 +182,28 @@ function decodeItem (x) {
   throw new DecodeError(`unknown item type ${t}`)
 }
 
+// ------------------------------------------------------------------ gossip payloads (PROTOCOL.md 7.3)
+export const BUNDLE_TAG = 0
+export const MAX_BUNDLE_ENVELOPES = 256
+export const MAX_GOSSIP_PAYLOAD_BYTES = 1024 * 1024 - 64 * 1024
+
+/** The envelopes one gossip payload carries: [payload] for a plain envelope, the list for a bundle. Throws DecodeError. */
+export function splitPayload (payload, params) {
+  if (!(payload.length >= 2 && payload[0] === 0x92 && payload[1] === BUNDLE_TAG)) return [payload]
+  const lim = limits(params)
+  const v = decode(payload, { maxBytes: MAX_GOSSIP_PAYLOAD_BYTES, maxArray: MAX_BUNDLE_ENVELOPES, maxBin: lim.maxBytes, maxStr: 0 })
+  need(Array.isArray(v) && v.length === 2 && isInt(v[0]) && Number(v[0]) === BUNDLE_TAG, `bundle must be [${BUNDLE_TAG}, [envelope, ...]]`)
+  need(Array.isArray(v[1]) && v[1].length >= 1, `bundle must hold 1..${MAX_BUNDLE_ENVELOPES} envelopes`)
+  const seen = new Set()
+  for (const e of v[1]) {
+    need(e instanceof Uint8Array, 'each bundled envelope must be bin')
+    const h = hex(e)
+    need(!seen.has(h), 'bundle holds the same envelope twice')
+    seen.add(h)
+  }
+  return v[1]
+}
+
 /** Decode an envelope: { kind, body (named fields), bodyBytes, signature, raw }. Throws DecodeError. */
 export function decodeMessage (raw, params) {
   const lim = limits(params)
