@@ -702,6 +702,18 @@ class _TokenBucket:
         self._stamp: float | None = None
         self._lock = trio.Lock()
 
+    async def wait_available(self) -> None:
+        """Wait until a token is there (without taking it)."""
+        async with self._lock:
+            now = trio.current_time()
+            if self._stamp is not None:
+                self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
+            self._stamp = now
+            if self._tokens < 1.0:
+                await trio.sleep((1.0 - self._tokens) / self._rate)
+                self._tokens = 1.0
+                self._stamp = trio.current_time()
+
     async def take(self) -> None:
         async with self._lock:
             now = trio.current_time()
@@ -1370,6 +1382,12 @@ class P2PNode:
         _, pubsub, _ = self._require_running()
         await pubsub.publish(topic, bytes(data))
         self._counters["published"] += 1
+
+    async def wait_publish_slot(self) -> None:
+        """Wait until ``publish`` could send at once (a token in the pacing bucket). A
+        publisher that gathers what to send *after* this wait sends the freshest data
+        (node/daemon.py bundles everything queued meanwhile)."""
+        await self._bucket.wait_available()
 
     def _publish_targets(self, topic: str) -> set[ID]:
         router, pubsub = self._router, self._pubsub

@@ -2,8 +2,10 @@
 
 Serves SUMMARY / RANGE / GET requests from peers over a libp2p request/response
 protocol, and pulls from every connected peer: at once when a peer appears,
-then every ``interval_s``. What it fetches goes through ``Node.ingest_many``,
-exactly like gossip. Bounds: a session with one peer makes at most
+then every ``interval_s``, up to ``MAX_CONCURRENT_SESSIONS`` peers at once (a message
+one session is fetching is not asked of another peer meanwhile). A periodic session
+waits ``SETTLE_S`` before fetching, so it does not race gossip for messages in
+flight. What it fetches goes through ``Node.ingest_many``, exactly like gossip. Bounds: a session with one peer makes at most
 ``MAX_REQUESTS_PER_SESSION`` requests and recurses at most ``MAX_DEPTH`` levels;
 responses are size-limited by the transport and by the decoders. A peer whose
 responses are malformed or carry invalid messages collects penalty points and is
@@ -30,6 +32,9 @@ REQUEST_TIMEOUT_S = 20.0
 # flight through gossip, and fetching them too would double the traffic under load.
 # Sessions with a newly connected peer (catch-up) fetch at once.
 SETTLE_S = 1.0
+# Sessions with different peers run side by side, at most this many at once; a message
+# one session is fetching is not fetched again by another.
+MAX_CONCURRENT_SESSIONS = 4
 PENALTY_LIMIT = 10
 BAN_S = 300.0
 
@@ -58,6 +63,8 @@ class SyncService:
         self.protocol_id = f"/labelmesh/{self.node.network_id.hex()[:16]}/sync/1"
         self._wake = trio.Event()
         self.running_sessions = 0
+        self._in_session: set[str] = set()  # peers with a session running
+        self._fetching: set[bytes] = set()  # message ids some session is fetching right now
 
     # ------------------------------------------------------------------ server
 
@@ -96,20 +103,32 @@ class SyncService:
         self.node.p2p.set_request_handler(self.protocol_id, self.handle)
         task_status.started()
         known: set[str] = set()
-        while True:
-            peers = [p["peer_id"] for p in self.node.p2p.peers()]
-            new = [p for p in peers if p not in known]
-            known = set(peers)
-            # New peers first (catch-up on connect), then everyone in random order.
-            order = new + random.sample([p for p in peers if p not in new], len(peers) - len(new))
-            for p in order:
-                st = self._state(p)
-                if st.banned_until > trio.current_time():
-                    continue
-                await self.sync_with(p, settle_s=0.0 if p in new else SETTLE_S)
-            self._wake = trio.Event()
-            with trio.move_on_after(self.interval_s * random.uniform(0.8, 1.2) if not new else 0.5):
-                await self._wake.wait()
+        limiter = trio.CapacityLimiter(MAX_CONCURRENT_SESSIONS)
+
+        async def session(p: str, settle_s: float) -> None:
+            try:
+                async with limiter:
+                    await self.sync_with(p, settle_s=settle_s)
+            finally:
+                self._in_session.discard(p)
+
+        async with trio.open_nursery() as sessions:
+            while True:
+                peers = [p["peer_id"] for p in self.node.p2p.peers()]
+                new = [p for p in peers if p not in known]
+                known = set(peers)
+                # New peers first (catch-up on connect), then everyone in random order; a few
+                # sessions at a time and at most one per peer, and the loop never waits for
+                # a session to end: one slow or stalled peer holds up nobody else.
+                order = new + random.sample([p for p in peers if p not in new], len(peers) - len(new))
+                for p in order:
+                    if self._state(p).banned_until > trio.current_time() or p in self._in_session:
+                        continue
+                    self._in_session.add(p)
+                    sessions.start_soon(session, p, 0.0 if p in new else SETTLE_S)
+                self._wake = trio.Event()
+                with trio.move_on_after(self.interval_s * random.uniform(0.8, 1.2) if not new else 0.5):
+                    await self._wake.wait()
 
     async def _req(self, peer_id: str, data: bytes, st: PeerSyncState) -> bytes:
         st.requests += 1
@@ -122,6 +141,7 @@ class SyncService:
         st = self._state(peer_id)
         st.sessions += 1
         self.running_sessions += 1
+        self._in_session.add(peer_id)
         stored = 0
         try:
             budget = [MAX_REQUESTS_PER_SESSION, settle_s]
@@ -156,6 +176,7 @@ class SyncService:
             log.debug("sync with %s failed: %s", peer_id, st.last_error)
         finally:
             self.running_sessions -= 1
+            self._in_session.discard(peer_id)
         return stored
 
     async def _reconcile_task(self, peer_id: str, task_id: bytes, st: PeerSyncState, budget: list) -> int:
@@ -194,12 +215,21 @@ class SyncService:
 
     async def _fetch(self, peer_id: str, ids: list[bytes], st: PeerSyncState, budget: list,
                      source: str = "sync") -> int:
-        stored = 0
         want = list(dict.fromkeys(ids))
         if len(budget) > 1 and budget[1] > 0:
             await trio.sleep(budget[1])
             budget[1] = 0.0
             want = [i for i in want if not self.node.store.has(i)]
+        want = [i for i in want if i not in self._fetching]  # another session brings those
+        self._fetching.update(want)
+        try:
+            return await self._fetch_claimed(peer_id, want, st, budget, source)
+        finally:
+            self._fetching.difference_update(want)
+
+    async def _fetch_claimed(self, peer_id: str, want: list[bytes], st: PeerSyncState, budget: list,
+                             source: str) -> int:
+        stored = 0
         while want and budget[0] > 0:
             chunk = want[: sp.MAX_GET_IDS]
             budget[0] -= 1

@@ -192,3 +192,30 @@ async def test_hostile_sync_peer_is_bounded_and_banned(tmp_path):
         assert calls["n"] < 200  # bounded work
         assert honest.store.count() == 0  # nothing invalid stored
         nursery.cancel_scope.cancel()
+
+
+async def test_a_stalled_peer_does_not_hold_up_sync_with_the_others(tmp_path):
+    """A peer that never answers (each request times out only after 20 s) must not delay
+    repairs from an honest peer that connects while the stalled session is running."""
+    g = make_test_genesis()
+    net = FakeNet(seed=9)
+    clock = FakeClock()
+    async with trio.open_nursery() as nursery:
+        net.nursery = nursery
+        a, b = await start(nursery, tmp_path, net, ["a", "b"], clock, g)
+        tm = signed(make_task(nonce=3), 1, g.network_id)
+        assert (await b.ingest(tm.raw, "rpc"))[0].ok  # not published: only sync can bring it
+        stalled = net.make("stalled")
+        stalled.running = True
+
+        async def never_answer(peer, data):
+            await trio.sleep_forever()
+
+        stalled.set_request_handler(a.sync.protocol_id, never_answer)
+        net.connect("a", "stalled")
+        await wait_for(lambda: "stalled" in a.sync._in_session and a.sync.peers.get("stalled")
+                       and a.sync.peers["stalled"].requests >= 1, 5, "a session with the stalled peer")
+        net.connect("a", "b")
+        await wait_for(lambda: tm.compute_id(g.network_id) in a.tasks, 5, "the task from b despite the stalled peer")
+        assert "stalled" in a.sync._in_session  # still waiting for its answer
+        nursery.cancel_scope.cancel()
