@@ -141,9 +141,11 @@ def build_node(data_dir: Path, *, listen_override=None, cfg=None):
 
     try:
         from .ratelimit import RateLimitConfig
+        from .verifier import auto_processes
         return cfg, Node(data_dir, genesis, p2p_factory=p2p_factory, keystore=Keystore(data_dir),
                          rpc_socket=data_dir / cfg.rpc_socket, validator_account=cfg.validator_account,
-                         metrics_listen=cfg.metrics_listen, rate_limits=RateLimitConfig.from_env(os.environ))
+                         metrics_listen=cfg.metrics_listen, rate_limits=RateLimitConfig.from_env(os.environ),
+                         verify_processes=auto_processes())
     except StoreError as e:  # e.g. a store of a newer labelmesh, or already open
         raise CliError(str(e)) from None
 

@@ -53,7 +53,7 @@ MAX_ORPHANS = 20_000
 # service); everything else (gossip, sync, rpc) is capped.
 UNCAPPED_SOURCES = frozenset({"local", "pinned"})
 ARRIVALS_KEPT = 200_000  # stored-at times remembered for messages_arrival (RPC)
-VERIFY_IN_THREAD_MIN = 16  # signatures verified in a worker thread from this many per group on
+VERIFY_OFFLOAD_MIN = 16  # signatures verified off the event loop (node/verifier.py) from this many per group on
 
 
 def _verify_all(msgs: list[SignedMessage], network_id: bytes) -> list[bool]:
@@ -122,7 +122,7 @@ class Node:
                  keystore=None, clock: Callable[[], int] = wall_clock_ms,
                  rpc_socket: Path | None = None, validator_account: str = "", sync_interval_s: float = 3.0,
                  validator_key=None, finality_tick_s: float = 0.25, metrics_listen: str = "",
-                 rate_limits=None):
+                 rate_limits=None, verify_processes: int = 0):
         self.data_dir = Path(data_dir)
         self.genesis = genesis
         self.params = genesis.params
@@ -145,6 +145,9 @@ class Node:
         self._inflight: dict[bytes, trio.Event] = {}
         from .ratelimit import GossipRateLimiter
         self.ratelimit = GossipRateLimiter(rate_limits)  # rate_limits: a ratelimit.RateLimitConfig or None
+        from .verifier import Verifier
+        # big groups' signatures: in helper processes (labelmesh run), or threads if 0 (in-process nodes)
+        self.verifier = Verifier(self.network_id, verify_processes)
         self._batch_counts: dict[bytes, Counter] = {}  # task -> annotator -> batches stored (for the cap)
         self._result_cache: dict[bytes, TaskResult] = {}
         self.arrival_ms: dict[bytes, int] = {}  # msg id -> clock() when stored, the newest ARRIVALS_KEPT
@@ -198,6 +201,8 @@ class Node:
                                               "tasks": len(self.tasks), "messages": self.store.count()})
                 task_status.started(self)
         finally:
+            with trio.CancelScope(shield=True):
+                await self.verifier.aclose()  # stop the signature helper processes, if any
             self.store.close()
 
     @property
@@ -253,16 +258,18 @@ class Node:
             ev = self._inflight.get(mid)
             if ev is not None:  # being written by another caller right now
                 await ev.wait()
-            if self.store.has(mid):
+        stored = self.store.has_many([mid for _, mid, _ in group])  # one read txn for the group
+        for (k, mid, msg), dup in zip(group, stored):
+            if dup:
                 self.counters.duplicates += 1
                 results[k] = (ignore("duplicate"), mid)
                 continue
             checked.append((k, mid, msg, validate_basic(msg, self.params)))
-        # Verify signatures in one go; a big group in a worker thread, where libsodium runs
-        # without the GIL while the event loop decodes the next request (two cores busy).
+        # Verify signatures in one go; a big group off the event loop (a helper process, see
+        # node/verifier.py) while the event loop decodes the next request (two cores busy).
         to_verify = [msg for _, _, msg, v in checked if v.ok]
-        if len(to_verify) >= VERIFY_IN_THREAD_MIN:
-            sig_ok = iter(await trio.to_thread.run_sync(_verify_all, to_verify, self.network_id))
+        if len(to_verify) >= VERIFY_OFFLOAD_MIN:
+            sig_ok = iter(await self.verifier.verify(to_verify))
         else:
             sig_ok = iter(_verify_all(to_verify, self.network_id))
         for k, mid, msg, v in checked:
@@ -290,15 +297,15 @@ class Node:
             accepted.append((k, mid, msg))
         if not records:
             return
-        events = {}
+        written = trio.Event()  # one for the group: set when its commit is done (or failed)
         for _, mid, _ in accepted:
-            events[mid] = self._inflight[mid] = trio.Event()
+            self._inflight[mid] = written
         try:
             flags = await self.writer.put(records)
         finally:
-            for mid, ev in events.items():
+            for _, mid, _ in accepted:
                 self._inflight.pop(mid, None)
-                ev.set()
+            written.set()
         for (k, mid, msg), new in zip(accepted, flags):
             if not new:  # raced with another writer: already stored
                 self.counters.duplicates += 1

@@ -272,14 +272,25 @@ def _is_valid_point(pk: bytes) -> bool:
         return False
 
 
+def signature_check_input(msg: SignedMessage, network_id: bytes) -> tuple[bytes, bytes] | None:
+    """What ``verify_signature`` checks: (public key, signature || domain-separated signed
+    bytes) for ``nacl.bindings.crypto_sign_open``, or None if the signer field is not a
+    usable public key (then the signature is never valid). Lets a caller run the very
+    same check elsewhere (node/verifier.py: in a helper process)."""
+    pk = msg.body.signer
+    if not _is_valid_point(pk):
+        return None
+    return pk, msg.signature + msg.signed_bytes(network_id)
+
+
 def verify_signature(msg: SignedMessage, network_id: bytes) -> bool:
     """True iff the signature is a valid ed25519 signature by the body's signer over
     the domain-separated signed bytes. libsodium rejects non-canonical signatures."""
-    pk = msg.body.signer
-    if not _is_valid_point(pk):
+    check = signature_check_input(msg, network_id)
+    if check is None:
         return False
     try:
-        nacl.bindings.crypto_sign_open(msg.signature + msg.signed_bytes(network_id), pk)
+        nacl.bindings.crypto_sign_open(check[1], check[0])
         return True
     except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, ValueError, TypeError):
         return False

@@ -85,20 +85,80 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-class CpuMeter:
-    """CPU % of one core used by a set of processes between start() and stop()."""
+def children_pids(pid: int) -> list[int]:
+    """Live child processes of ``pid`` (e.g. a node's signature helpers, node/verifier.py)."""
+    out = []
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            out += [int(k) for k in Path(f"/proc/{pid}/task/{tid}/children").read_text().split()]
+        except OSError:
+            continue
+    return out
 
-    def __init__(self, pids):
+
+def children_cpu_s(pid: int) -> dict[int, float]:
+    """CPU seconds of each live child process of ``pid``."""
+    out = {}
+    for k in children_pids(pid):
+        try:
+            out[k] = cpu_s(k)
+        except OSError:
+            pass
+    return out
+
+
+def children_rss_mb(pid: int) -> float:
+    """VmRSS of ``pid``'s live child processes, together."""
+    total = 0.0
+    for k in children_pids(pid):
+        try:
+            total += rss_mb(k)
+        except OSError:
+            pass
+    return total
+
+
+def reaped_children_cpu_s(pid: int) -> float:
+    """cutime + cstime: CPU seconds of ``pid``'s children that it has already waited for."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[13]) + int(fields[14])) / CLK_TCK
+
+
+class CpuMeter:
+    """CPU % of one core used by a set of processes between start() and stop().
+
+    With ``children=True`` a process's figure includes its child processes (a node's
+    signature helpers, node/verifier.py): live children, children born during the
+    window (all of their CPU) and children reaped during it."""
+
+    def __init__(self, pids, children: bool = False):
         self.pids = list(pids)
+        self.children = children
+
+    def _sample(self, p: int) -> tuple[float, dict[int, float]]:
+        if not self.children:
+            return cpu_s(p), {}
+        return cpu_s(p) + reaped_children_cpu_s(p), children_cpu_s(p)
 
     def start(self):
         self.t0 = time.monotonic()
-        self.c0 = {p: cpu_s(p) for p in self.pids}
+        self.c0 = {p: self._sample(p) for p in self.pids}
         return self
 
     def stop(self) -> dict[int, float]:
         dt = time.monotonic() - self.t0
-        return {p: 100.0 * (cpu_s(p) - self.c0[p]) / dt for p in self.pids}
+        out = {}
+        for p in self.pids:
+            own0, kids0 = self.c0[p]
+            own1, kids1 = self._sample(p)
+            used = (own1 - own0 + sum(c - kids0.get(k, 0.0) for k, c in kids1.items())
+                    - sum(c for k, c in kids0.items() if k not in kids1))  # reaped: counted in own1 whole
+            out[p] = 100.0 * used / dt
+        return out
 
 
 def dir_bytes(path: Path) -> int:
