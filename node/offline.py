@@ -243,7 +243,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     parser.add_argument(
         "--iterations", type=int, default=CONSENSUS_ITERATIONS,
-        help=f"EM iterations for consensus (default {CONSENSUS_ITERATIONS}, max {MAX_CONSENSUS_ITERATIONS})",
+        help=f"cap on EM updates for consensus; it stops earlier once converged "
+             f"(default {CONSENSUS_ITERATIONS}, max {MAX_CONSENSUS_ITERATIONS})",
     )
     parser.add_argument("--json", action="store_true", help="print a JSON summary instead of text")
     parser.set_defaults(func=run_aggregate)

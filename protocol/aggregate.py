@@ -10,14 +10,16 @@ and optionally revealed gold answers.  Two estimators are offered:
   weights (ties: lowest class index).  Cheap; used as a first pass and as the EM start.
 * :func:`compute_consensus` -- a Dawid-Skene estimator (per-annotator confusion matrix with
   Dirichlet priors, variational-Bayes EM), initialised from the weighted plurality, with
-  reputation as a competence prior and as a cap on each annotator's say, gold clamped; a
-  fixed number of iterations entirely in integer fixed-point arithmetic (log2, exp2 and
+  reputation as a competence prior and as a cap on each annotator's say, gold clamped;
+  iterated until an integer convergence test passes (at most CONSENSUS_ITERATIONS
+  updates), entirely in integer fixed-point arithmetic (log2, exp2 and
   digamma are integer algorithms: ``_fixed_log2``, ``_fixed_exp2_neg``,
   ``_fixed_digamma2``).
 
-Everything that decides a label is integer (numpy int64) arithmetic: integer addition is
-exact and associative, so the result does not depend on the order of the input rows, on
-the CPU or on the numpy build.  ``docs/consensus.md`` describes the algorithm in enough
+Everything that decides a label is integer arithmetic: numpy int64, plus a few sums of
+integers done by float64 ``np.bincount`` where every term and partial sum is an integer
+below 2**53 (so each addition is exact).  Exact addition is associative, so the result
+does not depend on the order of the input rows, on the CPU or on the numpy build.  ``docs/consensus.md`` describes the algorithm in enough
 detail to re-implement it.
 
 Rule for repeated (worker, item) rows (order-independent by construction): identical
@@ -172,7 +174,9 @@ def _sorted_vote_keys(
     Identical repeats collapse to one key; a (item, annotator) pair present with two or
     more different labels is flagged on all of its keys.
     """
-    key = np.sort((item * n_annotators + annotator) * n_classes + label)
+    # kind='stable' (timsort) is adaptive: vote tables usually arrive as sorted runs (per
+    # item or per annotator batch).  Sorting integers gives the same array either way.
+    key = np.sort((item * n_annotators + annotator) * n_classes + label, kind="stable")
     if key.size > 1:
         key = key[np.r_[True, key[1:] != key[:-1]]]
     bad = np.zeros(key.size, dtype=bool)
@@ -401,9 +405,17 @@ _DIGAMMA_SHIFT_TO = 4
 #: fresh one is not).  Class proportions get CLASS_PRIOR per class.
 CONFUSION_PRIOR = PROB_ONE // 10
 CLASS_PRIOR = PROB_ONE
-#: Fixed number of EM iterations of compute_consensus (each = M step + E step).
+#: Largest number of EM updates of compute_consensus (each = M step + E step); it stops
+#: earlier once the posteriors have converged (CONVERGENCE_SHIFT).
 CONSENSUS_ITERATIONS = 20
 MAX_CONSENSUS_ITERATIONS = 1000
+#: Early exit: EM stops after an update that moves the posteriors by at most
+#: 2**-CONVERGENCE_SHIFT per item with evidence on average (sum over items and classes of
+#: |q_new - q_old| <= n_evidence * PROB_ONE >> CONVERGENCE_SHIFT).  Integer state only, so
+#: every node stops at the same step.
+CONVERGENCE_SHIFT = 14
+#: float64 sums of integer shares (<= PROB_ONE) are exact for up to 2**23 terms.
+_FLOAT_EXACT_VOTES = 1 << (53 - PROB_SHIFT)
 
 
 def _isqrt_chain(bits: int, count: int) -> list[int]:
@@ -497,11 +509,16 @@ def _fixed_log2(x: np.ndarray) -> np.ndarray:
 
 def _fixed_exp2_neg(d: np.ndarray) -> np.ndarray:
     """round(PROB_ONE * 2**(-d / LOG_ONE)) (approximately) for integers d >= 0."""
-    whole = np.minimum(d >> LOG_SHIFT, 62)
+    d = np.asarray(d, dtype=np.int64)
+    whole = d >> LOG_SHIFT
+    np.minimum(whole, 62, out=whole)
     frac = d & (LOG_ONE - 1)
-    hi = _EXP2_HI[frac >> (LOG_SHIFT - LOG_SHIFT // 2)]
-    lo = _EXP2_LO[frac & ((1 << (LOG_SHIFT - LOG_SHIFT // 2)) - 1)]
-    return ((hi * lo) >> PROB_SHIFT) >> whole
+    out = np.take(_EXP2_HI, frac >> (LOG_SHIFT - LOG_SHIFT // 2))  # np.take: faster than [...]
+    frac &= (1 << (LOG_SHIFT - LOG_SHIFT // 2)) - 1
+    out *= np.take(_EXP2_LO, frac)
+    out >>= PROB_SHIFT
+    out >>= whole
+    return out
 
 
 def _fixed_digamma2(x: np.ndarray) -> np.ndarray:
@@ -535,12 +552,23 @@ def _fixed_digamma2(x: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- consensus
 
 
-def _segment_sum(values: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sum rows of ``values`` over runs of equal ``keys`` (keys sorted).  Exact int64."""
-    if keys.size == 0:
-        return keys[:0], values[:0]
-    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
-    return keys[starts], np.add.reduceat(values, starts, axis=0)
+def _argmax_classes(score: np.ndarray) -> np.ndarray:
+    """Per column of a class-major (classes, items) array, the row index of the maximum;
+    ties go to the lowest class index."""
+    best = score[0].copy()
+    arg = np.zeros(score.shape[1], dtype=np.int64)
+    for c in range(1, score.shape[0]):
+        better = score[c] > best
+        arg[better] = c
+        np.maximum(best, score[c], out=best)
+    return arg
+
+
+def _normalise(log_score: np.ndarray) -> np.ndarray:
+    """Posterior shares (units 1/PROB_ONE) of class-major integer log-scores:
+    floor((exp2neg(max - S) << PROB_SHIFT) / sum over classes)."""
+    u = _fixed_exp2_neg(log_score.max(axis=0) - log_score)  # the top class gets PROB_ONE
+    return (u << PROB_SHIFT) // u.sum(axis=0)
 
 
 def compute_consensus(inp: AggregateInput, *, iterations: int = CONSENSUS_ITERATIONS) -> AggregateResult:
@@ -550,13 +578,15 @@ def compute_consensus(inp: AggregateInput, *, iterations: int = CONSENSUS_ITERAT
     ``k`` with probability theta[a, k, l] (a full confusion matrix).  Priors:
     theta[a, k, :] ~ Dirichlet(CONFUSION_PRIOR + diag * prior_weight[a] / WEIGHT_ONE) and
     class proportions ~ Dirichlet(CLASS_PRIOR).  Estimation is variational Bayes EM
-    (expected log-parameters via digamma), started from the weighted plurality shares and
-    run for exactly ``iterations`` M+E steps.  In the E step annotator ``a``'s
-    log-likelihood is multiplied by min(prior_weight[a], WEIGHT_ONE) / WEIGHT_ONE, so an
-    annotator with tiny prior weight has a tiny say, and weight 0 none.  Revealed gold items
-    are clamped to their gold label in every step (and so teach the annotators' matrices);
-    when there is gold, EM also runs from the matrices learnt on the gold items alone and
-    the run whose matrices explain the gold better is kept (ties: the plurality start).
+    (expected log-parameters via digamma), started from the weighted plurality shares, with
+    at most ``iterations`` updates (``iterations + 1`` M+E steps): it stops as soon as an
+    update would move the posteriors by at most 2**-CONVERGENCE_SHIFT per item on average
+    (an integer test, so every node stops at the same step).  In the E step annotator ``a``'s log-likelihood is multiplied
+    by min(prior_weight[a], WEIGHT_ONE) / WEIGHT_ONE, so an annotator with tiny prior weight
+    has a tiny say, and weight 0 none.  Revealed gold items are clamped to their gold label
+    in every step (and so teach the annotators' matrices); when there is gold, EM also runs
+    from the matrices learnt on the gold items alone, and that run is kept only if it
+    explains the gold significantly better (a McNemar test on the gold items).
 
     Label: the class with the highest integer log-score (ties: lowest class index); -1 for
     an item with no vote of positive weight and no gold.  Confidence: its posterior
@@ -568,106 +598,126 @@ def compute_consensus(inp: AggregateInput, *, iterations: int = CONSENSUS_ITERAT
     votes = _canonical_votes(inp)
     iterations = _check_count("iterations", iterations, 0, MAX_CONSENSUS_ITERATIONS)
     n_items, k, n_ann = votes.n_items, votes.n_classes, votes.n_annotators
-    item, ann, lab = votes.item, votes.annotator, votes.label
+    item, ann, lab = votes.item, votes.annotator, votes.label  # sorted by (item, annotator)
+    n_votes = item.size
     weight = votes.prior_weight
     temper = np.minimum(weight, WEIGHT_ONE)  # per annotator, units 1/WEIGHT_ONE
-    vote_temper = temper[ann]
+    gold_item, gold_label = votes.gold_item, votes.gold_label
 
     # items with evidence: a vote of positive weight, or gold
     evidence = np.zeros(n_items, dtype=bool)
-    evidence[item[vote_temper > 0]] = True
-    is_gold = np.zeros(n_items, dtype=bool)
-    is_gold[votes.gold_item] = True
-    evidence |= is_gold
-    gold_q = np.zeros((votes.gold_item.size, k), dtype=np.int64)
-    gold_q[np.arange(votes.gold_item.size), votes.gold_label] = PROB_ONE
+    evidence[item[temper[ann] > 0]] = True
+    evidence[gold_item] = True
+    no_evidence = np.flatnonzero(~evidence)
+    # convergence threshold on sum |q_new - q_old| (see CONVERGENCE_SHIFT); <= 2**40
+    tolerance = (int(n_items - no_evidence.size) * PROB_ONE) >> CONVERGENCE_SHIFT
 
+    def clamp(q: np.ndarray) -> np.ndarray:
+        """Shares of items without evidence are 0, gold items are one-hot (in place)."""
+        q[:, no_evidence] = 0
+        if gold_item.size:
+            q[:, gold_item] = 0
+            q[gold_label, gold_item] = PROB_ONE
+        return q
+
+    # Work arrays are class-major: q[c, i], log_score[c, i], table[c, a*k + l].
     # start: weighted plurality shares (units 1/PROB_ONE), gold clamped.  Scores reach
     # 2**52, so each item's scores are first shifted right until they fit in 33 bits.
-    score = np.zeros(n_items * k, dtype=np.int64)
-    np.add.at(score, item * k + lab, weight[ann])
-    score = score.reshape(n_items, k)
-    shift = np.maximum(_bit_length(score.sum(axis=1)) - 33, 0)
-    score = score >> shift[:, None]
-    total = score.sum(axis=1, keepdims=True)
-    q = (score << PROB_SHIFT) // np.maximum(total, 1)
-    q[~evidence] = 0
-    q[is_gold] = gold_q
+    # (float64 sums are exact here: at most 2**20 weights <= 2**32 per cell, < 2**53)
+    score = np.bincount(lab * n_items + item, weights=weight[ann].astype(np.float64), minlength=k * n_items)
+    score = score.astype(np.int64).reshape(k, n_items)
+    score >>= np.maximum(_bit_length(score.sum(axis=0)) - 33, 0)
+    q_start = clamp((score << PROB_SHIFT) // np.maximum(score.sum(axis=0), 1))
 
-    # vote order for the M step: grouped by (annotator, label)
-    group_key = ann * k + lab
-    m_order = np.argsort(group_key, kind="stable")
-    m_keys = group_key[m_order]
-    m_items = item[m_order]
-    # vote groups by item for the E step (votes are sorted by item already)
-    e_starts = np.flatnonzero(np.r_[True, item[1:] != item[:-1]]) if item.size else item
+    group = ann * k + lab  # (annotator, label) cell of each vote, < 2**28
+    n_cells = n_ann * k
+    per_item = np.bincount(item, minlength=n_items)  # votes are sorted by item
+    # M step sums in float64 are exact while every partial sum is an integer <= 2**53:
+    # q <= 2**30, so cells of at most 2**23 votes can be summed directly; otherwise q is
+    # summed in two 15-bit halves (each partial sum <= 2**24 * 2**15).
+    split_q = n_votes > 0 and int(np.bincount(group).max()) > _FLOAT_EXACT_VOTES
+    e_starts = np.flatnonzero(np.r_[True, item[1:] != item[:-1]]) if n_votes else item
     e_keys = item[e_starts]
+    every_item_voted = e_keys.size == n_items
     diag_prior = weight << (PROB_SHIFT - WEIGHT_SHIFT)  # weight / WEIGHT_ONE pseudo-votes
-    eye = np.eye(k, dtype=bool)
+    diag = np.arange(k)
 
-    def gold_hits(log_score):
-        """Gold items whose unclamped argmax is the gold label: how well a run's
-        matrices explain the gold."""
-        return int(np.count_nonzero(np.argmax(log_score[votes.gold_item], axis=1) == votes.gold_label))
+    def cell_sums(values: np.ndarray) -> np.ndarray:
+        """sum of values[item] over the votes of each (annotator, label) cell (exact)."""
+        return np.bincount(group, weights=np.repeat(values.astype(np.float64), per_item),
+                           minlength=n_cells).astype(np.int64)
 
-    def run_em(q):
-        """``iterations`` EM steps from the shares ``q``; returns the final log-scores."""
-        log_score = np.zeros((n_items, k), dtype=np.int64)
+    def run_em(q: np.ndarray) -> np.ndarray:
+        """M+E steps from the shares ``q`` until convergence or ``iterations`` updates;
+        returns the last log-scores (class-major)."""
         for step in range(iterations + 1):
             # ---- M step: expected confusion counts and class counts (exact integer sums)
-            cells = np.zeros((n_ann * k, k), dtype=np.int64)  # [a*k + l, true k]
-            if item.size:
-                keys, sums = _segment_sum(np.take(q, m_items, axis=0), m_keys)
-                cells[keys] = sums
-            conf = np.ascontiguousarray(cells.reshape(n_ann, k, k).transpose(0, 2, 1))  # [a, k, l]
-            conf = conf + CONFUSION_PRIOR + np.where(eye[None], diag_prior[:, None, None], 0)
+            cells = np.zeros((k, n_cells), dtype=np.int64)  # [true c, a*k + l]
+            if n_votes:
+                for c in range(k):
+                    if split_q:
+                        cells[c] = (cell_sums(q[c] >> 15) << 15) + cell_sums(q[c] & 0x7FFF)
+                    else:
+                        cells[c] = cell_sums(q[c])
+            conf = cells.reshape(k, n_ann, k).transpose(1, 0, 2) + CONFUSION_PRIOR  # [a, true, l]
+            conf[:, diag, diag] += diag_prior[:, None]
             elog = _fixed_digamma2(conf) - _fixed_digamma2(conf.sum(axis=2, keepdims=True))
-            class_count = q[evidence].sum(axis=0) + CLASS_PRIOR
+            class_count = q.sum(axis=1) + CLASS_PRIOR  # q is 0 on items without evidence
             elog_prior = _fixed_digamma2(class_count) - _fixed_digamma2(class_count.sum(keepdims=True))
-            # tempered table [a*k + l, true k]
-            table = ((elog.transpose(0, 2, 1) * temper[:, None, None]) >> WEIGHT_SHIFT).reshape(n_ann * k, k)
-            # ---- E step: integer log-scores, then exp2 and normalisation
-            log_score = np.broadcast_to(elog_prior, (n_items, k)).copy()
-            if item.size:
-                log_score[e_keys] += np.add.reduceat(np.take(table, group_key, axis=0), e_starts, axis=0)
+            # tempered table [true c, a*k + l]
+            table = ((elog * temper[:, None, None]) >> WEIGHT_SHIFT).transpose(1, 0, 2).reshape(k, n_cells)
+            # ---- E step: integer log-scores
+            log_score = np.empty((k, n_items), dtype=np.int64)
+            log_score[:] = elog_prior[:, None]
+            if n_votes:
+                for c in range(k):
+                    sums = np.add.reduceat(np.take(table[c], group), e_starts)
+                    if every_item_voted:
+                        log_score[c] += sums
+                    else:
+                        log_score[c, e_keys] += sums
             if step == iterations:
                 break
-            top = log_score.max(axis=1, keepdims=True)
-            u = _fixed_exp2_neg(top - log_score)
-            q = (u << PROB_SHIFT) // u.sum(axis=1, keepdims=True)
-            q[~evidence] = 0
-            q[is_gold] = gold_q
+            q_new = clamp(_normalise(log_score))
+            # ---- early exit: the posteriors moved by less than the tolerance
+            change = q_new - q
+            np.abs(change, out=change)
+            if int(change.sum()) <= tolerance:
+                break
+            q = q_new
         return log_score
 
-    log_score = run_em(q)
-    if votes.gold_item.size:
-        # With revealed gold, also run EM from the matrices the gold items alone teach
-        # (shares 0 except on gold) and keep the run whose unclamped labels match more
-        # gold items (ties: the plurality start). A consistent herd that is wrong on gold seeds the
-        # plurality start with its own labels; the gold start reads it as systematically
-        # confused. Two runs, both deterministic: the choice is too.
-        q_gold = np.zeros_like(q)
-        q_gold[is_gold] = gold_q
-        alt = run_em(q_gold)
-        if gold_hits(alt) > gold_hits(log_score):
+    log_score = run_em(q_start)
+    if gold_item.size:
+        # Also run EM from the matrices the gold items alone teach (shares 0 except on
+        # gold), and keep that run only if its unclamped labels match the gold
+        # significantly more often (McNemar: b right only in the gold-taught run, c right
+        # only in the plurality run; switch if b > c and (b - c)^2 > 4 (b + c)).  A
+        # consistent herd that is wrong on gold seeds the plurality start with its own
+        # labels; the gold start reads it as systematically confused.
+        alt = run_em(clamp(np.zeros_like(q_start)))
+        base_ok = _argmax_classes(log_score[:, gold_item]) == gold_label
+        alt_ok = _argmax_classes(alt[:, gold_item]) == gold_label
+        b = int(np.count_nonzero(alt_ok & ~base_ok))
+        c = int(np.count_nonzero(base_ok & ~alt_ok))
+        if b > c and (b - c) ** 2 > 4 * (b + c):
             log_score = alt
 
-    label = np.argmax(log_score, axis=1).astype(np.int64)
-    top = log_score.max(axis=1, keepdims=True)
-    u = _fixed_exp2_neg(top - log_score)
-    q = (u << PROB_SHIFT) // u.sum(axis=1, keepdims=True)
-    q[is_gold] = gold_q
-    label[is_gold] = votes.gold_label
-    label[~evidence] = -1
-    q[~evidence] = 0
-    confidence = np.where(label >= 0, q[np.arange(n_items), np.maximum(label, 0)], 0) >> (PROB_SHIFT - ONE_SHIFT)
+    label = _argmax_classes(log_score)
+    q = clamp(_normalise(log_score))
+    label[gold_item] = gold_label
+    label[no_evidence] = -1
+    confidence = np.where(label >= 0, q[np.maximum(label, 0), np.arange(n_items)], 0) >> (PROB_SHIFT - ONE_SHIFT)
 
     # expected share of each annotator's votes (on items with evidence) that are correct
-    on = evidence[item]
-    right = np.zeros(n_ann, dtype=np.int64)
-    np.add.at(right, ann[on], q[item[on], lab[on]] >> (PROB_SHIFT - ONE_SHIFT))
-    n_votes = np.bincount(ann[on], minlength=n_ann).astype(np.int64)
-    accuracy = np.where(n_votes > 0, right // np.maximum(n_votes, 1), 0)
+    on_ann, on_cell = ann, lab * n_items + item
+    if no_evidence.size:
+        on = evidence[item]
+        on_ann, on_cell = ann[on], on_cell[on]
+    right = np.bincount(on_ann, weights=(np.take(q, on_cell) >> (PROB_SHIFT - ONE_SHIFT)).astype(np.float64),
+                        minlength=n_ann).astype(np.int64)  # sums <= 2**24 * 2**16: exact
+    n_counted = np.bincount(on_ann, minlength=n_ann).astype(np.int64)
+    accuracy = np.where(n_counted > 0, right // np.maximum(n_counted, 1), 0)
     return _finish(votes, label, confidence, accuracy)
 
 

@@ -321,6 +321,8 @@ def reference_consensus(inp, iterations):
         q.append([(v << 30) // max(sum(row), 1) for v in row])
     q = clamp(q)
 
+    n_evidence = sum(evidence)
+
     def run(q):
         for step in range(iterations + 1):
             cnt = [[[0] * k for _ in range(k)] for _ in range(na)]
@@ -341,20 +343,23 @@ def reference_consensus(inp, iterations):
                     s[i][c] += (elog[a][c][lab] * t[a]) >> 16
             if step == iterations:
                 break
-            q = []
+            q_new = []
             for row in s:
                 u = [_ref_exp2_neg(max(row) - v) for v in row]
-                q.append([(v << 30) // sum(u) for v in u])
-            q = clamp(q)
+                q_new.append([(v << 30) // sum(u) for v in u])
+            q_new = clamp(q_new)
+            change = sum(abs(a - b) for r_new, r_old in zip(q_new, q) for a, b in zip(r_new, r_old))
+            if change <= (n_evidence * PROB_ONE) >> agg.CONVERGENCE_SHIFT:  # converged: early exit
+                break
+            q = q_new
         return s
 
-    def fit(s):
-        return sum(1 for i, g in gold.items() if s[i].index(max(s[i])) == g)
-
     s = run(q)
-    if gold:  # also run from the gold-only start; keep the run that explains the gold better
+    if gold:  # also run from the gold-only start; keep it if it is significantly better on gold
         alt = run(clamp([[0] * k for _ in range(n)]))
-        if fit(alt) > fit(s):
+        b = sum(1 for i, g in gold.items() if alt[i].index(max(alt[i])) == g != s[i].index(max(s[i])))
+        c = sum(1 for i, g in gold.items() if s[i].index(max(s[i])) == g != alt[i].index(max(alt[i])))
+        if b > c and (b - c) ** 2 > 4 * (b + c):
             s = alt
     label, conf = [], []
     for i, row in enumerate(s):
@@ -454,7 +459,7 @@ print(hashlib.sha256(encode_result(compute_weighted_plurality(inp))).hexdigest()
 #: sha256 of encode_result on mid_size_input(): consensus, plurality.  A change of either
 #: is a change of the consensus rules (every node must upgrade together).
 GOLDEN_DIGESTS = [
-    "95ba7c3f79681f2df70876795ad51d8c97d889884bb9dc3a40550f2f5b4bfd46",
+    "268b5a4eea1cd26b21ed960226cdc83e2850b2738245b2ab6a86916f24dbf2fe",
     "0a592a9bc5a7a96e7a8d99a0d9477d6e87c36ca94fb25cb1482aff1f26c31f74",
 ]
 
@@ -484,6 +489,34 @@ def test_subprocess_with_baseline_cpu_kernels_gives_same_bytes():
         capture_output=True, text=True, env=env, check=True, cwd=str(REPO),
     )
     assert out.stdout.split() == GOLDEN_DIGESTS
+
+
+def test_early_exit_is_a_fixed_point_of_the_rule():
+    # EM stopped by the convergence test before the cap: a larger cap changes nothing
+    inp = mid_size_input()
+    expected = encode_result(compute_consensus(inp))
+    assert encode_result(compute_consensus(inp, iterations=agg.MAX_CONSENSUS_ITERATIONS)) == expected
+    # ... and it did stop early: forcing every update (no early exit) gives other bytes
+    saved = agg.CONVERGENCE_SHIFT
+    try:
+        agg.CONVERGENCE_SHIFT = 62  # tolerance 0 unless nothing moves at all
+        assert encode_result(compute_consensus(inp)) != expected
+    finally:
+        agg.CONVERGENCE_SHIFT = saved
+
+
+def test_float_sums_match_the_split_integer_path(monkeypatch):
+    # The M step sums shares in float64 (exact below 2**23 votes per cell); above that it
+    # sums two 15-bit halves.  Both must give the same bytes.
+    inp = mid_size_input()
+    expected = encode_result(compute_consensus(inp))
+    monkeypatch.setattr(agg, "_FLOAT_EXACT_VOTES", 0)
+    assert encode_result(compute_consensus(inp)) == expected
+    rows, _ = lcg_rows(7, 400, 60, 9, 4, skill=[90, 60, 30])
+    small = make_input(rows, 60, 4, 9, gold={1: 2, 2: 0})
+    split = encode_result(compute_consensus(small))
+    monkeypatch.setattr(agg, "_FLOAT_EXACT_VOTES", 1 << 23)
+    assert encode_result(compute_consensus(small)) == split
 
 
 def test_protocol_module_imports_no_io_libraries():
@@ -548,6 +581,29 @@ def test_gold_clamps_and_teaches_skill():
     # gold on an item nobody labelled
     res = compute_consensus(make_input(rows, 11, 2, 2, gold={10: 1}))
     assert res.label[10] == 1 and res.confidence[10] == ONE and res.agreement[10] == 0
+
+
+def herd_input(n_gold):
+    """3 experts right on 20 items, a herd of 10 that always answers truth + 1 (mod 3),
+    gold on the first ``n_gold`` items."""
+    truth = [(7 * i) % 3 for i in range(20)]
+    rows = [(i, e, truth[i]) for i in range(20) for e in range(3)]
+    rows += [(i, h, (truth[i] + 1) % 3) for i in range(20) for h in range(3, 13)]
+    return make_input(rows, 20, 3, 13, gold={i: truth[i] for i in range(n_gold)}), truth
+
+
+def test_gold_exposes_a_wrong_herd_only_when_significant():
+    # Plurality start: the herd's labels everywhere.  The gold-taught run reads the herd as
+    # systematically confused and gets every gold item right; it is kept once the McNemar
+    # test on the gold items is significant: b >= 5 items right only in that run, c = 0.
+    inp, truth = herd_input(6)
+    res = compute_consensus(inp)
+    assert res.label.tolist() == truth
+    assert res.label.tolist() == reference_consensus(inp, agg.CONSENSUS_ITERATIONS)[0]
+    inp, truth = herd_input(4)  # b = 4: not significant, the plurality run stays
+    res = compute_consensus(inp)
+    assert res.label[4:].tolist() == [(t + 1) % 3 for t in truth[4:]]
+    assert res.label.tolist() == reference_consensus(inp, agg.CONSENSUS_ITERATIONS)[0]
 
 
 def test_zero_weight_votes_decide_nothing_but_are_scored():
