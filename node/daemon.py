@@ -342,6 +342,8 @@ class Node:
             if hasattr(self, "blobs"):
                 self.blobs.on_task(mid, msg.body)
         self.task_index.add(mid if msg.kind == KIND_TASK else msg.body.task_id, mid)
+        if self.sync is not None:
+            self.sync.touch(mid if msg.kind == KIND_TASK else msg.body.task_id)
         if msg.kind == KIND_BATCH:
             counts = self._batch_counts.get(msg.body.task_id)
             if counts is not None:
