@@ -267,8 +267,14 @@ class Node:
             checked.append((k, mid, msg, validate_basic(msg, self.params)))
         # Verify signatures in one go; a big group off the event loop (a helper process, see
         # node/verifier.py) while the event loop decodes the next request (two cores busy).
+        # Gossip bundles are verified in a thread, never in a helper: there latency is what
+        # counts, and on a small machine running many nodes, helper start-ups and pipe hops
+        # made whole bundles late (10 nodes at 100 batches/s: p99 ~0.6-0.76 s with helpers,
+        # 0.24-0.43 s without; BENCHMARKS.md). Bulk paths (RPC, sync) use the helpers.
         to_verify = [msg for _, _, msg, v in checked if v.ok]
-        if len(to_verify) >= VERIFY_OFFLOAD_MIN:
+        if len(to_verify) >= VERIFY_OFFLOAD_MIN and source == "gossip":
+            sig_ok = iter(await trio.to_thread.run_sync(_verify_all, to_verify, self.network_id))
+        elif len(to_verify) >= VERIFY_OFFLOAD_MIN:
             sig_ok = iter(await self.verifier.verify(to_verify))
         else:
             sig_ok = iter(_verify_all(to_verify, self.network_id))
