@@ -263,3 +263,21 @@ def resolve_config(data_dir: Path, flags: Mapping[str, Any] | None = None,
         where = f"{path}" if src == "file" else src
         raise ConfigError(f"{e} (value from {where})" if where and src != "default" else str(e)) from None
     return cfg, sources
+
+
+def number_pairs(setting: str, text: str, kinds: Mapping[str, type], error: type[Exception]) -> dict[str, Any]:
+    """Parse ``"a=1,b=2.5"`` (comma-separated field=number pairs, e.g. an environment
+    variable named ``setting``). ``kinds`` maps each known field to ``int`` or ``float``, in
+    the order an error lists them. Raises ``error`` naming the bad pair; ranges are the
+    caller's to check."""
+    values: dict[str, Any] = {}
+    for part in text.split(","):
+        name, sep, raw = part.strip().partition("=")
+        if not sep or name not in kinds:
+            raise error(f"{setting}: expected field=number pairs with fields "
+                        f"{', '.join(kinds)}; got {part.strip()!r}")
+        try:
+            values[name] = kinds[name](raw)
+        except ValueError:
+            raise error(f"{setting}: {name} must be a number, got {raw!r}") from None
+    return values

@@ -37,7 +37,7 @@ from protocol.messages import (
     ACCEPT, Outcome, SignedMessage, TaskAnnouncement, Verdict, decode_message, ignore, reject,
     validate_basic, validate_in_context, verify_signature,
 )
-from protocol.bundle import pack_bundles, split_payload
+from protocol.bundle import group_envelopes, payload_of, split_payload
 from protocol.errors import DecodeError
 
 if TYPE_CHECKING:  # protocol.tally loads numpy (~11 MB RSS): imported when a result is first computed
@@ -493,10 +493,8 @@ class Node:
         round first waits for a publish slot (P2PConfig.publish_rate_per_s) while the
         queue fills, then gathers — so the network gets fewer, bigger messages and
         labels/s grows without growing the per-message cost every peer pays."""
-        wait_slot = getattr(self.p2p, "wait_publish_slot", None)
         async for topic, raw in self._publish_recv:
-            if wait_slot is not None:
-                await wait_slot()  # first the token, then gather: a bundle leaves as soon as it is made
+            await self.p2p.wait_publish_slot()  # first the token, then gather: a bundle leaves as soon as it is made
             by_topic: dict[str, list[bytes]] = {topic: [raw]}
             while True:
                 try:
@@ -506,12 +504,11 @@ class Node:
                 by_topic.setdefault(t, []).append(r)
             # Task announcements first, so no peer sees a batch before its task.
             for t in sorted(by_topic, key=lambda t: self._kind_of_topic.get(t, 0)):
-                raws = by_topic[t]
-                for payload in pack_bundles(raws, self.p2p.max_payload_bytes):
+                for run in group_envelopes(by_topic[t], self.p2p.max_payload_bytes):
                     try:
-                        await self.p2p.publish(t, payload)
+                        await self.p2p.publish(t, payload_of(run))
                         self.counters.published += 1
-                        self.counters.published_envelopes += len(split_payload(payload, self.params))
+                        self.counters.published_envelopes += len(run)
                     except Exception as e:  # the network must not take the node down
                         log.warning("publish failed: %s", e)
 

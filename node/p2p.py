@@ -398,18 +398,10 @@ def p2p_tuning_from_env(env: Any) -> dict[str, Any]:
     text = str(env.get(ENV_P2P_TUNING, "")).strip()
     if not text:
         return {}
-    numeric = {f.name: f for f in dataclasses.fields(P2PConfig) if f.type in ("int", "float")}
-    out: dict[str, Any] = {}
-    for part in text.split(","):
-        name, sep, raw = part.strip().partition("=")
-        if not sep or name not in numeric:
-            raise P2PConfigError(f"{ENV_P2P_TUNING}: expected field=number pairs with fields "
-                                 f"{', '.join(sorted(numeric))}; got {part.strip()!r}")
-        try:
-            out[name] = int(raw) if numeric[name].type == "int" else float(raw)
-        except ValueError:
-            raise P2PConfigError(f"{ENV_P2P_TUNING}: {name} must be a number, got {raw!r}") from None
-    return out
+    from .config import number_pairs
+    kinds = {f.name: {"int": int, "float": float}[f.type] for f in sorted(dataclasses.fields(P2PConfig),
+             key=lambda f: f.name) if f.type in ("int", "float")}
+    return number_pairs(ENV_P2P_TUNING, text, kinds, P2PConfigError)
 
 
 def _ensure_port_free(addr: str) -> None:
@@ -702,28 +694,25 @@ class _TokenBucket:
         self._stamp: float | None = None
         self._lock = trio.Lock()
 
+    async def _refill_and_wait(self) -> None:
+        """Refill for the time passed; if less than one token is there, sleep until one is."""
+        now = trio.current_time()
+        if self._stamp is not None:
+            self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
+        self._stamp = now
+        if self._tokens < 1.0:
+            await trio.sleep((1.0 - self._tokens) / self._rate)
+            self._tokens = 1.0
+            self._stamp = trio.current_time()
+
     async def wait_available(self) -> None:
         """Wait until a token is there (without taking it)."""
         async with self._lock:
-            now = trio.current_time()
-            if self._stamp is not None:
-                self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
-            self._stamp = now
-            if self._tokens < 1.0:
-                await trio.sleep((1.0 - self._tokens) / self._rate)
-                self._tokens = 1.0
-                self._stamp = trio.current_time()
+            await self._refill_and_wait()
 
     async def take(self) -> None:
         async with self._lock:
-            now = trio.current_time()
-            if self._stamp is not None:
-                self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
-            self._stamp = now
-            if self._tokens < 1.0:
-                await trio.sleep((1.0 - self._tokens) / self._rate)
-                self._tokens = 1.0
-                self._stamp = trio.current_time()
+            await self._refill_and_wait()
             self._tokens -= 1.0
 
 

@@ -94,17 +94,9 @@ class RateLimitConfig:
         text = env.get(ENV_LIMITS, "").strip()
         if not text:
             return cls()
-        known = {f.name: f for f in fields(cls)}
-        values: dict = {}
-        for part in text.split(","):
-            name, sep, raw = part.strip().partition("=")
-            if not sep or name not in known:
-                raise ConfigError(f"{ENV_LIMITS}: expected field=number pairs with fields "
-                                  f"{', '.join(known)}; got {part.strip()!r}")
-            try:
-                values[name] = int(raw) if name == "max_tracked" else float(raw)
-            except ValueError:
-                raise ConfigError(f"{ENV_LIMITS}: {name} must be a number, got {raw!r}") from None
+        from .config import number_pairs
+        kinds = {f.name: int if f.name == "max_tracked" else float for f in fields(cls)}
+        values = number_pairs(ENV_LIMITS, text, kinds, ConfigError)
         return cls(**values).validate()
 
     def validate(self) -> "RateLimitConfig":

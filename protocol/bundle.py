@@ -71,31 +71,35 @@ def split_payload(payload: bytes, params: Params) -> list[bytes]:
     return envelopes
 
 
-def pack_bundles(envelopes: list[bytes], max_bytes: int) -> list[bytes]:
-    """Payloads carrying ``envelopes`` in order: a lone envelope travels plain, runs of
-    several become bundles of at most MAX_BUNDLE_ENVELOPES and ``max_bytes`` bytes.
-    Duplicates are dropped (first kept). An envelope too big to fit ``max_bytes`` on its
-    own is returned plain (the caller's size check reports it)."""
-    out: list[bytes] = []
+def group_envelopes(envelopes: list[bytes], max_bytes: int) -> list[list[bytes]]:
+    """``envelopes`` in order, duplicates dropped (first kept), cut into runs that each fit
+    one payload: at most MAX_BUNDLE_ENVELOPES and ``max_bytes`` bytes as a bundle. An
+    envelope too big to fit ``max_bytes`` on its own is a run of one (the caller's size
+    check reports it)."""
+    runs: list[list[bytes]] = []
     run: list[bytes] = []
     size = _BUNDLE_HEADER_BYTES
     seen: set[bytes] = set()
-
-    def flush() -> None:
-        if len(run) == 1:
-            out.append(run[0])
-        elif run:
-            out.append(encode_bundle(run))
-
     for e in envelopes:
         if e in seen:
             continue
         seen.add(e)
         cost = len(e) + _PER_ENVELOPE_BYTES
         if run and (len(run) >= MAX_BUNDLE_ENVELOPES or size + cost > max_bytes):
-            flush()
+            runs.append(run)
             run, size = [], _BUNDLE_HEADER_BYTES
         run.append(e)
         size += cost
-    flush()
-    return out
+    if run:
+        runs.append(run)
+    return runs
+
+
+def payload_of(run: list[bytes]) -> bytes:
+    """The gossip payload of one run: a lone envelope travels plain, several as a bundle."""
+    return run[0] if len(run) == 1 else encode_bundle(run)
+
+
+def pack_bundles(envelopes: list[bytes], max_bytes: int) -> list[bytes]:
+    """Payloads carrying ``envelopes`` in order (``group_envelopes`` then ``payload_of``)."""
+    return [payload_of(run) for run in group_envelopes(envelopes, max_bytes)]

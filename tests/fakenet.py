@@ -91,6 +91,9 @@ class FakeP2P:
     def mesh_peers(self, topic: str) -> list[str]:
         return [p["peer_id"] for p in self.peers()]
 
+    async def wait_publish_slot(self) -> None:
+        """No pacing on the in-memory network."""
+
     async def publish(self, topic: str, data: bytes) -> None:
         self.published.append((topic, data))
         self.seen.add(hashlib.sha256(data).digest())

@@ -1,6 +1,11 @@
 """Shared test harness: deterministic keys, a genesis, message builders."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import nacl.signing
 import trio
 
@@ -10,6 +15,17 @@ from protocol.messages import (
 )
 
 T0 = 1_800_000_000_000  # a fixed "now" in ms
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli(*args, timeout: float = 240, check: bool = True, env: dict | None = None):
+    """Run ``labelmesh ARGS`` (python -m node.cli) from the repository root; with ``check``,
+    a non-zero exit fails the test with the command's output (stderr's last 4,000 chars)."""
+    r = subprocess.run([sys.executable, "-m", "node.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                       timeout=timeout, env={**os.environ, **(env or {})})
+    if check and r.returncode != 0:
+        raise AssertionError(f"labelmesh {' '.join(args)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr[-4000:]}")
+    return r
 
 
 def key(n: int) -> nacl.signing.SigningKey:

@@ -15,7 +15,6 @@ labels through the nodes' RPC sockets. The test then checks that
 from __future__ import annotations
 
 import json
-import os
 import random
 import subprocess
 import sys
@@ -24,6 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
+from .helpers import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -98,12 +98,6 @@ pytestmark = pytest.mark.devnet
 LIMITS = "origin_message_rate_per_s=30,origin_message_burst=300,abuse_threshold=50"
 
 
-def cli(*args, timeout=240, check=True, env=None):
-    r = subprocess.run([sys.executable, "-m", "node.cli", *args], cwd=ROOT, capture_output=True, text=True,
-                       timeout=timeout, env={**os.environ, **(env or {})})
-    if check and r.returncode != 0:
-        raise AssertionError(f"labelmesh {' '.join(args)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
-    return r
 
 
 def rpc(root: Path, i: int, method: str, params=None):

@@ -5,8 +5,6 @@ import hashlib
 import json
 import os
 import random
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -23,8 +21,8 @@ from protocol.codec import pack
 from .fakenet import FakeNet
 from .helpers import make_test_genesis
 from .helpers import FakeClock, fake_node, wait_for
+from .helpers import cli
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 # ------------------------------------------------------------------ pure frames
@@ -295,12 +293,6 @@ async def test_oversized_announcement_is_refused(tmp_path):
 # ------------------------------------------------------------------ real devnet over libp2p
 
 
-def cli(*args, timeout=240, check=True):
-    r = subprocess.run([sys.executable, "-m", "node.cli", *args], cwd=ROOT, capture_output=True, text=True,
-                       timeout=timeout)
-    if check and r.returncode != 0:
-        raise AssertionError(f"labelmesh {' '.join(args)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
-    return r
 
 
 @pytest.mark.devnet

@@ -10,7 +10,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -18,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from node import chaos, netns
+from . import helpers
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_schedule_is_seeded_bounded_and_has_every_kind():
@@ -74,12 +73,8 @@ def test_signed_load_has_unique_ids_and_some_invalid():
     assert 5 <= len(bad) <= 40
 
 
-def cli(*args, timeout=600, check=True):
-    r = subprocess.run([sys.executable, "-m", "node.cli", *args], cwd=ROOT, capture_output=True, text=True,
-                       timeout=timeout)
-    if check and r.returncode != 0:
-        raise AssertionError(f"labelmesh {' '.join(args)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr[-4000:]}")
-    return r
+def cli(*args, timeout=600, **kw):
+    return helpers.cli(*args, timeout=timeout, **kw)
 
 
 @pytest.mark.devnet

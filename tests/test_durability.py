@@ -21,18 +21,13 @@ import pytest
 from node import devnet
 from node.rpc import RpcCallError, RpcClient
 from protocol.messages import AnnotationBatch, compute_set_root, sign_message
+from .helpers import cli
 
 pytestmark = pytest.mark.devnet
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def cli(*args, timeout=240, check=True):
-    r = subprocess.run([sys.executable, "-m", "node.cli", *args], cwd=ROOT, capture_output=True, text=True,
-                       timeout=timeout)
-    if check and r.returncode != 0:
-        raise AssertionError(f"labelmesh {' '.join(args)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
-    return r
 
 
 def rpc(data_dir: Path, method: str, params=None, timeout: float = 30.0):
