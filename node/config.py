@@ -279,5 +279,6 @@ def number_pairs(setting: str, text: str, kinds: Mapping[str, type], error: type
         try:
             values[name] = kinds[name](raw)
         except ValueError:
-            raise error(f"{setting}: {name} must be a number, got {raw!r}") from None
+            what = "an integer" if kinds[name] is int else "a number"
+            raise error(f"{setting}: {name} must be {what}, got {raw!r}") from None
     return values

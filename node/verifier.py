@@ -56,18 +56,25 @@ RETRY_AFTER_S = 10.0
 IDLE_S = 10.0  # a helper unused this long is stopped (~12 MB RSS each); restarting one takes ~0.1 s
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 MAX_AUTO_PROCESSES = 4
+MAX_FORCED_PROCESSES = 64  # LABELMESH_VERIFY_PROCESSES is clamped to 0..this
 
 
 def auto_processes(env=None) -> int:
     """Helpers for this machine: one per core but one (the event loop's), at least 1, at most 4;
-    ``LABELMESH_VERIFY_PROCESSES=N`` overrides it (0 = verify in threads of the node process)."""
+    ``LABELMESH_VERIFY_PROCESSES=N`` overrides it (0 = verify in threads of the node process;
+    clamped to 0..MAX_FORCED_PROCESSES; not an integer: a warning, and the automatic count)."""
     env = os.environ if env is None else env
     forced = env.get("LABELMESH_VERIFY_PROCESSES", "").strip()
     if forced:
         try:
-            return max(0, int(forced))
+            n = int(forced)
         except ValueError:
             log.warning("LABELMESH_VERIFY_PROCESSES=%r is not an integer; ignored", forced)
+        else:
+            if not 0 <= n <= MAX_FORCED_PROCESSES:
+                log.warning("LABELMESH_VERIFY_PROCESSES=%d is outside 0..%d; using %d",
+                            n, MAX_FORCED_PROCESSES, min(max(n, 0), MAX_FORCED_PROCESSES))
+            return min(max(n, 0), MAX_FORCED_PROCESSES)
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):

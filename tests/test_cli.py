@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +30,22 @@ def one_line_error(r):
 def test_no_node_running(tmp_path, verb):
     r = cli(*verb, "--data-dir", str(tmp_path / "none"))
     assert "no node is running" in one_line_error(r)
+
+
+@pytest.mark.parametrize("env, says", [
+    ({"LABELMESH_P2P_TUNING": "gossip_degree=x"}, "LABELMESH_P2P_TUNING: gossip_degree must be an integer"),
+    ({"LABELMESH_P2P_TUNING": "seed=1"}, "LABELMESH_P2P_TUNING: expected field=number pairs"),
+    ({"LABELMESH_P2P_TUNING": "publish_rate_per_s=0"}, "P2PConfig.publish_rate_per_s: must be > 0"),
+    ({"LABELMESH_GOSSIP_LIMITS": "nope=1"}, "LABELMESH_GOSSIP_LIMITS: expected field=number pairs"),
+    ({"LABELMESH_GOSSIP_LIMITS": "origin_message_burst=0"}, "origin_message_burst must be >= 1"),
+])
+def test_run_refuses_bad_tuning_variables_in_one_line(tmp_path, env, says):
+    dd = tmp_path / "n"
+    assert cli("init", "--data-dir", str(dd)).returncode == 0
+    r = subprocess.run([sys.executable, "-m", "node.cli", "run", "--data-dir", str(dd)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60, env={**os.environ, **env})
+    assert r.returncode == 2
+    assert says in one_line_error(r)
 
 
 def test_init_then_errors(tmp_path):

@@ -162,6 +162,11 @@ async def test_cancelled_requests_leave_later_answers_right():
 def test_auto_processes():
     assert auto_processes({"LABELMESH_VERIFY_PROCESSES": "0"}) == 0
     assert auto_processes({"LABELMESH_VERIFY_PROCESSES": "3"}) == 3
+    # Bad values: a warning and a bounded count, never a crash or a process storm.
+    auto = auto_processes({})
+    assert auto_processes({"LABELMESH_VERIFY_PROCESSES": "many"}) == auto
+    assert auto_processes({"LABELMESH_VERIFY_PROCESSES": "100000"}) == verifier_mod.MAX_FORCED_PROCESSES
+    assert auto_processes({"LABELMESH_VERIFY_PROCESSES": "-2"}) == 0
     n = auto_processes({})
     assert 1 <= n <= verifier_mod.MAX_AUTO_PROCESSES
     assert n == max(1, min(verifier_mod.MAX_AUTO_PROCESSES, len(os.sched_getaffinity(0)) - 1))
