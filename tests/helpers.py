@@ -1,6 +1,7 @@
 """Shared test harness: deterministic keys, a genesis, message builders."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -115,3 +116,33 @@ def fake_node(net, name: str, path, genesis, **node_kwargs):
         return p2p
 
     return Node(path, genesis, p2p_factory=factory, **node_kwargs)
+
+
+class RpcConn:
+    """A line-delimited JSON-RPC client on a node's Unix socket (tests only)."""
+
+    def __init__(self, stream):
+        self.stream, self.buf = stream, b""
+
+    @classmethod
+    async def open(cls, socket_path) -> "RpcConn":
+        return cls(await trio.open_unix_socket(str(socket_path)))
+
+    async def send(self, data: bytes):
+        await self.stream.send_all(data)
+
+    async def recv(self, timeout: float = 20):
+        """The next response line, decoded; None if the node closed the connection."""
+        with trio.fail_after(timeout):
+            while b"\n" not in self.buf:
+                chunk = await self.stream.receive_some(1 << 16)
+                if not chunk:
+                    return None
+                self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return json.loads(line)
+
+    async def call(self, method, params=None, id_=1):
+        await self.send(json.dumps({"jsonrpc": "2.0", "id": id_, "method": method, "params": params or {}}).encode()
+                        + b"\n")
+        return await self.recv()

@@ -14,7 +14,6 @@ import os
 import stat
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import msgpack
@@ -30,27 +29,19 @@ from node.ratelimit import GossipRateLimiter, RateLimitConfig
 from protocol.codec import pack
 from protocol.genesis import make_genesis
 from protocol.messages import (
-    DOMAIN_TAGS, KIND_ATTESTATION, KIND_BATCH, KIND_GOLD, KIND_TASK, PHASE_PRECOMMIT, Attestation, Outcome,
+    DOMAIN_TAGS, KIND_BATCH, KIND_GOLD, KIND_TASK, PHASE_PRECOMMIT, Attestation, Outcome,
     check_message, compute_set_root, decode_message, verify_signature,
 )
 
 from .fakenet import FakeNet
 from .helpers import T0, DictContext, key, make_batch, make_task, make_test_genesis, pk, signed
 from . import helpers
-from .helpers import FakeClock, fake_node, wait_for
+from .helpers import FakeClock, RpcConn, fake_node, wait_for
 
 G = make_test_genesis()
 NET = G.network_id
 P = G.params
 L = 2**252 + 27742317777372353535851937790883648493  # order of the ed25519 base point
-
-
-@pytest.fixture
-def short_dir():
-    d = tempfile.mkdtemp(prefix="lmh", dir="/tmp")  # Unix socket paths must stay short
-    yield Path(d)
-    import shutil
-    shutil.rmtree(d, ignore_errors=True)
 
 
 async def start_node(nursery, path, g=G, clock=None, **kw) -> Node:
@@ -503,29 +494,6 @@ async def test_future_messages_ignored_unpenalised_then_synced(tmp_path):
 # --------------------------------------------------------------------------- RPC socket
 
 
-class Conn:
-    def __init__(self, stream):
-        self.stream, self.buf = stream, b""
-
-    async def send(self, data: bytes):
-        await self.stream.send_all(data)
-
-    async def recv(self, timeout=20):
-        with trio.fail_after(timeout):
-            while b"\n" not in self.buf:
-                chunk = await self.stream.receive_some(1 << 16)
-                if not chunk:
-                    return None
-                self.buf += chunk
-        line, self.buf = self.buf.split(b"\n", 1)
-        return json.loads(line)
-
-    async def call(self, method, params=None, id_=1):
-        await self.send(json.dumps({"jsonrpc": "2.0", "id": id_, "method": method, "params": params or {}}).encode()
-                        + b"\n")
-        return await self.recv()
-
-
 async def rpc_node(nursery, d: Path) -> Node:
     ks = Keystore(d)
     ks.create("alice", seed=bytes(key(1)))
@@ -556,7 +524,7 @@ def test_socket_path_that_is_not_a_socket_is_never_replaced(short_dir):
 
 async def test_rpc_limits_answer_with_json_rpc_errors(short_dir, nursery):
     node = await rpc_node(nursery, short_dir)
-    c = Conn(await trio.open_unix_socket(str(node.rpc_socket)))
+    c = await RpcConn.open(node.rpc_socket)
     batch = [{"jsonrpc": "2.0", "id": i, "method": "node_info"} for i in range(rpcmod.MAX_BATCH + 1)]
     await c.send(json.dumps(batch).encode() + b"\n")
     assert (await c.recv())["error"]["code"] == -32600
@@ -567,7 +535,7 @@ async def test_rpc_limits_answer_with_json_rpc_errors(short_dir, nursery):
         assert (await c.recv())["error"]["code"] == -32700, bad[:40]
     assert "result" in await c.call("node_info")  # the connection still works
     # an oversized line: -32600, then that connection is closed; the node lives on
-    big = Conn(await trio.open_unix_socket(str(node.rpc_socket)))
+    big = await RpcConn.open(node.rpc_socket)
     chunk = b"x" * (1 << 20)
     with trio.move_on_after(60):
         try:
@@ -590,7 +558,7 @@ async def test_200_idle_and_slow_clients_cannot_starve_a_legit_one(short_dir, nu
         idle.append(s)
     await wait_for(lambda: node.rpc.connections <= rpcmod.MAX_CONNECTIONS and node.rpc.evicted >= 200 - 128, 20)
     for _ in range(3):  # a legit client, several times, always answered
-        c = Conn(await trio.open_unix_socket(str(node.rpc_socket)))
+        c = await RpcConn.open(node.rpc_socket)
         r = await c.call("node_info")
         assert r["result"]["network_id"] == node.network_id.hex()
         r = await c.call("tasks_list")
@@ -659,7 +627,7 @@ async def test_keys_and_passphrases_never_logged(short_dir, nursery, fast_kdf, m
         os.chmod(short_dir / "accounts" / "bob.json", 0o644)  # provoke the permissions warning
         ks = Keystore(short_dir)
         node = await start_node(nursery, short_dir, keystore=ks, rpc_socket=short_dir / "node.sock")
-        c = Conn(await trio.open_unix_socket(str(node.rpc_socket)))
+        c = await RpcConn.open(node.rpc_socket)
         r = await c.call("task_post", {"account": "bob", "title": "t", "labels": ["a", "b"], "items": ["x", "y"]})
         tid = r["result"]["task_id"]
         r = await c.call("annotations_submit", {"account": "bob", "task_id": tid, "labels": [[0, "a"]]})

@@ -43,13 +43,6 @@ ACCOUNTS = {"val": VALIDATOR, "alice": 1, "ann1": 51, "ann2": 52, "ann3": 53}
 
 # ------------------------------------------------------------------ harness
 
-@pytest.fixture
-def short_dir():
-    d = Path(tempfile.mkdtemp(prefix="lmops", dir="/tmp"))  # Unix socket paths are short
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
 def genesis():
     return make_genesis("ops", T0, [(pk(VALIDATOR), 1)], [], [(pk(1), 10**9)],
                         {"grace_period_ms": 1000, "round_timeout_ms": 2000})

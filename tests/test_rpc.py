@@ -4,8 +4,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-import tempfile
-from pathlib import Path
 
 import pytest
 import trio
@@ -16,40 +14,7 @@ from node.keystore import Keystore
 from protocol.genesis import make_genesis
 
 from .helpers import T0, key, pk, make_batch, signed
-from .helpers import FakeClock
-
-
-@pytest.fixture
-def short_dir():
-    # Unix socket paths are limited to ~100 bytes: keep the data dir short.
-    d = tempfile.mkdtemp(prefix="lm", dir="/tmp")
-    yield Path(d)
-    import shutil
-    shutil.rmtree(d, ignore_errors=True)
-
-
-class Conn:
-    def __init__(self, stream):
-        self.stream = stream
-        self.buf = b""
-
-    async def send_raw(self, data: bytes):
-        await self.stream.send_all(data)
-
-    async def recv(self):
-        with trio.fail_after(10):
-            while b"\n" not in self.buf:
-                chunk = await self.stream.receive_some(1 << 16)
-                if not chunk:
-                    return None
-                self.buf += chunk
-        line, self.buf = self.buf.split(b"\n", 1)
-        return json.loads(line)
-
-    async def call(self, method, params=None, id_=1):
-        await self.send_raw(json.dumps({"jsonrpc": "2.0", "id": id_, "method": method,
-                                        "params": params or {}}).encode() + b"\n")
-        return await self.recv()
+from .helpers import FakeClock, RpcConn
 
 
 @pytest.fixture
@@ -64,8 +29,8 @@ async def node(short_dir, nursery):
     return n
 
 
-async def connect(node) -> Conn:
-    return Conn(await trio.open_unix_socket(str(node.rpc_socket)))
+async def connect(node) -> RpcConn:
+    return await RpcConn.open(node.rpc_socket)
 
 
 async def test_socket_mode_0600(node):
@@ -83,33 +48,33 @@ async def test_node_info(node):
 
 async def test_protocol_errors(node):
     c = await connect(node)
-    await c.send_raw(b"{not json\n")
+    await c.send(b"{not json\n")
     assert (await c.recv())["error"]["code"] == -32700
     assert (await c.call("no_such_method"))["error"]["code"] == -32601
     assert (await c.call("task_get", {"task_id": "zz"}))["error"]["code"] == -32602
     assert (await c.call("task_get", {}))["error"]["code"] == -32602
     assert (await c.call("task_get", {"task_id": "00" * 32}))["error"]["code"] == -32001
-    await c.send_raw(b'{"id": 1, "method": "node_info"}\n')  # missing jsonrpc
+    await c.send(b'{"id": 1, "method": "node_info"}\n')  # missing jsonrpc
     assert (await c.recv())["error"]["code"] == -32600
-    await c.send_raw(b"[]\n")
+    await c.send(b"[]\n")
     assert (await c.recv())["error"]["code"] == -32600
-    await c.send_raw(b"42\n")
+    await c.send(b"42\n")
     assert (await c.recv())["error"]["code"] == -32600
-    await c.send_raw(json.dumps([{"jsonrpc": "2.0", "id": i, "method": "node_info"} for i in range(3)]).encode() + b"\n")
+    await c.send(json.dumps([{"jsonrpc": "2.0", "id": i, "method": "node_info"} for i in range(3)]).encode() + b"\n")
     batch = await c.recv()
     assert [x["id"] for x in batch] == [0, 1, 2]
     too_many = [{"jsonrpc": "2.0", "id": i, "method": "node_info"} for i in range(rpcmod.MAX_BATCH + 1)]
-    await c.send_raw(json.dumps(too_many).encode() + b"\n")
+    await c.send(json.dumps(too_many).encode() + b"\n")
     assert (await c.recv())["error"]["code"] == -32600
     # a notification gets no reply; the next call still works
-    await c.send_raw(b'{"jsonrpc": "2.0", "method": "node_info"}\n')
+    await c.send(b'{"jsonrpc": "2.0", "method": "node_info"}\n')
     assert (await c.call("node_info", id_=7))["id"] == 7
 
 
 async def test_oversized_request_refused_node_survives(node, monkeypatch):
     monkeypatch.setattr(rpcmod, "MAX_REQUEST_BYTES", 1000)
     c = await connect(node)
-    await c.send_raw(b'{"jsonrpc": "2.0", "id": 1, "method": "node_info", "params": {"x": "' + b"a" * 5000)
+    await c.send(b'{"jsonrpc": "2.0", "id": 1, "method": "node_info", "params": {"x": "' + b"a" * 5000)
     r = await c.recv()
     assert r["error"]["code"] == -32600 and "larger" in r["error"]["message"]
     c2 = await connect(node)
