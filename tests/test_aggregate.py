@@ -724,8 +724,10 @@ def test_iteration_count_is_checked():
 # --------------------------------------------------------------------------- real datasets
 
 from node import offline  # noqa: E402
+from node.bench.consensus import datasets_dir  # noqa: E402
 
-DATASETS = Path(os.environ.get("LABELMESH_DATASETS", REPO.parent / "shared" / "datasets"))
+# the benchmark's lookup: $LABELMESH_DATASETS, ../shared/datasets, /work/shared/datasets
+DATASETS = datasets_dir() or REPO.parent / "shared" / "datasets"
 
 #: crowd-kit 1.4.2 accuracies from shared/datasets/BASELINES.md: (DawidSkene, best method).
 BASELINE = {
