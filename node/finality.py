@@ -32,7 +32,7 @@ import logging
 import trio
 
 from protocol.errors import ValidationError
-from protocol.finality import TaskFinality
+from protocol.finality import TaskFinality, compute_round_start
 from protocol.messages import (
     KIND_ATTESTATION, PHASE_PREVOTE, Attestation, Outcome, SignedMessage, decode_message, sign_message,
 )
@@ -121,7 +121,10 @@ class FinalityService:
                 log.error("finality tick failed for %s: %s", task_id.hex()[:16], e)
                 continue
             for it in intents:
-                att = Attestation(validator=self.me, task_id=task_id, created_at=now, round=it.round,
+                # never stamped before the round starts (peers REJECT that), even if the
+                # clock stepped back after the machine entered the round
+                created_at = max(now, compute_round_start(task.deadline, it.round, p))
+                att = Attestation(validator=self.me, task_id=task_id, created_at=created_at, round=it.round,
                                   phase=it.phase, set_root=it.set_root, result_root=it.result_root,
                                   batch_ids=it.batch_ids if it.phase == PHASE_PREVOTE else ())
                 msg = sign_message(att, self.key, self.node.network_id)

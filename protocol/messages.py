@@ -561,6 +561,15 @@ def validate_in_context(msg: SignedMessage, ctx: Context, now_ms: int, params: P
     if isinstance(b, Attestation):
         if ctx.validator_weight(b.validator) <= 0:
             return reject("attestation signer is not a validator of this network")
+        # Rounds are clocked (round r starts at deadline + grace + r * round_timeout) and a
+        # validator stamps created_at with its own clock, so an honest attestation is never
+        # signed before its round starts.  Together with the created_at skew check above
+        # this bounds how far ahead of the clock a stored attestation can be: without it a
+        # faulty validator could fill every node's store with far-future rounds.
+        start = task.deadline + params.grace_period_ms + b.round * params.round_timeout_ms
+        if b.created_at < start:
+            return reject(f"attestation for round {b.round} signed at {b.created_at}, before the round "
+                          f"starts at {start}")
         return ACCEPT
     return reject("unknown message type")
 

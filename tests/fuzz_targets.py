@@ -68,9 +68,10 @@ def _message_seeds():
     batch = signed(make_batch(5, tid, [(0, 1), (1, 2), (4, 0)]), 5, NET)
     reveal = signed(GoldReveal(pk(1), tid, task.deadline, salt, tuple(gold)), 1, NET)
     ids = tuple(sorted([batch.compute_id(NET)]))
-    prevote = signed(Attestation(pk(1000), tid, task.deadline + 10, 0, PHASE_PREVOTE,
+    round0 = task.deadline + P.grace_period_ms  # attestations are never signed before their round
+    prevote = signed(Attestation(pk(1000), tid, round0 + 10, 0, PHASE_PREVOTE,
                                  compute_set_root(tid, ids), bytes(32), ids), 1000, NET)
-    precommits = [signed(Attestation(pk(v), tid, task.deadline + 20, 0, PHASE_PRECOMMIT,
+    precommits = [signed(Attestation(pk(v), tid, round0 + 20, 0, PHASE_PRECOMMIT,
                                      compute_set_root(tid, ids), bytes(32), ()), v, NET) for v in VALIDATORS]
     return task, tid, [tm, batch, reveal, prevote, *precommits], precommits
 

@@ -29,7 +29,7 @@ from node.ratelimit import GossipRateLimiter, RateLimitConfig
 from protocol.codec import pack
 from protocol.genesis import make_genesis
 from protocol.messages import (
-    DOMAIN_TAGS, KIND_BATCH, KIND_GOLD, KIND_TASK, PHASE_PRECOMMIT, Attestation, Outcome,
+    DOMAIN_TAGS, KIND_ATTESTATION, KIND_BATCH, KIND_GOLD, KIND_TASK, PHASE_PRECOMMIT, Attestation, Outcome,
     check_message, compute_set_root, decode_message, verify_signature,
 )
 
@@ -94,7 +94,7 @@ def _signer_no(m) -> int:
 
 def test_forged_signatures_never_accepted():
     task, tm, tid, bs = task_and_batches()
-    att = signed(Attestation(pk(1000), tid, task.deadline + 10, 0, PHASE_PRECOMMIT,
+    att = signed(Attestation(pk(1000), tid, task.deadline + P.grace_period_ms, 0, PHASE_PRECOMMIT,
                              compute_set_root(tid, ()), bytes(32), ()), 1000, NET)
     ctx = DictContext(G, {tid: task})
     other_net = make_test_genesis(n_validators=3).network_id
@@ -229,6 +229,32 @@ async def test_forgeries_through_the_node_store_nothing(tmp_path, nursery):
     assert node.store.count() == before  # nothing forged was stored
     assert node.task_result(tid).batch_ids == ()  # nothing counted
     assert (await node.ingest(bs[0].raw, "gossip"))[0].ok  # the genuine one still gets in
+
+
+async def test_far_future_round_attestations_are_refused_not_stored(tmp_path, nursery):
+    """A genesis validator that signs attestations for rounds that have not started (by
+    the timestamp it signed) is REJECTed before anything is stored or queued, so it
+    cannot grow other nodes' stores or the finality service's pending queue."""
+    clock = FakeClock()
+    node = await start_node(nursery, tmp_path / "n", clock=clock)
+    task, tm, tid, bs = task_and_batches()
+    assert (await node.ingest(tm.raw, "rpc"))[0].ok
+    clock.now = task.deadline + P.grace_period_ms + 2 * P.round_timeout_ms  # round 2 in progress
+
+    def att(round_):
+        return signed(Attestation(pk(1001), tid, clock.now, round_, PHASE_PRECOMMIT, bytes(32), bytes(32), ()),
+                      1001, NET).raw
+
+    before = node.store.count()
+    for round_ in (3, 50, 10**6, 2**64 - 1):
+        raw = att(round_)
+        v, _ = await node.ingest(raw, "gossip")
+        assert v.outcome is Outcome.REJECT and "before the round starts" in v.reason, round_
+        assert await node.gossip_validate(node.topics[KIND_ATTESTATION], raw, "peer-x") is Outcome.REJECT
+    assert node.store.count() == before
+    assert not any(node.finality._pending.values())
+    assert (await node.ingest(att(2), "gossip"))[0].ok  # the current round is fine
+    assert node.store.count() == before + 1
 
 
 # --------------------------------------------------------------------------- replay

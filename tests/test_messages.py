@@ -159,6 +159,28 @@ def test_context_outcomes():
     assert check_message(future.raw, ctx, NET, T0, P)[0].outcome is Outcome.IGNORE
 
 
+def test_attestation_never_signed_before_its_round_starts():
+    """Rounds are clocked: round r starts at deadline + grace + r * round_timeout. An
+    attestation stamped earlier is REJECTed, so a faulty validator cannot fill stores
+    with far-future rounds (created_at itself is bounded by the clock-skew check)."""
+    from protocol.messages import PHASE_PRECOMMIT, Attestation
+    task = make_task(duration_ms=10_000)
+    tid = signed(task, 1, NET).compute_id(NET)
+    ctx = DictContext(G, {tid: task})
+
+    def att(created_at, round_):
+        return signed(Attestation(pk(1000), tid, created_at, round_, PHASE_PRECOMMIT, bytes(32), bytes(32), ()),
+                      1000, NET).raw
+
+    start0 = task.deadline + P.grace_period_ms
+    now = start0 + 3 * P.round_timeout_ms
+    assert check_message(att(start0, 0), ctx, NET, now, P)[0].ok
+    assert check_message(att(now, 3), ctx, NET, now, P)[0].ok
+    for created_at, round_ in [(start0 - 1, 0), (now, 4), (now, 10**9), (now, 2**64 - 1)]:
+        v, _ = check_message(att(created_at, round_), ctx, NET, now, P)
+        assert v.outcome is Outcome.REJECT and "before the round starts" in v.reason, (created_at, round_)
+
+
 def test_replay_into_other_task_fails():
     t1, t2 = make_task(nonce=1), make_task(nonce=2)
     id1, id2 = signed(t1, 1, NET).compute_id(NET), signed(t2, 1, NET).compute_id(NET)

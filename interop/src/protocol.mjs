@@ -356,6 +356,8 @@ function validateInContext (b, ctx, now, p) {
     return ['ACCEPT', '']
   }
   if (!(ctx.validatorWeight(b.validator) > 0n)) return ['REJECT', 'attestation signer is not a validator of this network']
+  const start = BigInt(task.deadline) + BigInt(p.grace_period_ms) + BigInt(b.round) * BigInt(p.round_timeout_ms)
+  if (BigInt(b.created_at) < start) return ['REJECT', `attestation for round ${b.round} signed at ${b.created_at}, before the round starts at ${start}`]
   return ['ACCEPT', '']
 }
 
