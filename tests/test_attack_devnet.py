@@ -14,6 +14,7 @@ labels through the nodes' RPC sockets. The test then checks that
 """
 from __future__ import annotations
 
+import functools
 import json
 import random
 import subprocess
@@ -23,7 +24,7 @@ import time
 from pathlib import Path
 
 import pytest
-from .helpers import cli
+from .helpers import cli, poll
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -106,17 +107,7 @@ def rpc(root: Path, i: int, method: str, params=None):
         return c.call(method, params or {})
 
 
-def wait(cond, timeout: float, what: str, interval: float = 0.25):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            v = cond()
-        except Exception:
-            v = None
-        if v:
-            return v
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+wait = functools.partial(poll, retry_on=(Exception,))  # a node busy or starting: try again
 
 
 @pytest.fixture

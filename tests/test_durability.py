@@ -5,6 +5,7 @@ No timed assertions: every wait is on a condition, bounded.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -21,7 +22,7 @@ import pytest
 from node import devnet
 from node.rpc import RpcCallError, RpcClient
 from protocol.messages import AnnotationBatch, compute_set_root, sign_message
-from .helpers import cli
+from .helpers import cli, poll
 
 pytestmark = pytest.mark.devnet
 
@@ -35,18 +36,7 @@ def rpc(data_dir: Path, method: str, params=None, timeout: float = 30.0):
         return c.call(method, params or {})
 
 
-def wait(cond, timeout: float, what: str):
-    end = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < end:
-        try:
-            v = cond()
-            if v:
-                return v
-        except (OSError, RpcCallError, ConnectionError) as e:  # node (re)starting
-            last = e
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last error: {last})")
+wait = functools.partial(poll, interval=0.1, retry_on=(OSError, RpcCallError, ConnectionError))  # node (re)starting
 
 
 def batch_raw(network_id: bytes, task_id: bytes, annotator: int, n_items: int, created_at: int | None = None,

@@ -17,18 +17,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import functools
 import os
 import queue
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
 import pytest
+
+from .helpers import poll
 
 pytestmark = pytest.mark.devnet
 
@@ -78,18 +80,7 @@ def _rpc(root: Path, i: int, method: str, params=None):
     return rpc(root, i, method, params or {}, timeout=30)
 
 
-def _wait(cond, timeout: float, what: str, interval: float = 0.25):
-    end = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < end:
-        try:
-            v = cond()
-            if v:
-                return v
-        except Exception as e:  # a node busy or still starting: try again
-            last = e
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}" + (f" (last error: {last!r})" if last else ""))
+_wait = functools.partial(poll, retry_on=(Exception,))  # a node busy or still starting: try again
 
 
 class JsPeer:

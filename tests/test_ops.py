@@ -4,6 +4,7 @@ CLI (`node.cli.main`, run in a worker thread since it blocks on the RPC socket),
 one multi-process test of the whole newcomer path (marked devnet)."""
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -15,7 +16,6 @@ import stat
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from functools import partial
 from pathlib import Path
@@ -34,7 +34,7 @@ from protocol.genesis import make_genesis
 
 from .helpers import T0, key, pk
 from . import helpers
-from .helpers import FakeClock, wait_for
+from .helpers import FakeClock, poll, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 VALIDATOR = 1000
@@ -574,14 +574,7 @@ def _cli(*args, timeout=240, check=True, env=None):
     return r
 
 
-def _wait(cond, timeout, what):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+_wait = functools.partial(poll, interval=0.2)
 
 
 class Daemon:
