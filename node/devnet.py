@@ -67,7 +67,11 @@ def _rpc(root: Path, i: int, method: str, params=None, timeout: float = 30.0):
         return c.call(method, params or {})
 
 
-def _wait(cond, timeout: float, what: str, interval: float = 0.2):
+def poll(cond, timeout: float, what: str, *, interval: float = 0.2, retry_on: tuple = (Exception,),
+         error: type[Exception] = DevnetError):
+    """Call ``cond`` every ``interval`` s until it returns something truthy (returned) or
+    ``timeout`` s pass (``error`` naming ``what`` and the last error). Exceptions of the
+    ``retry_on`` types (a node still starting, busy or restarting) count as "not yet"."""
     deadline = time.monotonic() + timeout
     last_err = None
     while time.monotonic() < deadline:
@@ -75,10 +79,13 @@ def _wait(cond, timeout: float, what: str, interval: float = 0.2):
             v = cond()
             if v:
                 return v
-        except Exception as e:  # node still starting
+        except retry_on as e:
             last_err = e
         time.sleep(interval)
-    raise DevnetError(f"timed out after {timeout:.0f} s waiting for {what}" + (f" (last error: {last_err})" if last_err else ""))
+    raise error(f"timed out after {timeout:.0f} s waiting for {what}" + (f" (last error: {last_err!r})" if last_err else ""))
+
+
+_wait = poll
 
 
 def _pids(root: Path) -> dict:

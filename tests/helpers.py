@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import nacl.signing
@@ -98,21 +97,13 @@ async def wait_for(cond, timeout: float = 10.0, what: str = "condition"):
 
 
 def poll(cond, timeout: float, what: str, *, interval: float = 0.25, retry_on: tuple = ()):
-    """Blocking wait for multi-process tests: call ``cond`` every ``interval`` s until it
-    returns something truthy (returned) or ``timeout`` s pass (AssertionError naming
-    ``what`` and the last error). Exceptions of the ``retry_on`` types (a node still
-    starting, busy or restarting) count as "not yet"; any other propagates."""
-    end = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < end:
-        try:
-            v = cond()
-            if v:
-                return v
-        except retry_on as e:
-            last = e
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}" + (f" (last error: {last!r})" if last else ""))
+    """Blocking wait for multi-process tests (node.devnet.poll raising AssertionError):
+    ``cond`` is called every ``interval`` s until truthy or ``timeout`` s pass; exceptions
+    of the ``retry_on`` types count as "not yet", any other propagates."""
+    from node.devnet import poll as devnet_poll
+
+    return devnet_poll(cond, timeout, what, interval=interval, retry_on=retry_on, error=AssertionError)
+
 
 async def advance(clock, until, step=100):
     """Let protocol time run on to ``until`` in steps, yielding to the nodes between steps."""
