@@ -60,7 +60,7 @@ from pathlib import Path
 import nacl.signing
 
 from . import netns
-from .devnet import DevnetError, _alive, _pids, _rpc, _wait, start_node
+from .devnet import DevnetError, _alive, _pids, _rpc, poll, start_node
 
 WARMUP_S = 2.0              # load only, before the first fault
 DEADLINE_MARGIN_S = 5.0     # the task's deadline is this long after the fault window
@@ -264,7 +264,7 @@ class FaultRunner:
             self.killed.add(i)
             if _alive(pid, dd):
                 os.kill(pid, signal.SIGKILL)
-            _wait(lambda: not _alive(pid, dd) or _reap(pid), 30, f"node {i} to die")
+            poll(lambda: not _alive(pid, dd) or _reap(pid), 30, f"node {i} to die")
         elif f.kind == "pause":
             pid, _ = self._pid(i)
             os.kill(pid, signal.SIGSTOP)
@@ -384,7 +384,7 @@ def run(root: Path, *, duration: float, seed: int, rate: float, settle: float, o
     network_id = bytes.fromhex(meta["network_id"])
 
     # --- the task and the pre-signed load
-    _wait(lambda: all(_rpc(root, i, "node_info", timeout=5)["peer_count"] >= 1 for i in range(n)), 60,
+    poll(lambda: all(_rpc(root, i, "node_info", timeout=5)["peer_count"] >= 1 for i in range(n)), 60,
           "every node to have a peer")
     deadline_s = duration + DEADLINE_MARGIN_S
     t = _rpc(root, 0, "task_post", {"account": "requester", "title": f"chaos run, seed {seed}", "labels": LABELS,
@@ -393,7 +393,7 @@ def run(root: Path, *, duration: float, seed: int, rate: float, settle: float, o
     task_id = t["task_id"]
     rep.task_id = task_id
     deadline_ms = t["deadline_ms"]
-    _wait(lambda: all(any(x["task_id"] == task_id for x in _rpc(root, i, "tasks_list", timeout=5)["tasks"])
+    poll(lambda: all(any(x["task_id"] == task_id for x in _rpc(root, i, "tasks_list", timeout=5)["tasks"])
                       for i in range(n)), 30, "the chaos task to reach every node")
     subs = sign_batches(seed, network_id, bytes.fromhex(task_id), max(1, int(rate * duration)))
     schedule = make_schedule(seed, duration, n, has_netns)

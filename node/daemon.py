@@ -21,7 +21,6 @@ and are ready when it returns.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from protocol.genesis import Genesis
 from protocol.messages import (
     KIND_ATTESTATION, KIND_BATCH, KIND_GOLD, KIND_NAMES, KIND_TASK, AnnotationBatch, GoldReveal,
     ACCEPT, Outcome, SignedMessage, TaskAnnouncement, Verdict, decode_message, ignore, reject,
-    validate_basic, validate_in_context, verify_signature,
+    validate_basic, validate_in_context,
 )
 from protocol.bundle import group_envelopes, payload_of, split_payload
 from protocol.errors import DecodeError
@@ -44,6 +43,7 @@ if TYPE_CHECKING:  # protocol.tally loads numpy (~11 MB RSS): imported when a re
     from protocol.tally import TaskResult
 
 from .store import Record, Store, StoreError, StoreWriter
+from .verifier import Verifier, verify_all
 
 log = logging.getLogger("labelmesh.node")
 
@@ -54,10 +54,6 @@ MAX_ORPHANS = 20_000
 UNCAPPED_SOURCES = frozenset({"local", "pinned"})
 ARRIVALS_KEPT = 200_000  # stored-at times remembered for messages_arrival (RPC)
 VERIFY_OFFLOAD_MIN = 16  # signatures verified off the event loop (node/verifier.py) from this many per group on
-
-
-def _verify_all(msgs: list[SignedMessage], network_id: bytes) -> list[bool]:
-    return [verify_signature(m, network_id) for m in msgs]
 
 
 def wall_clock_ms() -> int:
@@ -145,7 +141,6 @@ class Node:
         self._inflight: dict[bytes, trio.Event] = {}
         from .ratelimit import GossipRateLimiter
         self.ratelimit = GossipRateLimiter(rate_limits)  # rate_limits: a ratelimit.RateLimitConfig or None
-        from .verifier import Verifier
         # big groups' signatures: in helper processes (labelmesh run), or threads if 0 (in-process nodes)
         self.verifier = Verifier(self.network_id, verify_processes)
         self._batch_counts: dict[bytes, Counter] = {}  # task -> annotator -> batches stored (for the cap)
@@ -273,11 +268,11 @@ class Node:
         # 0.24-0.43 s without; BENCHMARKS.md). Bulk paths (RPC, sync) use the helpers.
         to_verify = [msg for _, _, msg, v in checked if v.ok]
         if len(to_verify) >= VERIFY_OFFLOAD_MIN and source == "gossip":
-            sig_ok = iter(await trio.to_thread.run_sync(_verify_all, to_verify, self.network_id))
+            sig_ok = iter(await trio.to_thread.run_sync(verify_all, to_verify, self.network_id))
         elif len(to_verify) >= VERIFY_OFFLOAD_MIN:
             sig_ok = iter(await self.verifier.verify(to_verify))
         else:
-            sig_ok = iter(_verify_all(to_verify, self.network_id))
+            sig_ok = iter(verify_all(to_verify, self.network_id))
         for k, mid, msg, v in checked:
             if mid in seen:
                 self.counters.duplicates += 1

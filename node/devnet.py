@@ -85,8 +85,6 @@ def poll(cond, timeout: float, what: str, *, interval: float = 0.2, retry_on: tu
     raise error(f"timed out after {timeout:.0f} s waiting for {what}" + (f" (last error: {last_err!r})" if last_err else ""))
 
 
-_wait = poll
-
 
 def _pids(root: Path) -> dict:
     p = root / "pids.json"
@@ -180,7 +178,7 @@ def up(root: Path, n: int, netns: bool = False) -> dict:
         (dd / "config.toml").write_text(cfg.to_toml())
     t0 = time.monotonic()
     start_node(root, 0)
-    info0 = _wait(lambda: _rpc(root, 0, "node_info"), WAIT_S, "node 0 to start")
+    info0 = poll(lambda: _rpc(root, 0, "node_info"), WAIT_S, "node 0 to start")
     addr0 = [a for a in info0["listen_addrs"] if "/p2p/" in a][0]
     addrs = {0: addr0}
     # Others bootstrap from node 0 plus up to two earlier nodes; start them in waves so
@@ -190,7 +188,7 @@ def up(root: Path, n: int, netns: bool = False) -> dict:
         cfg = NodeConfig(listen=[listen[i]], bootstrap=boot, validator_account="validator")
         (root / f"node-{i}" / "config.toml").write_text(cfg.to_toml())
         start_node(root, i)
-        info = _wait(lambda: _rpc(root, i, "node_info"), WAIT_S, f"node {i} to start")
+        info = poll(lambda: _rpc(root, i, "node_info"), WAIT_S, f"node {i} to start")
         addrs[i] = [a for a in info["listen_addrs"] if "/p2p/" in a][0]
     # For the next start of each node (a restart after a crash): bootstrap from every other
     # node. A restarted node then redials everyone at once itself, instead of waiting for
@@ -200,7 +198,7 @@ def up(root: Path, n: int, netns: bool = False) -> dict:
                          validator_account="validator")
         (root / f"node-{i}" / "config.toml").write_text(cfg.to_toml())
     want = min(2, n - 1)
-    _wait(lambda: all(_rpc(root, i, "node_info")["peer_count"] >= want for i in range(n)), WAIT_S,
+    poll(lambda: all(_rpc(root, i, "node_info")["peer_count"] >= want for i in range(n)), WAIT_S,
           f"every node to have at least {want} peers")
     meta = {"nodes": n, "network_id": genesis.network_id.hex(), "addrs": addrs, "netns": bool(layout),
             "started_in_s": round(time.monotonic() - t0, 1)}
@@ -281,7 +279,7 @@ def demo(root: Path, n_items: int, deadline_s: float, seed: int) -> dict:
     task_id = r["task_id"]
     deadline_ms = r["deadline_ms"]
     print(f"posted task {task_id[:16]}… ({n_items} items, bounty 1,000,000 credits) on node 0", flush=True)
-    _wait(lambda: all(any(t["task_id"] == task_id for t in _rpc(root, i, "tasks_list")["tasks"]) for i in range(n)),
+    poll(lambda: all(any(t["task_id"] == task_id for t in _rpc(root, i, "tasks_list")["tasks"]) for i in range(n)),
           30, "the task to reach every node")
     print(f"task reached all {n} nodes in {time.monotonic() - t0:.1f} s", flush=True)
     submitted = 0
@@ -310,7 +308,7 @@ def demo(root: Path, n_items: int, deadline_s: float, seed: int) -> dict:
         return None
 
     print("waiting for the validators' certificate…", flush=True)
-    rs = _wait(certified_everywhere, 90, "every node to report the same certified result", interval=0.5)
+    rs = poll(certified_everywhere, 90, "every node to report the same certified result", interval=0.5)
     res = rs[0]
     got = [it["label_index"] for it in res["items"]]
     scored = [i for i in range(n_items) if i not in set(gold_items)]  # accuracy on the non-gold items

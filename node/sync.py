@@ -73,6 +73,14 @@ class PeerSyncState:
 
 
 @dataclass
+class _Budget:
+    """What one session may still spend: requests to the peer, and a one-time wait before
+    its first fetch (``SETTLE_S`` for periodic sessions, 0 otherwise)."""
+    requests: int = MAX_REQUESTS_PER_SESSION
+    settle_s: float = 0.0
+
+
+@dataclass
 class SyncService:
     node: object
     interval_s: float = 3.0
@@ -200,11 +208,11 @@ class SyncService:
         self._in_session.add(peer_id)
         stored = 0
         try:
-            budget = [MAX_REQUESTS_PER_SESSION, settle_s]
+            budget = _Budget(settle_s=settle_s)
             cursor = b""
             lag = 0
             while True:
-                budget[0] -= 1
+                budget.requests -= 1
                 rows, nxt = sp.decode_summary_response(
                     await self._req(peer_id, sp.encode_summary_request(cursor, sp.MAX_SUMMARY_TASKS), st))
                 for tid, count, fp in rows:
@@ -214,7 +222,7 @@ class SyncService:
                     if settle_s > 0 and self._defer(peer_id, tid):
                         continue
                     stored += await self._reconcile_task(peer_id, tid, st, budget)
-                if nxt is None or not rows or budget[0] <= 0:
+                if nxt is None or not rows or budget.requests <= 0:
                     break
                 if nxt <= cursor:
                     raise sp.SyncProtocolError("summary cursor did not advance")
@@ -237,15 +245,15 @@ class SyncService:
             self._in_session.discard(peer_id)
         return stored
 
-    async def _reconcile_task(self, peer_id: str, task_id: bytes, st: PeerSyncState, budget: list) -> int:
+    async def _reconcile_task(self, peer_id: str, task_id: bytes, st: PeerSyncState, budget: _Budget) -> int:
         stack = [(b"", None, 0)]
         missing: list[bytes] = []
         stored = 0
-        while stack and budget[0] > 0:
+        while stack and budget.requests > 0:
             lo, hi, depth = stack.pop()
             if depth > MAX_DEPTH:
                 raise sp.SyncProtocolError("range recursion too deep")
-            budget[0] -= 1
+            budget.requests -= 1
             mode, payload = sp.decode_range_response(
                 await self._req(peer_id, sp.encode_range_request(task_id, lo, hi), st))
             local = self.node.task_index.ids.get(task_id)
@@ -271,12 +279,12 @@ class SyncService:
             stored += await self._fetch(peer_id, missing, st, budget)
         return stored
 
-    async def _fetch(self, peer_id: str, ids: list[bytes], st: PeerSyncState, budget: list,
+    async def _fetch(self, peer_id: str, ids: list[bytes], st: PeerSyncState, budget: _Budget,
                      source: str = "sync") -> int:
         want = list(dict.fromkeys(ids))
-        if len(budget) > 1 and budget[1] > 0:
-            await trio.sleep(budget[1])
-            budget[1] = 0.0
+        if budget.settle_s > 0:
+            await trio.sleep(budget.settle_s)
+            budget.settle_s = 0.0
             want = [i for i in want if not self.node.store.has(i)]
         want = [i for i in want if i not in self._fetching]  # another session brings those
         self._fetching.update(want)
@@ -285,27 +293,28 @@ class SyncService:
         finally:
             self._fetching.difference_update(want)
 
-    async def _fetch_claimed(self, peer_id: str, want: list[bytes], st: PeerSyncState, budget: list,
+    async def _fetch_claimed(self, peer_id: str, want: list[bytes], st: PeerSyncState, budget: _Budget,
                              source: str) -> int:
         stored = 0
-        while want and budget[0] > 0:
+        while want and budget.requests > 0:
             chunk = want[: sp.MAX_GET_IDS]
-            budget[0] -= 1
+            budget.requests -= 1
             raws = sp.decode_get_response(
                 await self._req(peer_id, sp.encode_get_request(chunk), st), self.node.params.max_message_bytes)
             if not raws:
                 break
             results = await self.node.ingest_many(raws, source)
             got = set()
-            bad = 0
+            accepted = bad = 0
             for v, mid in results:
                 if mid is not None:
                     got.add(mid)
                 if v.outcome is Outcome.ACCEPT:
-                    stored += 1
+                    accepted += 1
                 elif v.outcome is Outcome.REJECT:
                     bad += 1
-            st.fetched += sum(1 for v, _ in results if v.outcome is Outcome.ACCEPT)
+            stored += accepted
+            st.fetched += accepted
             if bad:
                 await self._penalise(peer_id, st, bad, f"{bad} invalid messages in a sync response")
             unasked = got - set(chunk)
@@ -330,7 +339,7 @@ class SyncService:
             try:
                 # "pinned": ids named by attestations/certificates, stored even past the
                 # per-annotator cap (node/daemon.py UNCAPPED_SOURCES) so finality can converge.
-                stored += await self._fetch(p, want, st, [MAX_REQUESTS_PER_SESSION], source="pinned")
+                stored += await self._fetch(p, want, st, _Budget(), source="pinned")
             except _Banned:
                 continue
             except Exception as e:

@@ -82,7 +82,8 @@ def auto_processes(env=None) -> int:
     return max(1, min(MAX_AUTO_PROCESSES, cores - 1))
 
 
-def _verify_all(msgs: list[SignedMessage], network_id: bytes) -> list[bool]:
+def verify_all(msgs: list[SignedMessage], network_id: bytes) -> list[bool]:
+    """``verify_signature`` of each message, here and now (the thread / small-group path)."""
     return [verify_signature(m, network_id) for m in msgs]
 
 
@@ -146,7 +147,7 @@ class Verifier:
                 self.groups_in_process += 1
                 return result
         self.groups_in_thread += 1
-        return await trio.to_thread.run_sync(_verify_all, msgs, self.network_id)
+        return await trio.to_thread.run_sync(verify_all, msgs, self.network_id)
 
     async def _verify_in_process(self, msgs: list[SignedMessage]) -> list[bool] | None:
         nid = self.network_id

@@ -1,6 +1,6 @@
 """A signature-verification helper process (started by ``node/verifier.py``; not a CLI).
 
-Run as a script (``python -I verify_worker.py IDLE_S``), so it imports nothing but the
+Run as a script (``python -P verify_worker.py IDLE_S``), so it imports nothing but the
 standard library and pynacl: no project code, no trio. It reads requests from stdin
 and answers each on stdout, in order:
 
@@ -72,7 +72,7 @@ def main() -> int:
                 pass
             off = end
         try:
-            _write_all(wfd, HEADER.pack(count, 0)[:4] + bytes(out))
+            _write_all(wfd, count.to_bytes(4, "little") + bytes(out))
         except BrokenPipeError:
             return 0
 

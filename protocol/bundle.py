@@ -98,8 +98,3 @@ def group_envelopes(envelopes: list[bytes], max_bytes: int) -> list[list[bytes]]
 def payload_of(run: list[bytes]) -> bytes:
     """The gossip payload of one run: a lone envelope travels plain, several as a bundle."""
     return run[0] if len(run) == 1 else encode_bundle(run)
-
-
-def pack_bundles(envelopes: list[bytes], max_bytes: int) -> list[bytes]:
-    """Payloads carrying ``envelopes`` in order (``group_envelopes`` then ``payload_of``)."""
-    return [payload_of(run) for run in group_envelopes(envelopes, max_bytes)]

@@ -67,7 +67,7 @@ from .codec import pack, sha256, unpack
 from .errors import DecodeError, ValidationError
 from .messages import (
     ACCEPT, PHASE_PRECOMMIT, PHASE_PREVOTE, AccountKey, Attestation, SignedMessage, TaskId, Verdict,
-    compute_set_root, decode_message, ignore, reject, verify_signature,
+    compute_round_start, compute_set_root, decode_message, ignore, reject, verify_signature,
 )
 from .params import Params
 
@@ -89,14 +89,9 @@ def is_quorum(weight: Weight, total: Weight) -> bool:
     return 3 * weight > 2 * total
 
 
-def compute_round_start(deadline: int, round_: int, params: Params) -> int:
-    """Time (ms) at which ``round_`` starts: deadline + grace + round * round_timeout."""
-    return deadline + params.grace_period_ms + round_ * params.round_timeout_ms
-
-
 def compute_round(deadline: int, now_ms: int, params: Params) -> int:
     """The round in progress at ``now_ms``, or -1 before round 0 starts."""
-    start = deadline + params.grace_period_ms
+    start = compute_round_start(deadline, 0, params)
     if now_ms < start:
         return -1
     return (now_ms - start) // params.round_timeout_ms

@@ -521,6 +521,12 @@ class Context(Protocol):
     def validator_weight(self, account: bytes) -> int: ...
 
 
+def compute_round_start(deadline: int, round_: int, params: Params) -> int:
+    """Time (ms) at which finality round ``round_`` of a task with this deadline starts:
+    deadline + grace + round * round_timeout (rounds are clocked; PROTOCOL.md 11)."""
+    return deadline + params.grace_period_ms + round_ * params.round_timeout_ms
+
+
 def validate_in_context(msg: SignedMessage, ctx: Context, now_ms: int, params: Params) -> Verdict:
     """Checks that need the referenced task, the validator set and the clock.
 
@@ -566,7 +572,7 @@ def validate_in_context(msg: SignedMessage, ctx: Context, now_ms: int, params: P
         # signed before its round starts.  Together with the created_at skew check above
         # this bounds how far ahead of the clock a stored attestation can be: without it a
         # faulty validator could fill every node's store with far-future rounds.
-        start = task.deadline + params.grace_period_ms + b.round * params.round_timeout_ms
+        start = compute_round_start(task.deadline, b.round, params)
         if b.created_at < start:
             return reject(f"attestation for round {b.round} signed at {b.created_at}, before the round "
                           f"starts at {start}")

@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 
 from node.ratelimit import GossipRateLimiter, RateLimitConfig
 from protocol.bundle import (
-    BUNDLE_TAG, MAX_BUNDLE_ENVELOPES, encode_bundle, is_bundle, pack_bundles, split_payload,
+    BUNDLE_TAG, MAX_BUNDLE_ENVELOPES, encode_bundle, group_envelopes, is_bundle, payload_of, split_payload,
 )
 from protocol.codec import pack
 from protocol.errors import DecodeError
@@ -71,6 +71,11 @@ def test_encode_bundle_refuses_what_split_would():
         encode_bundle([b"a", b"a"])
     with pytest.raises(ValueError):
         encode_bundle([bytes([i % 256, i // 256]) for i in range(MAX_BUNDLE_ENVELOPES + 1)])
+
+
+def pack_bundles(envelopes, max_bytes):
+    """What the publisher (node/daemon.py) sends for these envelopes: one payload per run."""
+    return [payload_of(run) for run in group_envelopes(envelopes, max_bytes)]
 
 
 @settings(max_examples=200, deadline=None)
