@@ -10,7 +10,8 @@ and optionally revealed gold answers.  Two estimators are offered:
   weights (ties: lowest class index).  Cheap; used as a first pass and as the EM start.
 * :func:`compute_consensus` -- a Dawid-Skene estimator (per-annotator confusion matrix with
   Dirichlet priors, variational-Bayes EM), initialised from the weighted plurality, with
-  reputation as a competence prior and as a cap on each annotator's say, gold clamped;
+  reputation as a competence prior and as a cap on each annotator's say, gold clamped
+  (and, with gold, the model variant chosen by the gold's held-out likelihood);
   iterated until an integer convergence test passes (at most CONSENSUS_ITERATIONS
   updates), entirely in integer fixed-point arithmetic (log2, exp2 and
   digamma are integer algorithms: ``_fixed_log2``, ``_fixed_exp2_neg``,
@@ -571,38 +572,40 @@ def _normalise(log_score: np.ndarray) -> np.ndarray:
     return (u << PROB_SHIFT) // u.sum(axis=0)
 
 
-def compute_consensus(inp: AggregateInput, *, iterations: int = CONSENSUS_ITERATIONS) -> AggregateResult:
-    """Reputation-weighted Dawid-Skene consensus, integer fixed point, bit-identical.
+@dataclasses.dataclass(frozen=True)
+class _Model:
+    """One Dawid-Skene variant (see GOLD_MODELS): ``use_map`` scores log-parameters by
+    log of the counts instead of digamma; ``pooled_votes`` adds that many pseudo-votes of
+    the population confusion matrix to every annotator's rows."""
 
-    Model: each item has a true class; annotator ``a`` reports class ``l`` for true class
-    ``k`` with probability theta[a, k, l] (a full confusion matrix).  Priors:
-    theta[a, k, :] ~ Dirichlet(CONFUSION_PRIOR + diag * prior_weight[a] / WEIGHT_ONE) and
-    class proportions ~ Dirichlet(CLASS_PRIOR).  Estimation is variational Bayes EM
-    (expected log-parameters via digamma), started from the weighted plurality shares, with
-    at most ``iterations`` updates (``iterations + 1`` M+E steps): it stops as soon as an
-    update would move the posteriors by at most 2**-CONVERGENCE_SHIFT per item on average
-    (an integer test, so every node stops at the same step).  In the E step annotator ``a``'s log-likelihood is multiplied
-    by min(prior_weight[a], WEIGHT_ONE) / WEIGHT_ONE, so an annotator with tiny prior weight
-    has a tiny say, and weight 0 none.  Revealed gold items are clamped to their gold label
-    in every step (and so teach the annotators' matrices); when there is gold, EM also runs
-    from the matrices learnt on the gold items alone, and that run is kept only if it
-    explains the gold significantly better (a McNemar test on the gold items).
+    use_map: bool
+    pooled_votes: int
 
-    Label: the class with the highest integer log-score (ties: lowest class index); -1 for
-    an item with no vote of positive weight and no gold.  Confidence: its posterior
-    probability.  See docs/consensus.md for the exact arithmetic.
 
-    Raises AggregateError on malformed input or an iteration count outside
-    [0, MAX_CONSENSUS_ITERATIONS].
-    """
-    votes = _canonical_votes(inp)
-    iterations = _check_count("iterations", iterations, 0, MAX_CONSENSUS_ITERATIONS)
+#: The models a task with gold chooses from (compute_consensus); the first is the default
+#: and the only one used without gold: variational Bayes (digamma).  The second is MAP
+#: (log) with one pooled pseudo-vote, the third VB with one pooled pseudo-vote.
+GOLD_MODELS = (_Model(False, 0), _Model(True, 1), _Model(False, 1))
+#: Gold items are split into GOLD_FOLDS folds (by rank in item order, rank mod GOLD_FOLDS)
+#: for the held-out likelihood that chooses the model.
+GOLD_FOLDS = 3
+#: A model replaces the default only if its calibrated held-out log2-likelihood of the
+#: gold labels is more than this many bits (units 1/LOG_ONE) above the default's.
+GOLD_SELECT_MARGIN = 5 * LOG_ONE
+#: Calibration temperatures t / 16 tried per model (t = 1 .. 32, i.e. 1/16 .. 2).
+_TEMPERATURE_STEPS = 32
+
+
+def _fit(votes: _Votes, gold_item: np.ndarray, gold_label: np.ndarray, iterations: int, model: _Model,
+         *, both_starts: bool) -> tuple[np.ndarray, np.ndarray]:
+    """EM for one model with the given gold clamped.  Returns the class-major log-scores
+    and the indices of items without evidence.  With ``both_starts`` and gold, EM also
+    runs from the gold-taught matrices and the McNemar rule picks one run."""
     n_items, k, n_ann = votes.n_items, votes.n_classes, votes.n_annotators
     item, ann, lab = votes.item, votes.annotator, votes.label  # sorted by (item, annotator)
     n_votes = item.size
     weight = votes.prior_weight
     temper = np.minimum(weight, WEIGHT_ONE)  # per annotator, units 1/WEIGHT_ONE
-    gold_item, gold_label = votes.gold_item, votes.gold_label
 
     # items with evidence: a vote of positive weight, or gold
     evidence = np.zeros(n_items, dtype=bool)
@@ -613,12 +616,7 @@ def compute_consensus(inp: AggregateInput, *, iterations: int = CONSENSUS_ITERAT
     tolerance = (int(n_items - no_evidence.size) * PROB_ONE) >> CONVERGENCE_SHIFT
 
     def clamp(q: np.ndarray) -> np.ndarray:
-        """Shares of items without evidence are 0, gold items are one-hot (in place)."""
-        q[:, no_evidence] = 0
-        if gold_item.size:
-            q[:, gold_item] = 0
-            q[gold_label, gold_item] = PROB_ONE
-        return q
+        return _clamp(q, no_evidence, gold_item, gold_label)
 
     # Work arrays are class-major: q[c, i], log_score[c, i], table[c, a*k + l].
     # start: weighted plurality shares (units 1/PROB_ONE), gold clamped.  Scores reach
@@ -641,6 +639,7 @@ def compute_consensus(inp: AggregateInput, *, iterations: int = CONSENSUS_ITERAT
     every_item_voted = e_keys.size == n_items
     diag_prior = weight << (PROB_SHIFT - WEIGHT_SHIFT)  # weight / WEIGHT_ONE pseudo-votes
     diag = np.arange(k)
+    log_of = _fixed_log2 if model.use_map else _fixed_digamma2
 
     def cell_sums(values: np.ndarray) -> np.ndarray:
         """sum of values[item] over the votes of each (annotator, label) cell (exact)."""
@@ -659,9 +658,12 @@ def compute_consensus(inp: AggregateInput, *, iterations: int = CONSENSUS_ITERAT
                         cells[c] = (cell_sums(q[c] >> 15) << 15) + cell_sums(q[c] & 0x7FFF)
                     else:
                         cells[c] = cell_sums(q[c])
-            conf = cells.reshape(k, n_ann, k).transpose(1, 0, 2) + CONFUSION_PRIOR  # [a, true, l]
+            counts = cells.reshape(k, n_ann, k)  # [true, a, l]
+            conf = counts.transpose(1, 0, 2) + CONFUSION_PRIOR  # [a, true, l]
             conf[:, diag, diag] += diag_prior[:, None]
-            elog = _fixed_digamma2(conf) - _fixed_digamma2(conf.sum(axis=2, keepdims=True))
+            if model.pooled_votes:
+                conf += _pooled_prior(counts, model.pooled_votes)[None, :, :]
+            elog = log_of(conf) - log_of(conf.sum(axis=2, keepdims=True))
             class_count = q.sum(axis=1) + CLASS_PRIOR  # q is 0 on items without evidence
             elog_prior = _fixed_digamma2(class_count) - _fixed_digamma2(class_count.sum(keepdims=True))
             # tempered table [true c, a*k + l]
@@ -688,7 +690,7 @@ def compute_consensus(inp: AggregateInput, *, iterations: int = CONSENSUS_ITERAT
         return log_score
 
     log_score = run_em(q_start)
-    if gold_item.size:
+    if both_starts and gold_item.size:
         # Also run EM from the matrices the gold items alone teach (shares 0 except on
         # gold), and keep that run only if its unclamped labels match the gold
         # significantly more often (McNemar: b right only in the gold-taught run, c right
@@ -702,9 +704,110 @@ def compute_consensus(inp: AggregateInput, *, iterations: int = CONSENSUS_ITERAT
         c = int(np.count_nonzero(base_ok & ~alt_ok))
         if b > c and (b - c) ** 2 > 4 * (b + c):
             log_score = alt
+    return log_score, no_evidence
+
+
+def _clamp(q: np.ndarray, no_evidence: np.ndarray, gold_item: np.ndarray, gold_label: np.ndarray) -> np.ndarray:
+    """Shares of items without evidence are 0, gold items are one-hot (in place)."""
+    q[:, no_evidence] = 0
+    if gold_item.size:
+        q[:, gold_item] = 0
+        q[gold_label, gold_item] = PROB_ONE
+    return q
+
+
+def _pooled_prior(counts: np.ndarray, votes: int) -> np.ndarray:
+    """``votes`` pseudo-votes (units 1/PROB_ONE) of the population confusion matrix:
+    row c of the expected counts summed over annotators, as shares in units of 1/1024
+    (floored), times ``votes``.  ``counts`` is [true, annotator, label]."""
+    pop = counts.sum(axis=1)  # [true, label], <= 2**24 votes * 2**30
+    total = pop.sum(axis=1, keepdims=True)
+    shift = np.maximum(_bit_length(total) - 52, 0)  # keeps (pop << 10) below 2**63
+    share = ((pop >> shift) << 10) // np.maximum(total >> shift, 1)  # <= 1024
+    return (share * votes) << (PROB_SHIFT - 10)
+
+
+def _calibrated_log2_likelihood(q: np.ndarray, label: np.ndarray) -> int:
+    """Held-out fit of posteriors ``q`` (class-major, units 1/PROB_ONE) to ``label``:
+    the best over temperatures t/16 (t = 1 .. _TEMPERATURE_STEPS) of
+    sum_i log2 softmax_2(t/16 * log2 max(q_i, 2**-30))[label_i], in units of 1/LOG_ONE.
+    The temperature takes out each model's over- or under-confidence, so models are
+    compared on how well they rank the gold labels, not on how sure they sound."""
+    if not label.size:
+        return 0
+    log_q = _fixed_log2(np.maximum(q, 1)) - (PROB_SHIFT << LOG_SHIFT)  # in [-30, 0] bits
+    cols = np.arange(label.size)
+    best = None
+    for t in range(1, _TEMPERATURE_STEPS + 1):
+        z = (log_q * t) >> 4
+        top = z.max(axis=0)
+        total = _fixed_exp2_neg(top - z).sum(axis=0)  # units 1/PROB_ONE, >= PROB_ONE
+        ll = int((z[label, cols] - top).sum()) - int((_fixed_log2(total) - (PROB_SHIFT << LOG_SHIFT)).sum())
+        best = ll if best is None else max(best, ll)
+    return best
+
+
+def _select_model(votes: _Votes, iterations: int) -> int:
+    """Index into GOLD_MODELS of the model the gold chooses (see GOLD_SELECT_MARGIN)."""
+    gold_item, gold_label = votes.gold_item, votes.gold_label
+    fold = np.arange(gold_item.size) % GOLD_FOLDS
+    scores = []
+    for model in GOLD_MODELS:
+        held_q, held_label = [], []
+        for f in range(GOLD_FOLDS):
+            test = fold == f
+            if not test.any():
+                continue
+            log_score, no_evidence = _fit(votes, gold_item[~test], gold_label[~test], iterations, model,
+                                          both_starts=False)
+            q = _normalise(log_score[:, gold_item[test]])
+            q[:, np.isin(gold_item[test], no_evidence)] = 0
+            held_q.append(q)
+            held_label.append(gold_label[test])
+        scores.append(_calibrated_log2_likelihood(np.concatenate(held_q, axis=1), np.concatenate(held_label)))
+    best = max(range(len(scores)), key=lambda m: (scores[m], -m))  # ties: the earlier model
+    return best if scores[best] - scores[0] > GOLD_SELECT_MARGIN else 0
+
+
+def compute_consensus(inp: AggregateInput, *, iterations: int = CONSENSUS_ITERATIONS) -> AggregateResult:
+    """Reputation-weighted Dawid-Skene consensus, integer fixed point, bit-identical.
+
+    Model: each item has a true class; annotator ``a`` reports class ``l`` for true class
+    ``k`` with probability theta[a, k, l] (a full confusion matrix).  Priors:
+    theta[a, k, :] ~ Dirichlet(CONFUSION_PRIOR + diag * prior_weight[a] / WEIGHT_ONE) and
+    class proportions ~ Dirichlet(CLASS_PRIOR).  Estimation is variational Bayes EM
+    (expected log-parameters via digamma), started from the weighted plurality shares, with
+    at most ``iterations`` updates (``iterations + 1`` M+E steps): it stops as soon as an
+    update would move the posteriors by at most 2**-CONVERGENCE_SHIFT per item on average
+    (an integer test, so every node stops at the same step).  In the E step annotator ``a``'s log-likelihood is multiplied
+    by min(prior_weight[a], WEIGHT_ONE) / WEIGHT_ONE, so an annotator with tiny prior weight
+    has a tiny say, and weight 0 none.  Revealed gold items are clamped to their gold label
+    in every step (and so teach the annotators' matrices); when there is gold, EM also runs
+    from the matrices learnt on the gold items alone, and that run is kept only if it
+    explains the gold significantly better (a McNemar test on the gold items).
+
+    With gold, the gold also chooses the model among GOLD_MODELS: each is fitted GOLD_FOLDS
+    times with one fold of the gold hidden, scored by the calibrated log2-likelihood of
+    the hidden gold labels, and a model other than the default is used only if it scores
+    more than GOLD_SELECT_MARGIN above it.
+
+    Label: the class with the highest integer log-score (ties: lowest class index); -1 for
+    an item with no vote of positive weight and no gold.  Confidence: its posterior
+    probability.  See docs/consensus.md for the exact arithmetic.
+
+    Raises AggregateError on malformed input or an iteration count outside
+    [0, MAX_CONSENSUS_ITERATIONS].
+    """
+    votes = _canonical_votes(inp)
+    iterations = _check_count("iterations", iterations, 0, MAX_CONSENSUS_ITERATIONS)
+    n_items = votes.n_items
+    item, ann, lab = votes.item, votes.annotator, votes.label
+    gold_item, gold_label = votes.gold_item, votes.gold_label
+    model = GOLD_MODELS[_select_model(votes, iterations) if gold_item.size else 0]
+    log_score, no_evidence = _fit(votes, gold_item, gold_label, iterations, model, both_starts=True)
 
     label = _argmax_classes(log_score)
-    q = clamp(_normalise(log_score))
+    q = _clamp(_normalise(log_score), no_evidence, gold_item, gold_label)
     label[gold_item] = gold_label
     label[no_evidence] = -1
     confidence = np.where(label >= 0, q[np.maximum(label, 0), np.arange(n_items)], 0) >> (PROB_SHIFT - ONE_SHIFT)
@@ -712,11 +815,13 @@ def compute_consensus(inp: AggregateInput, *, iterations: int = CONSENSUS_ITERAT
     # expected share of each annotator's votes (on items with evidence) that are correct
     on_ann, on_cell = ann, lab * n_items + item
     if no_evidence.size:
-        on = evidence[item]
+        on = np.ones(n_items, dtype=bool)
+        on[no_evidence] = False
+        on = on[item]
         on_ann, on_cell = ann[on], on_cell[on]
     right = np.bincount(on_ann, weights=(np.take(q, on_cell) >> (PROB_SHIFT - ONE_SHIFT)).astype(np.float64),
-                        minlength=n_ann).astype(np.int64)  # sums <= 2**24 * 2**16: exact
-    n_counted = np.bincount(on_ann, minlength=n_ann).astype(np.int64)
+                        minlength=votes.n_annotators).astype(np.int64)  # sums <= 2**24 * 2**16: exact
+    n_counted = np.bincount(on_ann, minlength=votes.n_annotators).astype(np.int64)
     accuracy = np.where(n_counted > 0, right // np.maximum(n_counted, 1), 0)
     return _finish(votes, label, confidence, accuracy)
 

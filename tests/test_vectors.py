@@ -235,6 +235,9 @@ def test_aggregate_constants():
                                                                         aggregate.PROB_ONE, aggregate.LOG_ONE)
     assert (c["CONFUSION_PRIOR"], c["CLASS_PRIOR"], c["CONSENSUS_ITERATIONS"], c["LOG2E_Q32"]) == (
         aggregate.CONFUSION_PRIOR, aggregate.CLASS_PRIOR, aggregate.CONSENSUS_ITERATIONS, aggregate.LOG2E_Q32)
+    assert (c["GOLD_FOLDS"], c["GOLD_SELECT_MARGIN"], c["GOLD_MODELS"]) == (
+        aggregate.GOLD_FOLDS, aggregate.GOLD_SELECT_MARGIN,
+        [[int(m.use_map), m.pooled_votes] for m in aggregate.GOLD_MODELS])
     for table, name in ((aggregate._LOG2_TABLE, "log2_table_sha256"), (aggregate._EXP2_HI, "exp2_hi_table_sha256"),
                         (aggregate._EXP2_LO, "exp2_lo_table_sha256")):
         assert hashlib.sha256(table.astype("<i8").tobytes()).hexdigest() == c[name]
