@@ -596,20 +596,57 @@ GOLD_SELECT_MARGIN = 5 * LOG_ONE
 _TEMPERATURE_STEPS = 32
 
 
-def _fit(votes: _Votes, gold_item: np.ndarray, gold_label: np.ndarray, iterations: int, model: _Model,
-         *, both_starts: bool) -> tuple[np.ndarray, np.ndarray]:
-    """EM for one model with the given gold clamped.  Returns the class-major log-scores
-    and the indices of items without evidence.  With ``both_starts`` and gold, EM also
-    runs from the gold-taught matrices and the McNemar rule picks one run."""
-    n_items, k, n_ann = votes.n_items, votes.n_classes, votes.n_annotators
-    item, ann, lab = votes.item, votes.annotator, votes.label  # sorted by (item, annotator)
-    n_votes = item.size
-    weight = votes.prior_weight
-    temper = np.minimum(weight, WEIGHT_ONE)  # per annotator, units 1/WEIGHT_ONE
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """What EM needs from the votes alone, whatever the gold and the model: computed once
+    per compute_consensus and shared by every fit (the gold's model choice makes ~11)."""
 
-    # items with evidence: a vote of positive weight, or gold
-    evidence = np.zeros(n_items, dtype=bool)
-    evidence[item[temper[ann] > 0]] = True
+    temper: np.ndarray  # per annotator: min(weight, WEIGHT_ONE)
+    voted: np.ndarray  # per item: has a vote of positive weight
+    plurality: np.ndarray  # class-major weighted plurality shares (units 1/PROB_ONE), unclamped
+    group: np.ndarray  # per vote: its (annotator, label) cell, < 2**28
+    per_item: np.ndarray  # votes per item (votes are sorted by item)
+    split_q: bool  # some cell has more than _FLOAT_EXACT_VOTES votes: sum q in two halves
+    e_starts: np.ndarray  # first vote of each voted item
+    e_keys: np.ndarray  # the voted items
+    diag_prior: np.ndarray  # per annotator: weight / WEIGHT_ONE pseudo-votes (units 1/PROB_ONE)
+
+
+def _plan(votes: _Votes) -> _Plan:
+    n_items, k = votes.n_items, votes.n_classes
+    item, ann, lab = votes.item, votes.annotator, votes.label  # sorted by (item, annotator)
+    weight = votes.prior_weight
+    temper = np.minimum(weight, WEIGHT_ONE)
+    voted = np.zeros(n_items, dtype=bool)
+    voted[item[temper[ann] > 0]] = True
+    # Scores reach 2**52, so each item's scores are first shifted right until they fit in
+    # 33 bits.  (float64 sums are exact here: at most 2**20 weights <= 2**32 per cell, < 2**53)
+    score = np.bincount(lab * n_items + item, weights=weight[ann].astype(np.float64), minlength=k * n_items)
+    score = score.astype(np.int64).reshape(k, n_items)
+    score >>= np.maximum(_bit_length(score.sum(axis=0)) - 33, 0)
+    group = ann * k + lab
+    # M step sums in float64 are exact while every partial sum is an integer <= 2**53:
+    # q <= 2**30, so cells of at most 2**23 votes can be summed directly; otherwise q is
+    # summed in two 15-bit halves (each partial sum <= 2**24 * 2**15).
+    split_q = item.size > 0 and int(np.bincount(group).max()) > _FLOAT_EXACT_VOTES
+    e_starts = np.flatnonzero(np.r_[True, item[1:] != item[:-1]]) if item.size else item
+    return _Plan(temper=temper, voted=voted, plurality=(score << PROB_SHIFT) // np.maximum(score.sum(axis=0), 1),
+                 group=group, per_item=np.bincount(item, minlength=n_items), split_q=split_q, e_starts=e_starts,
+                 e_keys=item[e_starts], diag_prior=weight << (PROB_SHIFT - WEIGHT_SHIFT))
+
+
+def _fit(votes: _Votes, plan: _Plan, gold_item: np.ndarray, gold_label: np.ndarray, iterations: int,
+         model: _Model, *, both_starts: bool) -> tuple[np.ndarray, np.ndarray]:
+    """EM for one model with the given gold clamped.  Returns the class-major log-scores
+    and the per-item evidence mask (a vote of positive weight, or gold).  With
+    ``both_starts`` and gold, EM also runs from the gold-taught matrices and the McNemar
+    rule picks one run."""
+    n_items, k, n_ann = votes.n_items, votes.n_classes, votes.n_annotators
+    n_votes = votes.item.size
+    group, per_item, e_starts, e_keys = plan.group, plan.per_item, plan.e_starts, plan.e_keys
+    temper = plan.temper
+
+    evidence = plan.voted.copy()
     evidence[gold_item] = True
     no_evidence = np.flatnonzero(~evidence)
     # convergence threshold on sum |q_new - q_old| (see CONVERGENCE_SHIFT); <= 2**40
@@ -619,25 +656,10 @@ def _fit(votes: _Votes, gold_item: np.ndarray, gold_label: np.ndarray, iteration
         return _clamp(q, no_evidence, gold_item, gold_label)
 
     # Work arrays are class-major: q[c, i], log_score[c, i], table[c, a*k + l].
-    # start: weighted plurality shares (units 1/PROB_ONE), gold clamped.  Scores reach
-    # 2**52, so each item's scores are first shifted right until they fit in 33 bits.
-    # (float64 sums are exact here: at most 2**20 weights <= 2**32 per cell, < 2**53)
-    score = np.bincount(lab * n_items + item, weights=weight[ann].astype(np.float64), minlength=k * n_items)
-    score = score.astype(np.int64).reshape(k, n_items)
-    score >>= np.maximum(_bit_length(score.sum(axis=0)) - 33, 0)
-    q_start = clamp((score << PROB_SHIFT) // np.maximum(score.sum(axis=0), 1))
-
-    group = ann * k + lab  # (annotator, label) cell of each vote, < 2**28
+    # start: weighted plurality shares, gold clamped
+    q_start = clamp(plan.plurality.copy())
     n_cells = n_ann * k
-    per_item = np.bincount(item, minlength=n_items)  # votes are sorted by item
-    # M step sums in float64 are exact while every partial sum is an integer <= 2**53:
-    # q <= 2**30, so cells of at most 2**23 votes can be summed directly; otherwise q is
-    # summed in two 15-bit halves (each partial sum <= 2**24 * 2**15).
-    split_q = n_votes > 0 and int(np.bincount(group).max()) > _FLOAT_EXACT_VOTES
-    e_starts = np.flatnonzero(np.r_[True, item[1:] != item[:-1]]) if n_votes else item
-    e_keys = item[e_starts]
     every_item_voted = e_keys.size == n_items
-    diag_prior = weight << (PROB_SHIFT - WEIGHT_SHIFT)  # weight / WEIGHT_ONE pseudo-votes
     diag = np.arange(k)
     log_of = _fixed_log2 if model.use_map else _fixed_digamma2
 
@@ -654,13 +676,13 @@ def _fit(votes: _Votes, gold_item: np.ndarray, gold_label: np.ndarray, iteration
             cells = np.zeros((k, n_cells), dtype=np.int64)  # [true c, a*k + l]
             if n_votes:
                 for c in range(k):
-                    if split_q:
+                    if plan.split_q:
                         cells[c] = (cell_sums(q[c] >> 15) << 15) + cell_sums(q[c] & 0x7FFF)
                     else:
                         cells[c] = cell_sums(q[c])
             counts = cells.reshape(k, n_ann, k)  # [true, a, l]
             conf = counts.transpose(1, 0, 2) + CONFUSION_PRIOR  # [a, true, l]
-            conf[:, diag, diag] += diag_prior[:, None]
+            conf[:, diag, diag] += plan.diag_prior[:, None]
             if model.pooled_votes:
                 conf += _pooled_prior(counts, model.pooled_votes)[None, :, :]
             elog = log_of(conf) - log_of(conf.sum(axis=2, keepdims=True))
@@ -704,7 +726,7 @@ def _fit(votes: _Votes, gold_item: np.ndarray, gold_label: np.ndarray, iteration
         c = int(np.count_nonzero(base_ok & ~alt_ok))
         if b > c and (b - c) ** 2 > 4 * (b + c):
             log_score = alt
-    return log_score, no_evidence
+    return log_score, evidence
 
 
 def _clamp(q: np.ndarray, no_evidence: np.ndarray, gold_item: np.ndarray, gold_label: np.ndarray) -> np.ndarray:
@@ -747,7 +769,7 @@ def _calibrated_log2_likelihood(q: np.ndarray, label: np.ndarray) -> int:
     return best
 
 
-def _select_model(votes: _Votes, iterations: int) -> int:
+def _select_model(votes: _Votes, plan: _Plan, iterations: int) -> int:
     """Index into GOLD_MODELS of the model the gold chooses (see GOLD_SELECT_MARGIN)."""
     gold_item, gold_label = votes.gold_item, votes.gold_label
     fold = np.arange(gold_item.size) % GOLD_FOLDS
@@ -758,10 +780,10 @@ def _select_model(votes: _Votes, iterations: int) -> int:
             test = fold == f
             if not test.any():
                 continue
-            log_score, no_evidence = _fit(votes, gold_item[~test], gold_label[~test], iterations, model,
-                                          both_starts=False)
+            log_score, evidence = _fit(votes, plan, gold_item[~test], gold_label[~test], iterations, model,
+                                       both_starts=False)
             q = _normalise(log_score[:, gold_item[test]])
-            q[:, np.isin(gold_item[test], no_evidence)] = 0
+            q[:, ~evidence[gold_item[test]]] = 0
             held_q.append(q)
             held_label.append(gold_label[test])
         scores.append(_calibrated_log2_likelihood(np.concatenate(held_q, axis=1), np.concatenate(held_label)))
@@ -803,8 +825,10 @@ def compute_consensus(inp: AggregateInput, *, iterations: int = CONSENSUS_ITERAT
     n_items = votes.n_items
     item, ann, lab = votes.item, votes.annotator, votes.label
     gold_item, gold_label = votes.gold_item, votes.gold_label
-    model = GOLD_MODELS[_select_model(votes, iterations) if gold_item.size else 0]
-    log_score, no_evidence = _fit(votes, gold_item, gold_label, iterations, model, both_starts=True)
+    plan = _plan(votes)
+    model = GOLD_MODELS[_select_model(votes, plan, iterations) if gold_item.size else 0]
+    log_score, evidence = _fit(votes, plan, gold_item, gold_label, iterations, model, both_starts=True)
+    no_evidence = np.flatnonzero(~evidence)
 
     label = _argmax_classes(log_score)
     q = _clamp(_normalise(log_score), no_evidence, gold_item, gold_label)
@@ -815,9 +839,7 @@ def compute_consensus(inp: AggregateInput, *, iterations: int = CONSENSUS_ITERAT
     # expected share of each annotator's votes (on items with evidence) that are correct
     on_ann, on_cell = ann, lab * n_items + item
     if no_evidence.size:
-        on = np.ones(n_items, dtype=bool)
-        on[no_evidence] = False
-        on = on[item]
+        on = evidence[item]
         on_ann, on_cell = ann[on], on_cell[on]
     right = np.bincount(on_ann, weights=(np.take(q, on_cell) >> (PROB_SHIFT - ONE_SHIFT)).astype(np.float64),
                         minlength=votes.n_annotators).astype(np.int64)  # sums <= 2**24 * 2**16: exact

@@ -653,6 +653,12 @@ def test_gold_exposes_a_wrong_herd_only_when_significant():
     assert res.label.tolist() == reference_consensus(inp, agg.CONSENSUS_ITERATIONS)[0]
 
 
+def select_model(inp):
+    """The index into GOLD_MODELS that compute_consensus uses for ``inp`` (with gold)."""
+    votes = agg._canonical_votes(inp)
+    return agg._select_model(votes, agg._plan(votes), agg.CONSENSUS_ITERATIONS)
+
+
 def gold_choice_input(seed, n_items, n_classes, n_annotators, skill):
     rows, truth = lcg_rows(seed, n_items * 3, n_items, n_annotators, n_classes, skill=skill)
     gold = {i: int(truth[i]) for i in range(0, n_items, 2)}
@@ -665,7 +671,7 @@ def test_gold_chooses_the_model(case, model):
     # The gold picks one of GOLD_MODELS by held-out likelihood; each pick gives the bytes
     # of the reference written from docs/consensus.md.
     inp = gold_choice_input(*case)
-    assert agg._select_model(agg._canonical_votes(inp), agg.CONSENSUS_ITERATIONS) == model
+    assert select_model(inp) == model
     res = compute_consensus(inp)
     label, conf, agreement, acc, alpha = reference_consensus(inp, agg.CONSENSUS_ITERATIONS)
     assert res.label.tolist() == label and res.confidence.tolist() == conf and res.alpha == alpha
@@ -886,7 +892,7 @@ def test_gold_chooses_map_on_dog():
     table, truth = load_dataset("dog")
     gold = gold_sample(table, truth)
     inp = dataset_input(table, gold)
-    assert agg._select_model(agg._canonical_votes(inp), agg.CONSENSUS_ITERATIONS) == 1
+    assert select_model(inp) == 1
     assert accuracy(compute_consensus(inp).label, truth, skip=gold) >= 0.8402
 
 
