@@ -53,6 +53,9 @@ MAX_ORPHANS = 20_000
 # service); everything else (gossip, sync, rpc) is capped.
 UNCAPPED_SOURCES = frozenset({"local", "pinned"})
 ARRIVALS_KEPT = 200_000  # stored-at times remembered for messages_arrival (RPC)
+#: Node.prepare_result aggregates a task in a worker thread from this many labels on
+#: (~0.1 s of aggregation with gold; below it the thread hop costs more than it saves)
+RESULT_THREAD_MIN_LABELS = 20_000
 VERIFY_OFFLOAD_MIN = 16  # signatures verified off the event loop (node/verifier.py) from this many per group on
 
 
@@ -145,6 +148,9 @@ class Node:
         self.verifier = Verifier(self.network_id, verify_processes)
         self._batch_counts: dict[bytes, Counter] = {}  # task -> annotator -> batches stored (for the cap)
         self._result_cache: dict[bytes, TaskResult] = {}
+        #: prepare_result aggregates tasks with at least this many labels in a worker thread
+        self.result_thread_min_labels = RESULT_THREAD_MIN_LABELS
+        self._result_limiter = trio.CapacityLimiter(1)
         self.arrival_ms: dict[bytes, int] = {}  # msg id -> clock() when stored, the newest ARRIVALS_KEPT
         self._outcomes: dict = {}
         self.topics = {k: topic_for(self.network_id, k) for k in KIND_NAMES}
@@ -624,7 +630,34 @@ class Node:
 
     def compute_result(self, task_id: bytes, ids) -> TaskResult:
         """Result over exactly the pinned message ids ``ids`` (batches and at most one
-        gold reveal; None: all held). Cached by (set root, reputation snapshot)."""
+        gold reveal; None: all held). Cached by (set root, reputation snapshot).
+
+        Runs the aggregation on the calling (event-loop) thread when it is not cached;
+        the finality service and the RPC methods call :meth:`prepare_result` first, so a
+        big task's aggregation runs in a worker thread and this finds it cached."""
+        key, cached, args = self._result_job(task_id, ids)
+        return cached if cached is not None else self._run_result_job(key, args)
+
+    async def prepare_result(self, task_id: bytes, ids=None) -> TaskResult:
+        """:meth:`compute_result`, with the aggregation of a task of at least
+        ``result_thread_min_labels`` labels in a worker thread (one at a time), so the
+        event loop (gossip, sync, RPC) keeps running meanwhile.  A max-size task with
+        gold takes seconds (BENCHMARKS.md); smaller ones stay on the loop, where a thread
+        hop would cost more than it saves."""
+        key, cached, args = self._result_job(task_id, ids)
+        if cached is not None:
+            return cached
+        if sum(len(b.labels) for b in args[2].values()) < self.result_thread_min_labels:
+            return self._run_result_job(key, args)
+        async with self._result_limiter:
+            cached = self._result_cache.get(key)  # computed while we waited for the limiter
+            if cached is not None:
+                return cached
+            return await trio.to_thread.run_sync(self._run_result_job, key, args)
+
+    def _result_job(self, task_id: bytes, ids):
+        """(cache key, cached result or None, compute_task_result arguments or None) for
+        the result over ``ids``; the arguments are read here, on the loop thread."""
         from protocol.messages import compute_set_root
 
         if ids is None:
@@ -634,7 +667,7 @@ class Node:
         key = compute_set_root(task_id, ids) + snap
         cached = self._result_cache.get(key)
         if cached is not None:
-            return cached
+            return key, cached, None
         batches, golds = {}, []
         for mid, m in self._decode_ids(ids):
             if m.kind == KIND_BATCH:
@@ -644,14 +677,20 @@ class Node:
         # Every valid reveal of a task carries the same answers (they match one
         # commitment); pin the smallest id so the set is canonical.
         gold_id, gold = min(golds, key=lambda g: g[0]) if golds else (None, None)
-        started = time.perf_counter()
+        return key, None, (task_id, task, batches, gold, weight_of, self.params, gold_id)
+
+    def _run_result_job(self, key: bytes, args) -> TaskResult:
+        """Compute and cache one result (pure: safe in a worker thread)."""
         from protocol.tally import compute_task_result
 
-        res = compute_task_result(task_id, task, batches, gold, weight_of, self.params, gold_id=gold_id)
+        task_id, task, batches, gold, weight_of, params, gold_id = args
+        started = time.perf_counter()
+        res = compute_task_result(task_id, task, batches, gold, weight_of, params, gold_id=gold_id)
         self.metrics.observe_consensus(time.perf_counter() - started)
-        if len(self._result_cache) > 1024:
-            self._result_cache.clear()
-        self._result_cache[key] = res
+        cache = self._result_cache
+        if len(cache) > 1024:
+            cache.clear()
+        cache[key] = res
         return res
 
     def task_status(self, task_id: bytes) -> str:

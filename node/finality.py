@@ -53,6 +53,7 @@ class FinalityService:
         self.tasks: dict[bytes, TaskFinality] = {}
         self._pending: dict[bytes, list[SignedMessage]] = {}  # attestations the machine IGNOREd for now
         self._certified_logged: set[bytes] = set()
+        self._certified_prepared: set[bytes] = set()  # certified result computed once (prepare_certified_result)
         self._snapshots: dict[bytes, frozenset] = {}
         self.fetch_requests = 0
 
@@ -110,12 +111,14 @@ class FinalityService:
                     if hasattr(self.node, "metrics"):
                         self.node.metrics.observe_certified(task_id, now)
                 await self._fetch_missing(task_id, fin)
+                if task_id not in self._certified_prepared and await self.prepare_certified_result(task_id):
+                    self._certified_prepared.add(task_id)
                 continue
             for msg in self._pending.pop(task_id, []):
                 self.on_attestation(msg)
             await self._fetch_missing(task_id, fin)
             try:
-                proposal = self._proposal(task_id, fin)
+                proposal = await self._proposal(task_id, fin)
                 intents = fin.on_tick(now, proposal)
             except ValidationError as e:  # a bug, not input: log and go on
                 log.error("finality tick failed for %s: %s", task_id.hex()[:16], e)
@@ -132,7 +135,7 @@ class FinalityService:
                 if not v.ok and v.reason != "duplicate":
                     log.error("own attestation refused: %s", v.reason)
 
-    def _proposal(self, task_id: bytes, fin: TaskFinality):
+    async def _proposal(self, task_id: bytes, fin: TaskFinality):
         """The value this node can vouch for now (see the module docstring)."""
         snap = self._snapshots.get(task_id)
         if snap is None:
@@ -142,10 +145,10 @@ class FinalityService:
             if lv is not None:
                 ids = fin.get_batch_ids(lv[0])
                 if ids is not None and snap.issubset(ids) and all(self.node.store.has(i) for i in ids):
-                    res = self.node.compute_result(task_id, ids)
+                    res = await self.node.prepare_result(task_id, ids)
                     if res.result_root == lv[1]:
                         return (res.set_root, res.result_root, res.batch_ids)
-        res = self.node.task_result(task_id)
+        res = await self.node.prepare_result(task_id)
         return (res.set_root, res.result_root, res.batch_ids)
 
     async def _fetch_missing(self, task_id: bytes, fin: TaskFinality) -> None:
@@ -159,6 +162,17 @@ class FinalityService:
             await self.node.sync.fetch_ids(sorted(want))
 
     # ------------------------------------------------------------------ results
+
+    async def prepare_certified_result(self, task_id: bytes) -> bool:
+        """Compute (off the event loop if big) and cache the result over the certified set
+        if it is all here, so certified_result, reputation and the RPC find it cached.
+        False if the task is not certified or certified messages are still missing."""
+        fin = self.tasks.get(task_id)
+        ids = fin.certified_batch_ids if fin is not None and fin.certificate is not None else None
+        if ids is None or not all(self.node.store.has(i) for i in ids):
+            return False
+        await self.node.prepare_result(task_id, ids)
+        return True
 
     def certified_result(self, task_id: bytes):
         """(certificate, result over exactly the certified set) — result None while

@@ -148,3 +148,64 @@ async def test_gold_reveal_and_reputation_lag_and_domains(tmp_path):
 
 def NET_of(g):
     return g.network_id
+
+
+async def test_big_aggregation_runs_off_the_event_loop(tmp_path, monkeypatch):
+    """From result_thread_min_labels labels on, the finality proposal and the RPC
+    aggregate in a worker thread: the event loop keeps running meanwhile (here it must,
+    or the aggregation waits in vain for the loop to signal it), and the result is the
+    same as an inline one."""
+    import threading
+
+    import protocol.tally as tally
+
+    g = make_genesis("offloop", T0, [(pk(1000), 1)], [], [(pk(1), 10**9)],
+                     {"grace_period_ms": 1000, "round_timeout_ms": 2000})
+    clock = FakeClock()
+    ks = Keystore(tmp_path / "n")
+    ks.create("req", seed=bytes(key(1)))
+    real = tally.compute_task_result
+    started, loop_ran = threading.Event(), threading.Event()
+    threads = []
+
+    def watched(*args, **kwargs):
+        threads.append(threading.current_thread())
+        started.set()
+        loop_ran.wait(10)  # the loop sets it; inline on the loop thread this would time out
+        return real(*args, **kwargs)
+
+    async def signal_when_started():
+        while True:
+            await wait_for(started.is_set, 30)
+            started.clear()
+            loop_ran.set()
+
+    async with trio.open_nursery() as nursery:
+        node = Node(tmp_path / "n", g, p2p_factory=None, clock=clock, keystore=ks, validator_key=key(1000),
+                    finality_tick_s=0.01)
+        node.result_thread_min_labels = 1
+        await nursery.start(node.run)
+        r = await call(node, "task_post", account="req", title="big", labels=["x", "y"], domain="d",
+                       items=[f"i{i}" for i in range(10)], duration_s=10, bounty=1000)
+        tid = bytes.fromhex(r["task_id"])
+        for e in (10, 11, 12):
+            await node.ingest(signed(make_batch(e, tid, [(i, i % 2) for i in range(10)]), e, NET_of(g)).raw, "rpc")
+        monkeypatch.setattr(tally, "compute_task_result", watched)
+        nursery.start_soon(signal_when_started)
+        cons = await call(node, "consensus_get", task_id=tid.hex())
+        assert cons["status"] == "provisional" and loop_ran.is_set()
+        assert [it["label_index"] for it in cons["items"]] == [i % 2 for i in range(10)]
+        clock.now = node.tasks[tid].deadline + 1
+        async with trio.open_nursery() as clk:
+            clk.start_soon(advance, clock, clock.now + 60_000)
+            await wait_for(lambda: node.finality.is_certified(tid), 10)
+            clk.cancel_scope.cancel()
+        await wait_for(lambda: tid in node.finality._certified_prepared, 10)
+        assert threads and all(t is not threading.main_thread() for t in threads)
+        cert, res = node.finality.certified_result(tid)  # cached by the tick: no new computation
+        n_runs = len(threads)
+        monkeypatch.setattr(tally, "compute_task_result", real)
+        node._result_cache.clear()
+        inline = node.compute_result(tid, res.batch_ids)
+        assert len(threads) == n_runs and inline == res and res.result_root == cert.result_root
+        nursery.cancel_scope.cancel()
