@@ -53,9 +53,10 @@ MAX_ORPHANS = 20_000
 # service); everything else (gossip, sync, rpc) is capped.
 UNCAPPED_SOURCES = frozenset({"local", "pinned"})
 ARRIVALS_KEPT = 200_000  # stored-at times remembered for messages_arrival (RPC)
-#: Node.prepare_result aggregates a task in a worker thread from this many labels on
-#: (~0.1 s of aggregation with gold; below it the thread hop costs more than it saves)
-RESULT_THREAD_MIN_LABELS = 20_000
+#: Node.prepare_result reads and aggregates a task's set in a worker thread from this many
+#: messages on (with the usual 100 labels per batch, ~0.1 s of work with gold; below it the
+#: thread hop costs more than it saves)
+RESULT_THREAD_MIN_MESSAGES = 200
 VERIFY_OFFLOAD_MIN = 16  # signatures verified off the event loop (node/verifier.py) from this many per group on
 
 
@@ -148,8 +149,8 @@ class Node:
         self.verifier = Verifier(self.network_id, verify_processes)
         self._batch_counts: dict[bytes, Counter] = {}  # task -> annotator -> batches stored (for the cap)
         self._result_cache: dict[bytes, TaskResult] = {}
-        #: prepare_result aggregates tasks with at least this many labels in a worker thread
-        self.result_thread_min_labels = RESULT_THREAD_MIN_LABELS
+        #: prepare_result aggregates sets of at least this many messages in a worker thread
+        self.result_thread_min_messages = RESULT_THREAD_MIN_MESSAGES
         self._result_limiter = trio.CapacityLimiter(1)
         self.arrival_ms: dict[bytes, int] = {}  # msg id -> clock() when stored, the newest ARRIVALS_KEPT
         self._outcomes: dict = {}
@@ -635,39 +636,48 @@ class Node:
         Runs the aggregation on the calling (event-loop) thread when it is not cached;
         the finality service and the RPC methods call :meth:`prepare_result` first, so a
         big task's aggregation runs in a worker thread and this finds it cached."""
-        key, cached, args = self._result_job(task_id, ids)
-        return cached if cached is not None else self._run_result_job(key, args)
+        key, cached, job = self._result_job(task_id, ids)
+        return cached if cached is not None else self._run_result_job(key, job)
 
     async def prepare_result(self, task_id: bytes, ids=None) -> TaskResult:
-        """:meth:`compute_result`, with the aggregation of a task of at least
-        ``result_thread_min_labels`` labels in a worker thread (one at a time), so the
-        event loop (gossip, sync, RPC) keeps running meanwhile.  A max-size task with
-        gold takes seconds (BENCHMARKS.md); smaller ones stay on the loop, where a thread
-        hop would cost more than it saves."""
-        key, cached, args = self._result_job(task_id, ids)
+        """:meth:`compute_result`, with the reading, decoding and aggregation of a set of
+        at least ``result_thread_min_messages`` messages in a worker thread (one at a
+        time), so the event loop (gossip, sync, RPC) keeps running meanwhile.  A
+        max-size task with gold takes seconds (BENCHMARKS.md); small sets stay on the
+        loop, where a thread hop would cost more than it saves."""
+        key, cached, job = self._result_job(task_id, ids)
         if cached is not None:
             return cached
-        if sum(len(b.labels) for b in args[2].values()) < self.result_thread_min_labels:
-            return self._run_result_job(key, args)
+        if len(job[2]) < self.result_thread_min_messages:
+            return self._run_result_job(key, job)
         async with self._result_limiter:
             cached = self._result_cache.get(key)  # computed while we waited for the limiter
             if cached is not None:
                 return cached
-            return await trio.to_thread.run_sync(self._run_result_job, key, args)
+            return await trio.to_thread.run_sync(self._run_result_job, key, job)
 
     def _result_job(self, task_id: bytes, ids):
-        """(cache key, cached result or None, compute_task_result arguments or None) for
-        the result over ``ids``; the arguments are read here, on the loop thread."""
+        """(cache key, cached result or None, job for _run_result_job or None) for the
+        result over ``ids``: the set and the reputation snapshot are fixed here, on the
+        loop thread; reading and decoding the messages is left to the job."""
         from protocol.messages import compute_set_root
 
-        if ids is None:
-            ids = self.task_pinnable_ids(task_id)
+        ids = list(self.task_pinnable_ids(task_id) if ids is None else ids)
         task = self.tasks[task_id]
         weight_of, snap = self.weight_fn(task)
         key = compute_set_root(task_id, ids) + snap
         cached = self._result_cache.get(key)
         if cached is not None:
             return key, cached, None
+        return key, None, (task_id, task, ids, weight_of)
+
+    def _run_result_job(self, key: bytes, job) -> TaskResult:
+        """Read the set's messages, compute and cache one result (safe in a worker thread:
+        store reads are, and the rest is pure)."""
+        from protocol.tally import compute_task_result
+
+        task_id, task, ids, weight_of = job
+        started = time.perf_counter()
         batches, golds = {}, []
         for mid, m in self._decode_ids(ids):
             if m.kind == KIND_BATCH:
@@ -677,15 +687,7 @@ class Node:
         # Every valid reveal of a task carries the same answers (they match one
         # commitment); pin the smallest id so the set is canonical.
         gold_id, gold = min(golds, key=lambda g: g[0]) if golds else (None, None)
-        return key, None, (task_id, task, batches, gold, weight_of, self.params, gold_id)
-
-    def _run_result_job(self, key: bytes, args) -> TaskResult:
-        """Compute and cache one result (pure: safe in a worker thread)."""
-        from protocol.tally import compute_task_result
-
-        task_id, task, batches, gold, weight_of, params, gold_id = args
-        started = time.perf_counter()
-        res = compute_task_result(task_id, task, batches, gold, weight_of, params, gold_id=gold_id)
+        res = compute_task_result(task_id, task, batches, gold, weight_of, self.params, gold_id=gold_id)
         self.metrics.observe_consensus(time.perf_counter() - started)
         cache = self._result_cache
         if len(cache) > 1024:

@@ -151,7 +151,7 @@ def NET_of(g):
 
 
 async def test_big_aggregation_runs_off_the_event_loop(tmp_path, monkeypatch):
-    """From result_thread_min_labels labels on, the finality proposal and the RPC
+    """From result_thread_min_messages messages on, the finality proposal and the RPC
     aggregate in a worker thread: the event loop keeps running meanwhile (here it must,
     or the aggregation waits in vain for the loop to signal it), and the result is the
     same as an inline one."""
@@ -183,7 +183,7 @@ async def test_big_aggregation_runs_off_the_event_loop(tmp_path, monkeypatch):
     async with trio.open_nursery() as nursery:
         node = Node(tmp_path / "n", g, p2p_factory=None, clock=clock, keystore=ks, validator_key=key(1000),
                     finality_tick_s=0.01)
-        node.result_thread_min_labels = 1
+        node.result_thread_min_messages = 1
         await nursery.start(node.run)
         r = await call(node, "task_post", account="req", title="big", labels=["x", "y"], domain="d",
                        items=[f"i{i}" for i in range(10)], duration_s=10, bounty=1000)

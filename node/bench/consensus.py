@@ -9,7 +9,9 @@ crowd-kit on the same data in the same run.
 2. The eight real datasets (``../shared/datasets``): accuracy and time of ours (no
    gold, no reputation: every worker weight 1) and of crowd-kit MajorityVote, Wawa and
    DawidSkene(n_iter=100). GLAD and MACE (minutes per dataset) are in BASELINES.md.
-3. The same datasets with 10% revealed gold (``gold_split``: the first 10% of the items
+3. A node's event loop while it aggregates a 100,000-item task with 10% gold:
+   the longest loop gap inline and with ``Node.prepare_result``'s worker thread.
+4. The same datasets with 10% revealed gold (``gold_split``: the first 10% of the items
    with truth in SHA-256 order of the task name, rounded to nearest; accuracy on the other
    90%): ours with that gold against crowd-kit ``DawidSkene(n_iter=100).fit(answers,
    true_labels=gold)`` on the same gold, and both without gold on the same 90%.
@@ -33,6 +35,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import trio
 
 from .common import DETAILS, figure, log
 
@@ -251,4 +254,103 @@ def run_datasets(quick: bool) -> list[dict]:
 
 
 def run(quick: bool) -> list[dict]:
-    return run_simulated(quick) + run_datasets(quick)
+    return run_simulated(quick) + run_loop_stall(quick) + run_datasets(quick)
+
+
+# ------------------------------------------------------------------ event loop during aggregation
+
+
+def run_loop_stall(quick: bool) -> list[dict]:
+    """A node's event loop while it aggregates a big task with gold: an in-process Node
+    (no network) holds a simulated task (100,000 items, 5 labels each, 1,000 annotators,
+    3 classes; 1,000 items in quick mode) with 10% revealed gold, and aggregates it once
+    inline (``Node.compute_result``, as every caller did before) and once through
+    ``Node.prepare_result`` (a worker thread), while a loop task sleeps 10 ms at a time
+    and records each gap.  The figure is the longest gap: how long gossip, sync and the
+    RPC would wait."""
+    return trio.run(_loop_stall, 1_000 if quick else 100_000)
+
+
+async def _loop_stall(n_items: int) -> list[dict]:
+    from node.api import METHODS
+    from node.daemon import Node
+    from node.keystore import Keystore
+    from protocol.genesis import make_genesis
+    from protocol.messages import AnnotationBatch, sign_message
+
+    from .common import annotator_keys
+
+    n_ann, n_classes, per_item = 1_000, 3, 5
+    sim = simulate(n_items, n_ann, n_classes, per_item, seed=11)
+    now = [int(time.time() * 1000)]
+    req_seed = b"labelmesh-bench-requester".ljust(32, b"\0")
+    import nacl.signing
+
+    req_pub = bytes(nacl.signing.SigningKey(req_seed).verify_key)
+    g = make_genesis("bench-stall", now[0] - 1000, [(req_pub, 1)], [], [(req_pub, 10**9)],
+                     {"max_items_per_task": max(n_items, 10_000), "grace_period_ms": 86_400_000})
+    figs = []
+    with tempfile.TemporaryDirectory(prefix="lmb-stall-") as d:
+        ks = Keystore(Path(d) / "n")
+        ks.create("req", seed=req_seed)
+        async with trio.open_nursery() as nursery:
+            node = Node(Path(d) / "n", g, p2p_factory=None, clock=lambda: now[0], keystore=ks)
+            await nursery.start(node.run)
+            truth = sim["truth"]
+            r = await METHODS["task_post"](node, {
+                "account": "req", "title": "stall", "labels": [f"c{k}" for k in range(n_classes)],
+                "items": [f"i{k}" for k in range(n_items)], "duration_s": 3600, "bounty": 1_000_000,
+                "gold": [[i, int(truth[i])] for i in range(0, n_items, 10)]})
+            tid = bytes.fromhex(r["task_id"])
+            keys = annotator_keys(n_ann)
+            order = np.lexsort((sim["item"], sim["annotator"]))
+            item, ann, lab = sim["item"][order], sim["annotator"][order], sim["label"][order]
+            raws, start = [], 0
+            created = now[0] + 1
+            while start < item.size:
+                a = int(ann[start])
+                end = min(int(np.searchsorted(ann, a, side="right")), start + 100)
+                b = AnnotationBatch(annotator=bytes(keys[a].verify_key), task_id=tid, created_at=created + len(raws) % 1000,
+                                    labels=tuple(zip(item[start:end].tolist(), lab[start:end].tolist())))
+                raws.append(sign_message(b, keys[a], g.network_id).raw)
+                start = end
+            for k in range(0, len(raws), 500):
+                for v, _ in await node.ingest_many(raws[k:k + 500], "local"):
+                    assert v.ok, v.reason
+            now[0] = node.tasks[tid].deadline + 1
+            await node.reveal_due_gold()
+            gaps = {}
+            for mode in ("inline", "thread"):
+                node._result_cache.clear()
+                node.result_thread_min_messages = 0 if mode == "thread" else 1 << 62
+                seen, done = [], trio.Event()
+
+                async def ticker():
+                    last = time.perf_counter()
+                    while not done.is_set():
+                        await trio.sleep(0.01)
+                        t = time.perf_counter()
+                        seen.append(t - last)
+                        last = t
+
+                async with trio.open_nursery() as inner:
+                    inner.start_soon(ticker)
+                    await trio.sleep(0.05)
+                    t0 = time.perf_counter()
+                    if mode == "inline":
+                        res = node.compute_result(tid, None)
+                    else:
+                        res = await node.prepare_result(tid)
+                    took = time.perf_counter() - t0
+                    done.set()
+                gaps[mode] = (max(seen) * 1000, took, res.result_root)
+                log(f"consensus loop stall ({mode}, {item.size:,} labels, 10% gold): aggregation {took:.2f} s, "
+                    f"longest loop gap {gaps[mode][0]:.0f} ms")
+            nursery.cancel_scope.cancel()
+    assert gaps["inline"][2] == gaps["thread"][2]  # the same result either way
+    figs.append(figure("consensus_loop_stall_ms", gaps["thread"][0], "ms", limit=gaps["inline"][0],
+                       higher_is_better=False,
+                       note=f"longest event-loop gap while a node aggregates a {n_items:,}-item task "
+                            f"({item.size:,} labels, 10% gold; {gaps['thread'][1]:.2f} s) in its worker thread; "
+                            f"limit = the same aggregation inline on the loop ({gaps['inline'][1]:.2f} s)"))
+    return figs
