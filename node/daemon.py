@@ -152,6 +152,7 @@ class Node:
         #: prepare_result aggregates sets of at least this many messages in a worker thread
         self.result_thread_min_messages = RESULT_THREAD_MIN_MESSAGES
         self._result_limiter = trio.CapacityLimiter(1)
+        self._gold_lock = trio.Lock()  # remember_gold / forget_gold rewrite one meta blob
         self.arrival_ms: dict[bytes, int] = {}  # msg id -> clock() when stored, the newest ARRIVALS_KEPT
         self._outcomes: dict = {}
         self.topics = {k: topic_for(self.network_id, k) for k in KIND_NAMES}
@@ -539,22 +540,28 @@ class Node:
 
     def gold_secrets(self) -> dict:
         """Local bookkeeping: task id -> [requester account name, salt, answers] of tasks
-        this node posted with hidden gold, until they are revealed."""
+        this node posted with hidden gold, until their reveal is stored (then the reveal
+        holds them; reveal_due_gold forgets the secret, so the blob it reads every tick
+        holds open tasks only)."""
         import msgpack
         raw = self.store.get_meta(self.GOLD_META)
         return msgpack.unpackb(raw, strict_map_key=False) if raw else {}
 
     async def remember_gold(self, task_id: bytes, account: str, salt: bytes, answers) -> None:
         import msgpack
-        secrets_ = self.gold_secrets()
-        secrets_[task_id] = [account, salt, [list(a) for a in answers]]
-        await self.writer.write(self.store.put_meta, self.GOLD_META, msgpack.packb(secrets_, use_bin_type=True))
+        async with self._gold_lock:  # read-modify-write of one blob: one writer at a time
+            secrets_ = self.gold_secrets()
+            secrets_[task_id] = [account, salt, [list(a) for a in answers]]
+            await self.writer.write(self.store.put_meta, self.GOLD_META, msgpack.packb(secrets_, use_bin_type=True))
 
     async def reveal_gold(self, task_id: bytes) -> tuple[Verdict, bytes | None]:
         """Sign and ingest the GoldReveal of a task this node committed for."""
         from protocol.messages import sign_message
         sec = self.gold_secrets().get(task_id)
         if sec is None:
+            stored = self.store.task_message_ids(task_id, KIND_GOLD)
+            if stored:  # revealed already (and the secret forgotten)
+                return ignore("duplicate"), stored[0]
             return reject("this node holds no gold secret for the task"), None
         account, salt, answers = sec
         task = self.tasks[task_id]
@@ -568,15 +575,29 @@ class Node:
         if self.keystore is None:
             return
         now = self.clock()
+        done = []
         for task_id in list(self.gold_secrets()):
             t = self.tasks.get(task_id)
-            if t is None or now < t.deadline or self.store.task_message_ids(task_id, KIND_GOLD):
+            if t is None or now < t.deadline:
                 continue
-            v, _ = await self.reveal_gold(task_id)
-            if v.ok:
+            if not self.store.task_message_ids(task_id, KIND_GOLD):
+                v, _ = await self.reveal_gold(task_id)
+                if not v.ok:
+                    log.warning("gold reveal for %s refused: %s", task_id.hex()[:16], v.reason)
+                    continue
                 log.info("gold revealed", extra={"task": task_id.hex()[:16]})
-            else:
-                log.warning("gold reveal for %s refused: %s", task_id.hex()[:16], v.reason)
+            done.append(task_id)
+        if done:
+            await self.forget_gold(done)
+
+    async def forget_gold(self, task_ids) -> None:
+        """Drop the secrets of tasks whose reveal is stored."""
+        import msgpack
+        async with self._gold_lock:
+            secrets_ = self.gold_secrets()
+            for task_id in task_ids:
+                secrets_.pop(task_id, None)
+            await self.writer.write(self.store.put_meta, self.GOLD_META, msgpack.packb(secrets_, use_bin_type=True))
 
     # ------------------------------------------------------------------ reputation
 

@@ -104,6 +104,9 @@ async def test_gold_reveal_and_reputation_lag_and_domains(tmp_path):
                                      NET_of(g)).raw, "rpc")
         clock.now = node.tasks[tid_a].deadline + 1
         await wait_for(lambda: node.store.task_message_ids(tid_a, KIND_GOLD), 10)  # revealed automatically
+        await wait_for(lambda: tid_a not in node.gold_secrets(), 10)  # the stored reveal holds it now
+        again = await call(node, "gold_reveal", task_id=tid_a.hex())
+        assert again == {"reveal_id": node.store.task_message_ids(tid_a, KIND_GOLD)[0].hex(), "status": "duplicate"}
         async with trio.open_nursery() as clk:  # let protocol time run on
             clk.start_soon(advance, clock, clock.now + 60_000)
             await wait_for(lambda: node.finality.is_certified(tid_a), 10)
@@ -208,4 +211,32 @@ async def test_big_aggregation_runs_off_the_event_loop(tmp_path, monkeypatch):
         node._result_cache.clear()
         inline = node.compute_result(tid, res.batch_ids)
         assert len(threads) == n_runs and inline == res and res.result_root == cert.result_root
+        nursery.cancel_scope.cancel()
+
+
+async def test_concurrent_task_posts_keep_every_gold_secret(tmp_path):
+    """The gold secrets are one read-modify-write blob: posts racing each other (and the
+    tick that forgets revealed ones) must not drop a secret."""
+    g = make_genesis("secrets", T0, [(pk(1000), 1)], [], [(pk(1), 10**9)])
+    clock = FakeClock()
+    ks = Keystore(tmp_path / "n")
+    ks.create("req", seed=bytes(key(1)))
+    async with trio.open_nursery() as nursery:
+        node = Node(tmp_path / "n", g, p2p_factory=None, clock=clock, keystore=ks, validator_key=key(1000),
+                    finality_tick_s=0.01)
+        await nursery.start(node.run)
+        tids = []
+
+        async def post(k):
+            r = await call(node, "task_post", account="req", title=f"t{k}", labels=["x", "y"], domain="d",
+                           items=[f"i{i}" for i in range(4)], duration_s=10 + k, bounty=0, gold=[[0, 1]])
+            tids.append(bytes.fromhex(r["task_id"]))
+
+        async with trio.open_nursery() as posts:
+            for k in range(8):
+                posts.start_soon(post, k)
+        assert set(node.gold_secrets()) == set(tids) and len(tids) == 8
+        clock.now = max(node.tasks[t].deadline for t in tids) + 1
+        await wait_for(lambda: all(node.store.task_message_ids(t, KIND_GOLD) for t in tids), 10)
+        await wait_for(lambda: not node.gold_secrets(), 10)
         nursery.cancel_scope.cancel()
