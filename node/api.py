@@ -500,24 +500,26 @@ def _account_filter(node, params) -> bytes | None:
 
 async def rewards_get(node, params):
     """Rewards from certified tasks: per account per task and totals ({account?: name|hex, task_id?}).
-    Uncertified tasks pay nothing yet; they are counted in 'pending_tasks'."""
+    Uncertified tasks pay nothing yet; they are counted in 'pending_tasks' (so is a certified
+    task whose certified result this node cannot reproduce yet: batches still being fetched)."""
     who = _account_filter(node, params)
     only = _hex(params, "task_id") if "task_id" in params else None
     rows, totals, refunds, pending = [], {}, 0, 0
     for tid, t in sorted(node.tasks.items(), key=lambda kv: (kv[1].deadline, kv[0])):
         if only is not None and tid != only:
             continue
-        cert, res = node.finality.certified_result(tid)
-        if res is None:
+        paid = node.certified_rewards(tid)
+        if paid is None:
             pending += 1
             continue
-        refunds += res.refund
-        for a in res.annotators:
-            if who is not None and a.account != who:
+        refund, annotators = paid
+        refunds += refund
+        for account, reward, labels, accuracy in annotators:
+            if who is not None and account != who:
                 continue
-            rows.append({"task_id": tid.hex(), "account": a.account.hex(), "reward": a.reward, "labels": a.labels,
-                         "accuracy": a.accuracy, "accuracy_f": _fx(a.accuracy)})
-            totals[a.account.hex()] = totals.get(a.account.hex(), 0) + a.reward
+            rows.append({"task_id": tid.hex(), "account": account.hex(), "reward": reward, "labels": labels,
+                         "accuracy": accuracy, "accuracy_f": _fx(accuracy)})
+            totals[account.hex()] = totals.get(account.hex(), 0) + reward
     return {"rewards": rows, "totals": [{"account": k, "reward": v} for k, v in
                                         sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))],
             "refunded": refunds, "pending_tasks": pending}

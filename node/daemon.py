@@ -53,6 +53,10 @@ MAX_ORPHANS = 20_000
 # service); everything else (gossip, sync, rpc) is capped.
 UNCAPPED_SOURCES = frozenset({"local", "pinned"})
 ARRIVALS_KEPT = 200_000  # stored-at times remembered for messages_arrival (RPC)
+#: Task results kept in memory (ResultCache), counted in items: a result holds 4 tuples of
+#: Python ints per item (~90 bytes), so about 100 MB at most.  It used to be 1,024 results
+#: of any size (up to 1,024 x 100,000 items), cleared all at once when full.
+RESULT_CACHE_ITEMS = 1_000_000
 #: Node.prepare_result reads and aggregates a task's set in a worker thread from this many
 #: messages on (with the usual 100 labels per batch, ~0.1 s of work with gold; below it the
 #: thread hop costs more than it saves)
@@ -114,6 +118,40 @@ class Counters:
     publish_dropped: int = 0  # accepted messages not gossiped because the publish queue was full
 
 
+class ResultCache:
+    """Least-recently-used task results by (set root, reputation snapshot), bounded by the
+    total number of items they hold (the newest result is kept whatever its size).  Used
+    on the event-loop thread only."""
+
+    def __init__(self, max_items: int):
+        self.max_items = max_items
+        self._entries: OrderedDict[bytes, TaskResult] = OrderedDict()
+        self._items = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: bytes) -> TaskResult | None:
+        res = self._entries.get(key)
+        if res is not None:
+            self._entries.move_to_end(key)
+        return res
+
+    def put(self, key: bytes, res: TaskResult) -> None:
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self._items -= len(old.label) + 1
+        self._entries[key] = res
+        self._items += len(res.label) + 1
+        while self._items > self.max_items and len(self._entries) > 1:
+            _, evicted = self._entries.popitem(last=False)
+            self._items -= len(evicted.label) + 1
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._items = 0
+
+
 class Node:
     """A labelmesh node. ``p2p`` is any object with the P2PNode interface
     (real libp2p in production, an in-memory fake in tests)."""
@@ -148,13 +186,14 @@ class Node:
         # big groups' signatures: in helper processes (labelmesh run), or threads if 0 (in-process nodes)
         self.verifier = Verifier(self.network_id, verify_processes)
         self._batch_counts: dict[bytes, Counter] = {}  # task -> annotator -> batches stored (for the cap)
-        self._result_cache: dict[bytes, TaskResult] = {}
+        self._result_cache = ResultCache(RESULT_CACHE_ITEMS)
         #: prepare_result aggregates sets of at least this many messages in a worker thread
         self.result_thread_min_messages = RESULT_THREAD_MIN_MESSAGES
         self._result_limiter = trio.CapacityLimiter(1)
         self._gold_lock = trio.Lock()  # remember_gold / forget_gold rewrite one meta blob
         self.arrival_ms: dict[bytes, int] = {}  # msg id -> clock() when stored, the newest ARRIVALS_KEPT
-        self._outcomes: dict = {}
+        self._outcomes: dict = {}  # task id -> TaskOutcome of a certified task (task_outcome)
+        self._rewards: dict = {}  # task id -> rewards of a certified task (certified_rewards)
         self.topics = {k: topic_for(self.network_id, k) for k in KIND_NAMES}
         self._kind_of_topic = {t: k for k, t in self.topics.items()}
         self.p2p = p2p_factory(self) if p2p_factory else None
@@ -620,6 +659,20 @@ class Node:
         self._outcomes[task_id] = out
         return out
 
+    def certified_rewards(self, task_id: bytes):
+        """(refund, ((account, reward, labels, accuracy), ...)) of a certified task whose
+        certified result this node reproduces, else None.  Kept per task (small), so
+        rewards_get over many certified tasks does not need their full results again."""
+        hit = self._rewards.get(task_id)
+        if hit is not None:
+            return hit
+        cert, res = self.finality.certified_result(task_id)
+        if cert is None or res is None or res.result_root != cert.result_root:
+            return None
+        out = (res.refund, tuple((a.account, a.reward, a.labels, a.accuracy) for a in res.annotators))
+        self._rewards[task_id] = out
+        return out
+
     def reputation_snapshot(self, created_at: int) -> tuple[dict, bytes]:
         """Earned reputation for a task created at ``created_at`` and a digest of the
         certified tasks it was computed from (for cache keys)."""
@@ -658,7 +711,11 @@ class Node:
         the finality service and the RPC methods call :meth:`prepare_result` first, so a
         big task's aggregation runs in a worker thread and this finds it cached."""
         key, cached, job = self._result_job(task_id, ids)
-        return cached if cached is not None else self._run_result_job(key, job)
+        if cached is not None:
+            return cached
+        res = self._run_result_job(job)
+        self._result_cache.put(key, res)
+        return res
 
     async def prepare_result(self, task_id: bytes, ids=None) -> TaskResult:
         """:meth:`compute_result`, with the reading, decoding and aggregation of a set of
@@ -670,12 +727,15 @@ class Node:
         if cached is not None:
             return cached
         if len(job[2]) < self.result_thread_min_messages:
-            return self._run_result_job(key, job)
-        async with self._result_limiter:
-            cached = self._result_cache.get(key)  # computed while we waited for the limiter
-            if cached is not None:
-                return cached
-            return await trio.to_thread.run_sync(self._run_result_job, key, job)
+            res = self._run_result_job(job)
+        else:
+            async with self._result_limiter:
+                cached = self._result_cache.get(key)  # computed while we waited for the limiter
+                if cached is not None:
+                    return cached
+                res = await trio.to_thread.run_sync(self._run_result_job, job)
+        self._result_cache.put(key, res)  # on the loop thread: the cache is not thread-safe
+        return res
 
     def _result_job(self, task_id: bytes, ids):
         """(cache key, cached result or None, job for _run_result_job or None) for the
@@ -692,9 +752,9 @@ class Node:
             return key, cached, None
         return key, None, (task_id, task, ids, weight_of)
 
-    def _run_result_job(self, key: bytes, job) -> TaskResult:
-        """Read the set's messages, compute and cache one result (safe in a worker thread:
-        store reads are, and the rest is pure)."""
+    def _run_result_job(self, job) -> TaskResult:
+        """Read the set's messages and compute one result (safe in a worker thread: store
+        reads are, and the rest is pure)."""
         from protocol.tally import compute_task_result
 
         task_id, task, ids, weight_of = job
@@ -710,10 +770,6 @@ class Node:
         gold_id, gold = min(golds, key=lambda g: g[0]) if golds else (None, None)
         res = compute_task_result(task_id, task, batches, gold, weight_of, self.params, gold_id=gold_id)
         self.metrics.observe_consensus(time.perf_counter() - started)
-        cache = self._result_cache
-        if len(cache) > 1024:
-            cache.clear()
-        cache[key] = res
         return res
 
     def task_status(self, task_id: bytes) -> str:

@@ -1012,16 +1012,16 @@ class StoreWriter:
         ``Store.put_records`` (True = newly stored; a duplicate of a record put
         concurrently by another caller is False for whichever comes second)."""
         recs = _check_records(records)  # a bad record fails only its caller
-        self._check_running()
+        await self._ensure_running()
         if not recs:
             await trio.lowlevel.checkpoint()
             return []
         request = _Request(recs)
         async with self._admission:
-            self._check_running()  # the worker may have stopped while we queued for the lock
+            await self._ensure_running()  # the worker may have stopped while we queued for the lock
             while self._queued_records and self._queued_records + len(recs) > self._max_pending:
                 await self._space.park()
-                self._check_running()
+                await self._ensure_running()
             self._queue.append(request)
             self._queued_records += len(recs)
             self._work.unpark_all()
@@ -1039,11 +1039,14 @@ class StoreWriter:
         """Run another synchronous store write (``put_derived``, ``put_meta``, ...) in the
         writer thread, so it neither blocks the event loop on its fsync nor contends with
         group commits."""
-        self._check_running()
+        await self._ensure_running()
         return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
 
-    def _check_running(self) -> None:
+    async def _ensure_running(self) -> None:
         if self._stopped:
+            # The writer stops when the node's nursery is cancelled; a caller in that
+            # nursery gets its Cancelled here (a clean shutdown), not a StoreError.
+            await trio.lowlevel.checkpoint()
             raise StoreError("the store writer has stopped (node shutting down); the records were not stored")
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

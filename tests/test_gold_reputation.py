@@ -240,3 +240,72 @@ async def test_concurrent_task_posts_keep_every_gold_secret(tmp_path):
         await wait_for(lambda: all(node.store.task_message_ids(t, KIND_GOLD) for t in tids), 10)
         await wait_for(lambda: not node.gold_secrets(), 10)
         nursery.cancel_scope.cancel()
+
+
+def test_result_cache_is_lru_bounded_by_items():
+    from types import SimpleNamespace
+
+    from node.daemon import ResultCache
+
+    def res(n):
+        return SimpleNamespace(label=(0,) * n)
+
+    c = ResultCache(max_items=25)
+    c.put(b"a", res(9))
+    c.put(b"b", res(9))
+    assert c.get(b"a") is not None  # a is now the most recently used
+    c.put(b"c", res(9))  # 30 > 25: evicts the least recently used, b
+    assert c.get(b"b") is None and c.get(b"a") is not None and c.get(b"c") is not None
+    big = res(100)
+    c.put(b"d", big)  # bigger than the budget: kept alone
+    assert len(c) == 1 and c.get(b"d") is big
+    c.put(b"d", res(1))  # replacing an entry frees its old size
+    c.put(b"e", res(1))
+    assert len(c) == 2
+
+
+async def test_rewards_of_many_certified_tasks_need_no_recomputation(tmp_path, monkeypatch):
+    """rewards_get reads each certified task's rewards from a small per-task summary: with
+    a result cache too small to hold the results, a second call aggregates nothing."""
+    import protocol.tally as tally
+
+    g = make_genesis("manytasks", T0, [(pk(1000), 1)], [], [(pk(1), 10**9)],
+                     {"grace_period_ms": 1000, "round_timeout_ms": 2000})
+    clock = FakeClock()
+    ks = Keystore(tmp_path / "n")
+    ks.create("req", seed=bytes(key(1)))
+    runs = []
+    real = tally.compute_task_result
+
+    def counted(*args, **kwargs):
+        runs.append(args[0])
+        return real(*args, **kwargs)
+
+    async with trio.open_nursery() as nursery:
+        node = Node(tmp_path / "n", g, p2p_factory=None, clock=clock, keystore=ks, validator_key=key(1000),
+                    finality_tick_s=0.01)
+        node._result_cache.max_items = 1  # only the newest result stays in memory
+        await nursery.start(node.run)
+        tids = []
+        for k in range(3):
+            r = await call(node, "task_post", account="req", title=f"t{k}", labels=["x", "y"], domain="d",
+                           items=[f"i{i}" for i in range(6)], duration_s=10, bounty=600 + k)
+            tid = bytes.fromhex(r["task_id"])
+            tids.append(tid)
+            for e in (10, 11, 12 + k):
+                await node.ingest(signed(make_batch(e, tid, [(i, i % 2) for i in range(6)]), e, NET_of(g)).raw, "rpc")
+        clock.now = max(node.tasks[t].deadline for t in tids) + 1
+        async with trio.open_nursery() as clk:
+            clk.start_soon(advance, clock, clock.now + 60_000)
+            await wait_for(lambda: all(node.finality.is_certified(t) for t in tids), 10)
+            clk.cancel_scope.cancel()
+        monkeypatch.setattr(tally, "compute_task_result", counted)
+        first = await call(node, "rewards_get")
+        assert first["pending_tasks"] == 0 and first["refunded"] >= 0
+        assert sum(r["reward"] for r in first["rewards"]) + first["refunded"] == 600 + 601 + 602
+        n_runs = len(runs)
+        assert await call(node, "rewards_get") == first
+        assert len(runs) == n_runs  # nothing aggregated again
+        only = await call(node, "rewards_get", task_id=tids[1].hex())
+        assert {r["task_id"] for r in only["rewards"]} == {tids[1].hex()}
+        nursery.cancel_scope.cancel()
