@@ -119,6 +119,7 @@ class FinalityService:
             await self._fetch_missing(task_id, fin)
             try:
                 proposal = await self._proposal(task_id, fin)
+                now = self.node.clock()  # the proposal may have taken seconds (a big task's aggregation)
                 intents = fin.on_tick(now, proposal)
             except ValidationError as e:  # a bug, not input: log and go on
                 log.error("finality tick failed for %s: %s", task_id.hex()[:16], e)
