@@ -194,6 +194,7 @@ class Node:
         self.arrival_ms: dict[bytes, int] = {}  # msg id -> clock() when stored, the newest ARRIVALS_KEPT
         self._outcomes: dict = {}  # task id -> TaskOutcome of a certified task (task_outcome)
         self._rewards: dict = {}  # task id -> rewards of a certified task (certified_rewards)
+        self._earned: dict[bytes, dict] = {}  # snapshot digest -> earned reputation (reputation_snapshot)
         self.topics = {k: topic_for(self.network_id, k) for k in KIND_NAMES}
         self._kind_of_topic = {t: k for k, t in self.topics.items()}
         self.p2p = p2p_factory(self) if p2p_factory else None
@@ -687,7 +688,16 @@ class Node:
                 if o is not None:
                     outcomes.append(o)
         digest = sha256(b"".join(o.task_id for o in outcomes))
-        return compute_earned(outcomes), digest
+        # compute_earned is linear in all certified (task, annotator) pairs (~0.16 s at 5,000
+        # tasks x 20 annotators) and is asked for on every result lookup and finality tick;
+        # the same certified set gives the same snapshot, so keep the last few.
+        earned = self._earned.get(digest)
+        if earned is None:
+            earned = compute_earned(outcomes)
+            if len(self._earned) >= 16:
+                self._earned.pop(next(iter(self._earned)))
+            self._earned[digest] = earned
+        return earned, digest
 
     def weight_fn(self, task: TaskAnnouncement):
         """(weight_of(account) -> fixed point, snapshot digest) for ``task``."""
