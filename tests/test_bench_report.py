@@ -44,3 +44,12 @@ def test_write_keeps_notes_and_merges_runs(tmp_path):
     assert "`ingest_batch_1`" in text and "`catchup_labels_per_s`" in text  # both runs' rows
     assert "Figures kept from earlier runs: `ingest`" in text
     assert text.count(report.BEGIN) == 1 and text.count(report.END) == 1
+
+
+def test_sign_test_p_exact_values():
+    from node.bench.consensus import sign_test_p
+
+    assert sign_test_p(0, 0) == 1.0 and sign_test_p(1, 0) == 1.0 and sign_test_p(0, 1) == 1.0
+    assert sign_test_p(10, 0) == 2 / 1024  # 2 * P(X <= 0), X ~ Bin(10, 1/2)
+    assert sign_test_p(2, 8) == sign_test_p(8, 2) == 2 * (1 + 10 + 45) / 1024
+    assert sign_test_p(5, 5) == 1.0  # capped at 1

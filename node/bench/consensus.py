@@ -26,6 +26,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -196,6 +197,16 @@ def ours_on_dataset(table, truth: dict, gold_tasks=()) -> tuple[dict, float]:
     return labels, dt
 
 
+def sign_test_p(b: int, c: int) -> float:
+    """Exact two-sided sign test (McNemar's exact test) of b against c discordant items:
+    min(1, 2 * P(X <= min(b, c))) for X ~ Binomial(b + c, 1/2); 1.0 when b + c = 0."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(b, c) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
 def accuracy_on(labels: dict, truth: dict, tasks) -> float:
     tasks = list(tasks)
     return sum(labels[t] == truth[t] for t in tasks) / len(tasks)
@@ -211,8 +222,8 @@ def run_datasets(quick: bool) -> list[dict]:
     rows = ["| dataset | answers | ours acc | ours (s) | MV acc | Wawa acc | DS acc | DS (s) | ours − DS (points) |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     gold_rows = ["| dataset | gold items | scored items | ours, no gold | ours, 10% gold | DS, no gold | "
-                 "DS, same gold | ours − DS with gold (points) |",
-                 "|---|---:|---:|---:|---:|---:|---:|---:|"]
+                 "DS, same gold | ours − DS with gold (points) | only ours right | only DS right | p (sign test) |",
+                 "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     accs, ds_accs, at_or_above = [], [], 0
     for name in names:
         p = root / name
@@ -233,8 +244,12 @@ def run_datasets(quick: bool) -> list[dict]:
                     f"{100 * (acc - ds['accuracy']):+.1f} |")
         margin = acc_gold - ds_gold["accuracy_held_out"]
         at_or_above += margin >= 0
+        ds_pred = ds_gold["pred_held_out"]
+        only_ours = sum(labels_gold[t] == truth[t] and ds_pred.get(t) != truth[t] for t in held_out)
+        only_ds = sum(labels_gold[t] != truth[t] and ds_pred.get(t) == truth[t] for t in held_out)
         gold_rows.append(f"| {name} | {len(gold)} | {len(held_out)} | {acc_held:.4f} | {acc_gold:.4f} | "
-                         f"{ds['accuracy_held_out']:.4f} | {ds_gold['accuracy_held_out']:.4f} | {100 * margin:+.2f} |")
+                         f"{ds['accuracy_held_out']:.4f} | {ds_gold['accuracy_held_out']:.4f} | {100 * margin:+.2f} | "
+                         f"{only_ours} | {only_ds} | {sign_test_p(only_ours, only_ds):.2f} |")
         log(f"consensus {name}: ours {acc:.3f} ({dt:.2f} s), crowd-kit DS {ds['accuracy']:.3f} ({ds['seconds']:.2f} s); "
             f"10% gold: ours {acc_gold:.4f}, DS {ds_gold['accuracy_held_out']:.4f}")
     mean, ds_mean = statistics.mean(accs), statistics.mean(ds_accs)
@@ -245,7 +260,10 @@ def run_datasets(quick: bool) -> list[dict]:
     DETAILS["Consensus accuracy with 10% revealed gold (same gold for both)"] = (
         "\n".join(gold_rows) + f"\n\nGold = the first {GOLD_SHARE_PERCENT}% of the items with truth in SHA-256 order "
         "of the task name; every column is scored on the other 90%. DS = crowd-kit `DawidSkene(n_iter=100)`, "
-        "with gold `fit(answers, true_labels=gold)`. " + versions)
+        "with gold `fit(answers, true_labels=gold)`. 'Only ours right' / 'only DS right' count the scored items "
+        "where exactly one of the two (both with gold) has the true label; p is the exact two-sided sign test "
+        "on those two counts (McNemar's exact test): the chance of a split at least this uneven if neither "
+        "method were better. " + versions)
     return [figure("consensus_mean_accuracy_datasets", mean, "share", limit=ds_mean,
                    note=f"mean over {len(names)} datasets; limit = crowd-kit DS mean, same run"),
             figure("consensus_gold_datasets_at_or_above_ds", at_or_above, "datasets", target=len(names),

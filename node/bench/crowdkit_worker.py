@@ -69,8 +69,10 @@ def main():
             t = time.perf_counter()
             pred = m.fit_predict(df, true_labels=gold)
             dt = time.perf_counter() - t
-            out["DawidSkene+gold"] = {"accuracy_held_out": _accuracy(pred.to_dict(), held_out), "seconds": dt,
-                                      "gold": len(gold)}
+            labels = pred.to_dict()
+            out["DawidSkene+gold"] = {"accuracy_held_out": _accuracy(labels, held_out), "seconds": dt,
+                                      "gold": len(gold),
+                                      "pred_held_out": {t: str(labels[t]) for t in held_out if t in labels}}
     else:
         z = np.load(job["path"])
         df = pd.DataFrame({"task": z["item"], "worker": z["annotator"], "label": z["label"]})
