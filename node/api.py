@@ -40,6 +40,8 @@ import os
 import secrets
 from typing import Any
 
+import trio
+
 from protocol.messages import (
     ITEM_BLOB, ITEM_BYTES, ITEM_TEXT, KIND_BATCH, KIND_GOLD, KIND_NAMES, KIND_TASK, SCHEMA_SINGLE_CHOICE,
     AnnotationBatch, Item, LabelSchema, Outcome, TaskAnnouncement, compute_gold_commitment, decode_message,
@@ -556,10 +558,6 @@ async def reputation_get(node, params):
 async def task_export(node, params):
     """The consensus dataset of a task as 'jsonl', 'csv' or 'labelstudio' (Label Studio JSON import)
     text: item, label, confidence, agreement, votes (certified result if there is one)."""
-    import csv as _csv
-    import io
-    import json as _json
-
     tid = _task_id(node, params)
     fmt = _get(params, "format", str, "jsonl")
     if fmt not in ("jsonl", "csv", "labelstudio"):
@@ -570,6 +568,24 @@ async def task_export(node, params):
     if res is None:
         res = node.task_result(tid)
     task = node.tasks[tid]
+    if len(task.items) >= EXPORT_THREAD_MIN_ITEMS:  # ~4 us per item per format: off the event loop
+        content = await trio.to_thread.run_sync(_export_content, task, res, tid, status, fmt)
+    else:
+        content = _export_content(task, res, tid, status, fmt)
+    return {"task_id": tid.hex(), "format": fmt, "status": status, "result_root": res.result_root.hex(),
+            "items": len(task.items), "content": content}
+
+
+#: task_export formats tasks of at least this many items in a worker thread.
+EXPORT_THREAD_MIN_ITEMS = 5_000
+
+
+def _export_content(task, res, tid: bytes, status: str, fmt: str) -> str:
+    """task_export's text (pure: runs in a worker thread for big tasks)."""
+    import csv as _csv
+    import io
+    import json as _json
+
     names = task.schema.labels
     rows = []
     for i, it in enumerate(task.items):
@@ -578,29 +594,28 @@ async def task_export(node, params):
                      "confidence": round(res.confidence[i] / ONE, 6), "agreement": round(res.agreement[i] / ONE, 6),
                      "votes": res.votes[i]})
     if fmt == "jsonl":
-        content = "".join(_json.dumps(r) + "\n" for r in rows)
-    elif fmt == "csv":
+        return "".join(_json.dumps(r) + "\n" for r in rows)
+    if fmt == "csv":
         buf = io.StringIO()
         w = _csv.writer(buf, lineterminator="\n")
         w.writerow(["item", "text", "label", "confidence", "agreement", "votes"])
         for r in rows:
             w.writerow([r["item"], r["data"].get("text", r["data"].get("sha256", "")), r["label"] or "",
                         r["confidence"], r["agreement"], r["votes"]])
-        content = buf.getvalue()
-    else:
-        ls = []
-        for r in rows:
-            entry = {"id": r["item"], "data": {"text": r["data"].get("text", "")} if "text" in r["data"] else r["data"],
-                     "meta": {"labelmesh_task": tid.hex(), "status": status, "votes": r["votes"],
-                              "agreement": r["agreement"]}}
-            if r["label"] is not None:
-                entry["predictions"] = [{"model_version": f"labelmesh-{status}", "score": r["confidence"],
-                                         "result": [{"from_name": "label", "to_name": "text", "type": "choices",
-                                                     "value": {"choices": [r["label"]]}}]}]
-            ls.append(entry)
-        content = _json.dumps(ls, indent=1) + "\n"
-    return {"task_id": tid.hex(), "format": fmt, "status": status, "result_root": res.result_root.hex(),
-            "items": len(rows), "content": content}
+        return buf.getvalue()
+    ls = []
+    for r in rows:
+        entry = {"id": r["item"], "data": {"text": r["data"].get("text", "")} if "text" in r["data"] else r["data"],
+                 "meta": {"labelmesh_task": tid.hex(), "status": status, "votes": r["votes"],
+                          "agreement": r["agreement"]}}
+        if r["label"] is not None:
+            entry["predictions"] = [{"model_version": f"labelmesh-{status}", "score": r["confidence"],
+                                     "result": [{"from_name": "label", "to_name": "text", "type": "choices",
+                                                 "value": {"choices": [r["label"]]}}]}]
+        ls.append(entry)
+    # One Label Studio task per line: json's C encoder per entry (indent= would use the
+    # pure-Python encoder, ~10x slower: 5 s for 100,000 items).
+    return "[\n" + ",\n".join(_json.dumps(e) for e in ls) + "\n]\n"
 
 
 async def backup_create(node, params):

@@ -1,6 +1,7 @@
 """Gold commit-reveal, rewards that pay accuracy, reputation from certified tasks with a lag."""
 from __future__ import annotations
 
+import json
 import random
 
 import trio
@@ -145,7 +146,9 @@ async def test_gold_reveal_and_reputation_lag_and_domains(tmp_path):
         exported = await call(node, "task_export", task_id=tid_a.hex(), format="csv")
         assert exported["status"] == "certified" and exported["content"].count("\n") == n + 1
         ls = await call(node, "task_export", task_id=tid_a.hex(), format="labelstudio")
-        assert '"choices"' in ls["content"]
+        tasks = json.loads(ls["content"])
+        assert [t["id"] for t in tasks] == list(range(n)) and '"choices"' in ls["content"]
+        assert tasks[0]["predictions"][0]["result"][0]["value"]["choices"][0] in ("x", "y", "z")
         nursery.cancel_scope.cancel()
 
 
@@ -211,6 +214,13 @@ async def test_big_aggregation_runs_off_the_event_loop(tmp_path, monkeypatch):
         node._result_cache.clear()
         inline = node.compute_result(tid, res.batch_ids)
         assert len(threads) == n_runs and inline == res and res.result_root == cert.result_root
+        import node.api as api
+
+        for fmt in ("jsonl", "csv", "labelstudio"):  # formatted in a worker thread or inline: same text
+            monkeypatch.setattr(api, "EXPORT_THREAD_MIN_ITEMS", 1)
+            threaded = await call(node, "task_export", task_id=tid.hex(), format=fmt)
+            monkeypatch.setattr(api, "EXPORT_THREAD_MIN_ITEMS", 10**9)
+            assert threaded == await call(node, "task_export", task_id=tid.hex(), format=fmt)
         nursery.cancel_scope.cancel()
 
 

@@ -162,3 +162,12 @@ async def test_task_export_rejects_unknown_format(node):
     tid = (await c.call("task_post", {"account": "alice", "labels": ["a", "b"], "items": ["x"]}))["result"]["task_id"]
     r = await c.call("task_export", {"task_id": tid, "format": "xml"})
     assert r["error"]["code"] == -32602 and "format" in r["error"]["message"]
+
+
+def test_every_method_is_documented():
+    from pathlib import Path
+
+    from node.api import METHODS
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "rpc.md").read_text()
+    assert [m for m in METHODS if f"\n### {m}" not in doc] == []
