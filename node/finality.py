@@ -53,7 +53,8 @@ class FinalityService:
         self.tasks: dict[bytes, TaskFinality] = {}
         self._pending: dict[bytes, list[SignedMessage]] = {}  # attestations the machine IGNOREd for now
         self._certified_logged: set[bytes] = set()
-        self._certified_prepared: set[bytes] = set()  # certified result computed once (prepare_certified_result)
+        self._certified_prepared: set[bytes] = set()
+        self._order: list = []  # the node's tasks by (deadline, id), re-sorted when one is added  # certified result computed once (prepare_certified_result)
         self._snapshots: dict[bytes, frozenset] = {}
         self.fetch_requests = 0
 
@@ -98,7 +99,12 @@ class FinalityService:
         await self.node.reveal_due_gold()
         now = self.node.clock()
         p = self.node.params
-        for task_id, task in list(self.node.tasks.items()):
+        # oldest first: a task's reputation snapshot needs the certified results of older
+        # tasks, which are then already prepared (in the worker thread if big), not
+        # computed inline on the loop (after a restart every certified result is recomputed)
+        if len(self._order) != len(self.node.tasks):  # tasks are only ever added
+            self._order = sorted(self.node.tasks.items(), key=lambda kv: (kv[1].deadline, kv[0]))
+        for task_id, task in self._order:
             if now < task.deadline + p.grace_period_ms:
                 continue
             fin = self.machine(task_id)
