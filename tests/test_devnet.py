@@ -26,11 +26,18 @@ def devnet_root():
 
 
 def test_devnet_demo_three_nodes_same_result(devnet_root):
-    r = cli("devnet", "up", "-n", "3", "--demo", "--items", "60", "--deadline", "8", "--root", str(devnet_root), "--json")
+    from node.daemon import RESULT_THREAD_MIN_MESSAGES
+
+    r = cli("devnet", "up", "-n", "3", "--demo", "--items", "2500", "--deadline", "10", "--root", str(devnet_root),
+            "--json")
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert summary["nodes"] == 3
     assert summary["identical_on_all_nodes"] is True
-    assert summary["labels_submitted"] == 60 * 5
+    assert summary["labels_submitted"] == 2500 * 5
+    # big enough that every daemon reads and aggregates the set in its worker thread
+    # (Node.prepare_result) for the finality proposal and consensus_get
+    assert summary["batches"] >= RESULT_THREAD_MIN_MESSAGES
+    assert summary["status"] == "certified" and summary["batches_certified"] == summary["batches"]
     # all three nodes answer the same roots over their own sockets
     roots = set()
     for i in range(3):
