@@ -11,8 +11,9 @@ carry no metric code except three histograms, observed where the event happens:
 
 * ``labelmesh_store_write_seconds``: one durable group commit
   (``StoreWriter.on_commit``);
-* ``labelmesh_consensus_seconds``: one consensus computation over a task's set
-  (``Node.compute_result`` on a cache miss);
+* ``labelmesh_consensus_seconds``: one consensus computation over a task's set,
+  reading and decoding its messages included (``Node.compute_result`` /
+  ``prepare_result`` on a cache miss, on the loop or in the worker thread);
 * ``labelmesh_finality_seconds``: from a task's deadline to the moment this node
   holds its certificate (protocol clock; ``FinalityService``), for tasks whose
   deadline fell while the node ran.
