@@ -53,8 +53,8 @@ class FinalityService:
         self.tasks: dict[bytes, TaskFinality] = {}
         self._pending: dict[bytes, list[SignedMessage]] = {}  # attestations the machine IGNOREd for now
         self._certified_logged: set[bytes] = set()
-        self._certified_prepared: set[bytes] = set()
-        self._order: list = []  # the node's tasks by (deadline, id), re-sorted when one is added  # certified result computed once (prepare_certified_result)
+        self._certified_prepared: set[bytes] = set()  # certified result computed once (prepare_certified_result)
+        self._order: list = []  # the node's tasks by (deadline, id), re-sorted when one is added
         self._snapshots: dict[bytes, frozenset] = {}
         self.fetch_requests = 0
 
