@@ -43,7 +43,7 @@ from typing import Any
 import trio
 
 from protocol.messages import (
-    ITEM_BLOB, ITEM_BYTES, ITEM_TEXT, KIND_BATCH, KIND_GOLD, KIND_NAMES, KIND_TASK, SCHEMA_SINGLE_CHOICE,
+    ITEM_BLOB, ITEM_BYTES, ITEM_TEXT, KIND_BATCH, KIND_GOLD, KIND_NAMES, SCHEMA_SINGLE_CHOICE,
     AnnotationBatch, Item, LabelSchema, Outcome, TaskAnnouncement, compute_gold_commitment, decode_message,
     sign_message,
 )
