@@ -407,20 +407,21 @@ async def annotations_list(node, params):
     return {"task_id": tid.hex(), "total": len(ids), "batches": out}
 
 
-async def _prepare_result(node, tid: bytes) -> None:
-    """Have the result a method is about to show cached, aggregated off the event loop if
-    the task is big (the certified one if it is all here, else the provisional one)."""
+async def _current_result(node, tid: bytes):
+    """(certificate or None, certified result or None, the result to show: the certified
+    one if this node holds its whole set, else the provisional one), aggregated off the
+    event loop if the task is big."""
     if not await node.finality.prepare_certified_result(tid):
         await node.prepare_result(tid)
+    cert, cres = node.finality.certified_result(tid)  # cached now
+    return cert, cres, (cres if cres is not None else node.task_result(tid))
 
 
 async def consensus_get(node, params):
     """Consensus of a task over the annotation set this node holds (provisional until certified):
     set_root, result_root, per-item label/confidence/agreement/votes, per-annotator accuracy and reward."""
     tid = _task_id(node, params)
-    await _prepare_result(node, tid)
-    cert, cres = node.finality.certified_result(tid)
-    res = cres if cres is not None else node.task_result(tid)
+    cert, cres, res = await _current_result(node, tid)
     status = "certified" if cres is not None else ("certified-fetching" if cert is not None else "provisional")
     task = node.tasks[tid]
     names = task.schema.labels
@@ -562,11 +563,8 @@ async def task_export(node, params):
     fmt = _get(params, "format", str, "jsonl")
     if fmt not in ("jsonl", "csv", "labelstudio"):
         raise RpcError(INVALID_PARAMS, "format must be jsonl, csv or labelstudio")
-    await _prepare_result(node, tid)
-    cert, res = node.finality.certified_result(tid)
-    status = "certified" if res is not None else "provisional"
-    if res is None:
-        res = node.task_result(tid)
+    _, cres, res = await _current_result(node, tid)
+    status = "certified" if cres is not None else "provisional"
     task = node.tasks[tid]
     if len(task.items) >= EXPORT_THREAD_MIN_ITEMS:  # ~4 us per item per format: off the event loop
         content = await trio.to_thread.run_sync(_export_content, task, res, tid, status, fmt)

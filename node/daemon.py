@@ -649,8 +649,8 @@ class Node:
         hit = self._outcomes.get(task_id)
         if hit is not None:
             return hit
-        cert, res = self.finality.certified_result(task_id)
-        if cert is None or res is None or res.result_root != cert.result_root:
+        res = self._reproduced_certified_result(task_id)
+        if res is None:
             return None
         t = self.tasks[task_id]
         out = TaskOutcome(task_id=task_id, deadline=t.deadline, domain=t.schema.domain,
@@ -660,6 +660,13 @@ class Node:
         self._outcomes[task_id] = out
         return out
 
+    def _reproduced_certified_result(self, task_id: bytes):
+        """The result over a task's certified set if this node holds it all and gets the
+        certificate's result_root, else None (not certified, fetching, or a different
+        reputation snapshot here)."""
+        cert, res = self.finality.certified_result(task_id)
+        return res if cert is not None and res is not None and res.result_root == cert.result_root else None
+
     def certified_rewards(self, task_id: bytes):
         """(refund, ((account, reward, labels, accuracy), ...)) of a certified task whose
         certified result this node reproduces, else None.  Kept per task (small), so
@@ -667,8 +674,8 @@ class Node:
         hit = self._rewards.get(task_id)
         if hit is not None:
             return hit
-        cert, res = self.finality.certified_result(task_id)
-        if cert is None or res is None or res.result_root != cert.result_root:
+        res = self._reproduced_certified_result(task_id)
+        if res is None:
             return None
         out = (res.refund, tuple((a.account, a.reward, a.labels, a.accuracy) for a in res.annotators))
         self._rewards[task_id] = out

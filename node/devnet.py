@@ -85,7 +85,6 @@ def poll(cond, timeout: float, what: str, *, interval: float = 0.2, retry_on: tu
     raise error(f"timed out after {timeout:.0f} s waiting for {what}" + (f" (last error: {last_err!r})" if last_err else ""))
 
 
-
 def _pids(root: Path) -> dict:
     p = root / "pids.json"
     return json.loads(p.read_text()) if p.exists() else {}

@@ -166,7 +166,7 @@ class _Votes:
     gold_label: np.ndarray  # int64
 
 
-def _sorted_vote_keys(
+def sorted_vote_keys(
     item: np.ndarray, annotator: np.ndarray, label: np.ndarray, n_annotators: int, n_classes: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Distinct vote keys (item, annotator, label) ascending, and which are equivocations.
@@ -197,7 +197,7 @@ def compute_equivocations(inp: AggregateInput) -> tuple[np.ndarray, np.ndarray]:
     """
     _canonical_votes(inp)  # validation
     n_annotators, n_classes = int(inp.n_annotators), int(inp.n_classes)
-    key, bad = _sorted_vote_keys(
+    key, bad = sorted_vote_keys(
         inp.item.astype(np.int64), inp.annotator.astype(np.int64), inp.label.astype(np.int64),
         n_annotators, n_classes,
     )
@@ -251,7 +251,7 @@ def _canonical_votes(inp: AggregateInput) -> _Votes:
     gold_item = np.array([p[0] for p in gold_pairs], dtype=np.int64)
     gold_label = np.array([p[1] for p in gold_pairs], dtype=np.int64)
 
-    key, bad = _sorted_vote_keys(item, annotator, label, n_annotators, n_classes)
+    key, bad = sorted_vote_keys(item, annotator, label, n_annotators, n_classes)
     key = key[~bad]
     pair = key // n_classes
     label = key - pair * n_classes

@@ -87,13 +87,6 @@ def compute_relative_weights(weights: list[int], params: Params) -> np.ndarray:
     return np.array([c * ONE // top for c in capped], dtype=np.int64)
 
 
-def _sorted_unique(x: np.ndarray) -> np.ndarray:
-    """np.unique for int64 arrays by sort and compare (numpy 2's np.unique takes ~12x
-    longer than np.sort on 500,000 keys here, and holds the GIL all along)."""
-    x = np.sort(x)
-    return x[np.r_[True, x[1:] != x[:-1]]] if x.size else x
-
-
 def compute_task_result(task_id: bytes, task: TaskAnnouncement,
                         batches: dict[bytes, AnnotationBatch] | list[tuple[bytes, AnnotationBatch]],
                         gold: GoldReveal | None, weight_of, params: Params,
@@ -115,32 +108,29 @@ def compute_task_result(task_id: bytes, task: TaskAnnouncement,
     set_root = compute_set_root(task_id, batch_ids)
     n_items, n_classes = len(task.items), len(task.schema.labels)
 
-    # Canonical vote table, vectorised (a big task has 10^5-10^6 labels, and a node
-    # aggregates it in a worker thread, node/daemon.py prepare_result: numpy keeps the
-    # GIL free for the event loop far more than a dict of sets and list.sort would).
-    # key = (annotator index, item, label) ascending, repeats collapsed; a pair
-    # (annotator, item) with two or more different labels is an equivocation.
+    # Canonical vote table, vectorised with aggregate's own key rule (a big task has
+    # 10^5-10^6 labels and a node aggregates it in a worker thread, node/daemon.py
+    # prepare_result: numpy keeps the GIL free for the event loop far more than a dict of
+    # sets and list.sort would).  A pair (annotator, item) with two or more different
+    # labels is an equivocation; its votes count for nothing.
     nonempty = [items_of[bid] for bid in sorted(items_of) if items_of[bid].labels]
     accounts = sorted({b.annotator for b in nonempty})
     index = {a: k for k, a in enumerate(accounts)}
+    n_acc = len(accounts)
     if nonempty:
         pairs = np.concatenate([np.asarray(b.labels, dtype=np.int64).reshape(-1, 2) for b in nonempty])
         who = np.repeat(np.array([index[b.annotator] for b in nonempty], dtype=np.int64),
                         [len(b.labels) for b in nonempty])
-        key = _sorted_unique((who * n_items + pairs[:, 0]) * n_classes + pairs[:, 1])
+        key, bad = aggregate.sorted_vote_keys(pairs[:, 0], who, pairs[:, 1], n_acc, n_classes)
     else:
-        key = np.zeros(0, dtype=np.int64)
-    pair = key // n_classes
-    bad = np.zeros(key.size, dtype=bool)
-    same = pair[1:] == pair[:-1]
-    bad[1:] |= same
-    bad[:-1] |= same
-    bad_pair = _sorted_unique(pair[bad])
-    equivocations = tuple((accounts[a], i) for a, i in zip((bad_pair // n_items).tolist(),
-                                                            (bad_pair % n_items).tolist()))
-    key, pair = key[~bad], pair[~bad]  # sorted by (annotator index, item): one vote per pair
-    ann = (pair // n_items).astype(np.int32)
-    itm = (pair % n_items).astype(np.int32)
+        key, bad = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool)
+    pair = key // n_classes  # item * n_acc + annotator index, ascending
+    bad_pair = pair[bad]
+    bad_pair = bad_pair[np.r_[True, bad_pair[1:] != bad_pair[:-1]]] if bad_pair.size else bad_pair
+    equivocations = tuple(sorted((accounts[p % n_acc], p // n_acc) for p in bad_pair.tolist()))
+    key, pair = key[~bad], pair[~bad]  # one vote per (item, annotator)
+    itm = (pair // max(n_acc, 1)).astype(np.int32)
+    ann = (pair % max(n_acc, 1)).astype(np.int32)
     lab = (key % n_classes).astype(np.int32)
     n_rows = key.size
     prior = compute_relative_weights([int(weight_of(a)) for a in accounts], params)

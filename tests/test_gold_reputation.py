@@ -1,6 +1,7 @@
 """Gold commit-reveal, rewards that pay accuracy, reputation from certified tasks with a lag."""
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 
@@ -78,10 +79,15 @@ async def call(node, method, **params):
     return await METHODS[method](node, params)
 
 
-async def test_gold_reveal_and_reputation_lag_and_domains(tmp_path):
-    lag = 60_000
-    g = make_genesis("rep", T0, [(pk(1000), 1)], [], [(pk(1), 10**9)],
-                     {"grace_period_ms": 1000, "round_timeout_ms": 2000, "reputation_lag_ms": lag})
+#: finality fast enough for tests that wait for certificates on the fake clock
+FAST_FINALITY = {"grace_period_ms": 1000, "round_timeout_ms": 2000}
+
+
+@contextlib.asynccontextmanager
+async def one_validator_node(tmp_path, name, params=None):
+    """A running node that is the network's only validator, with a funded local account
+    "req": yields (node, its FakeClock, the genesis, the nursery it runs in)."""
+    g = make_genesis(name, T0, [(pk(1000), 1)], [], [(pk(1), 10**9)], params)
     clock = FakeClock()
     ks = Keystore(tmp_path / "n")
     ks.create("req", seed=bytes(key(1)))
@@ -89,6 +95,14 @@ async def test_gold_reveal_and_reputation_lag_and_domains(tmp_path):
         node = Node(tmp_path / "n", g, p2p_factory=None, clock=clock, keystore=ks, validator_key=key(1000),
                     finality_tick_s=0.01)
         await nursery.start(node.run)
+        yield node, clock, g, nursery
+        nursery.cancel_scope.cancel()
+
+
+async def test_gold_reveal_and_reputation_lag_and_domains(tmp_path):
+    lag = 60_000
+    params = {"grace_period_ms": 1000, "round_timeout_ms": 2000, "reputation_lag_ms": lag}
+    async with one_validator_node(tmp_path, "rep", params) as (node, clock, g, _):
         # Task A, domain "med": 3 experts right, 5 spammers; gold on 4 items, committed then revealed.
         rng = random.Random(4)
         n = 20
@@ -149,7 +163,6 @@ async def test_gold_reveal_and_reputation_lag_and_domains(tmp_path):
         tasks = json.loads(ls["content"])
         assert [t["id"] for t in tasks] == list(range(n)) and '"choices"' in ls["content"]
         assert tasks[0]["predictions"][0]["result"][0]["value"]["choices"][0] in ("x", "y", "z")
-        nursery.cancel_scope.cancel()
 
 
 def NET_of(g):
@@ -165,11 +178,6 @@ async def test_big_aggregation_runs_off_the_event_loop(tmp_path, monkeypatch):
 
     import protocol.tally as tally
 
-    g = make_genesis("offloop", T0, [(pk(1000), 1)], [], [(pk(1), 10**9)],
-                     {"grace_period_ms": 1000, "round_timeout_ms": 2000})
-    clock = FakeClock()
-    ks = Keystore(tmp_path / "n")
-    ks.create("req", seed=bytes(key(1)))
     real = tally.compute_task_result
     started, loop_ran = threading.Event(), threading.Event()
     threads = []
@@ -186,11 +194,8 @@ async def test_big_aggregation_runs_off_the_event_loop(tmp_path, monkeypatch):
             started.clear()
             loop_ran.set()
 
-    async with trio.open_nursery() as nursery:
-        node = Node(tmp_path / "n", g, p2p_factory=None, clock=clock, keystore=ks, validator_key=key(1000),
-                    finality_tick_s=0.01)
+    async with one_validator_node(tmp_path, "offloop", FAST_FINALITY) as (node, clock, g, nursery):
         node.result_thread_min_messages = 1
-        await nursery.start(node.run)
         r = await call(node, "task_post", account="req", title="big", labels=["x", "y"], domain="d",
                        items=[f"i{i}" for i in range(10)], duration_s=10, bounty=1000)
         tid = bytes.fromhex(r["task_id"])
@@ -221,20 +226,12 @@ async def test_big_aggregation_runs_off_the_event_loop(tmp_path, monkeypatch):
             threaded = await call(node, "task_export", task_id=tid.hex(), format=fmt)
             monkeypatch.setattr(api, "EXPORT_THREAD_MIN_ITEMS", 10**9)
             assert threaded == await call(node, "task_export", task_id=tid.hex(), format=fmt)
-        nursery.cancel_scope.cancel()
 
 
 async def test_concurrent_task_posts_keep_every_gold_secret(tmp_path):
     """The gold secrets are one read-modify-write blob: posts racing each other (and the
     tick that forgets revealed ones) must not drop a secret."""
-    g = make_genesis("secrets", T0, [(pk(1000), 1)], [], [(pk(1), 10**9)])
-    clock = FakeClock()
-    ks = Keystore(tmp_path / "n")
-    ks.create("req", seed=bytes(key(1)))
-    async with trio.open_nursery() as nursery:
-        node = Node(tmp_path / "n", g, p2p_factory=None, clock=clock, keystore=ks, validator_key=key(1000),
-                    finality_tick_s=0.01)
-        await nursery.start(node.run)
+    async with one_validator_node(tmp_path, "secrets") as (node, clock, _, _):
         tids = []
 
         async def post(k):
@@ -249,7 +246,6 @@ async def test_concurrent_task_posts_keep_every_gold_secret(tmp_path):
         clock.now = max(node.tasks[t].deadline for t in tids) + 1
         await wait_for(lambda: all(node.store.task_message_ids(t, KIND_GOLD) for t in tids), 10)
         await wait_for(lambda: not node.gold_secrets(), 10)
-        nursery.cancel_scope.cancel()
 
 
 def test_result_cache_is_lru_bounded_by_items():
@@ -279,11 +275,6 @@ async def test_rewards_of_many_certified_tasks_need_no_recomputation(tmp_path, m
     a result cache too small to hold the results, a second call aggregates nothing."""
     import protocol.tally as tally
 
-    g = make_genesis("manytasks", T0, [(pk(1000), 1)], [], [(pk(1), 10**9)],
-                     {"grace_period_ms": 1000, "round_timeout_ms": 2000})
-    clock = FakeClock()
-    ks = Keystore(tmp_path / "n")
-    ks.create("req", seed=bytes(key(1)))
     runs = []
     real = tally.compute_task_result
 
@@ -291,11 +282,8 @@ async def test_rewards_of_many_certified_tasks_need_no_recomputation(tmp_path, m
         runs.append(args[0])
         return real(*args, **kwargs)
 
-    async with trio.open_nursery() as nursery:
-        node = Node(tmp_path / "n", g, p2p_factory=None, clock=clock, keystore=ks, validator_key=key(1000),
-                    finality_tick_s=0.01)
+    async with one_validator_node(tmp_path, "manytasks", FAST_FINALITY) as (node, clock, g, _):
         node._result_cache.max_items = 1  # only the newest result stays in memory
-        await nursery.start(node.run)
         tids = []
         for k in range(3):
             r = await call(node, "task_post", account="req", title=f"t{k}", labels=["x", "y"], domain="d",
@@ -318,4 +306,3 @@ async def test_rewards_of_many_certified_tasks_need_no_recomputation(tmp_path, m
         assert len(runs) == n_runs  # nothing aggregated again
         only = await call(node, "rewards_get", task_id=tids[1].hex())
         assert {r["task_id"] for r in only["rewards"]} == {tids[1].hex()}
-        nursery.cancel_scope.cancel()
