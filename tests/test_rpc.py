@@ -171,3 +171,39 @@ def test_every_method_is_documented():
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "rpc.md").read_text()
     assert [m for m in METHODS if f"\n### {m}" not in doc] == []
+
+
+async def test_replies_with_a_long_string_are_encoded_off_the_event_loop(node, monkeypatch):
+    """task_export's content (and blob_get's data) can be tens of MB: such a reply is
+    JSON-encoded in a worker thread, in slices, and the bytes sent are exactly
+    json.dumps of the reply; small replies are encoded on the loop as before."""
+    import threading
+
+    calls: list[tuple[bool, bytes]] = []
+    encode = rpcmod._encode
+
+    def recording(obj):
+        chunks = encode(obj)
+        calls.append((threading.current_thread() is threading.main_thread(), b"".join(chunks)))
+        return chunks
+
+    monkeypatch.setattr(rpcmod, "_encode", recording)
+    monkeypatch.setattr(rpcmod, "THREAD_ENCODE_CHARS", 1000)
+    monkeypatch.setattr(rpcmod, "_ESCAPE_SLICE", 100)  # many slices,
+    monkeypatch.setattr(rpcmod, "_SEND_CHUNK", 700)  # and many chunks sent
+    c = await connect(node)
+    tid = (await c.call("task_post", {"account": "alice", "labels": ["a", "b"],
+                                      "items": [f'item "{i}"\n' for i in range(200)]}))["result"]["task_id"]
+    calls.clear()
+    small = await c.call("node_info")
+    big = await c.call("task_export", {"task_id": tid, "format": "csv"})
+    assert len(big["result"]["content"]) >= 1000
+    await c.send(json.dumps([{"jsonrpc": "2.0", "id": 7, "method": "node_info"},
+                             {"jsonrpc": "2.0", "id": 8, "method": "task_export",
+                              "params": {"task_id": tid, "format": "csv"}}]).encode() + b"\n")
+    batch = await c.recv()
+    assert [on_loop for on_loop, _ in calls] == [False, False]  # node_info never got here
+    assert calls[0][1] == json.dumps(big, separators=(",", ":")).encode() + b"\n"
+    assert calls[1][1] == json.dumps(batch, separators=(",", ":")).encode() + b"\n"
+    assert batch[1]["result"] == big["result"] and batch[0]["result"] == small["result"]
+    assert 'item ""199""' in big["result"]["content"]  # csv quoting survived the slicing
