@@ -111,6 +111,13 @@ def _signing_key(node, params):
         raise RpcError(NOT_FOUND, str(e)) from None
 
 
+def _store_full(e: Exception) -> RpcError:
+    """The error of an RPC write refused because the store is full (logged: the operator
+    must free disk space)."""
+    logging.getLogger("labelmesh.rpc").error("refused an RPC write, store full: %s", e)
+    return RpcError(STORE_FULL, f"store is full: {e}. Free disk space; the node resumes by itself.")
+
+
 async def _ingest_or_raise(node, raw: bytes) -> tuple[bytes, str]:
     return (await _ingest_many_or_raise(node, [raw]))[0]
 
@@ -124,8 +131,7 @@ async def _ingest_many_or_raise(node, raws: list[bytes], decoded=None) -> list[t
     try:
         results = await node.ingest_many(raws, "rpc", publish=True, decoded=decoded)
     except StoreFullError as e:
-        logging.getLogger("labelmesh.rpc").error("refused an RPC write, store full: %s", e)
-        raise RpcError(STORE_FULL, f"store is full: {e}. Free disk space; the node resumes by itself.") from None
+        raise _store_full(e) from None
     out = []
     for v, mid in results:
         if v.ok:
@@ -297,8 +303,18 @@ async def task_post(node, params):
         raise RpcError(INVALID_PARAMS, f"cannot encode task: {e}") from None
     if gold is not None:
         # The secret is on disk before the commitment is published: the node can always reveal.
-        await node.remember_gold(msg.compute_id(node.network_id), params["account"], salt, gold)
-    mid, status = await _ingest_or_raise(node, msg.raw)
+        from .store import StoreFullError
+
+        try:
+            await node.remember_gold(msg.compute_id(node.network_id), params["account"], salt, gold)
+        except StoreFullError as e:
+            raise _store_full(e) from None
+    try:
+        mid, status = await _ingest_or_raise(node, msg.raw)
+    except RpcError:
+        if gold is not None:  # refused, so never stored nor published: its secret is no use
+            await node.forget_gold([msg.compute_id(node.network_id)])
+        raise
     return {"task_id": mid.hex(), "status": status, "items": len(task.items), "deadline_ms": deadline}
 
 

@@ -5,9 +5,11 @@ import contextlib
 import json
 import random
 
+import pytest
 import trio
 
 from node.api import METHODS
+from node.rpc import RpcError
 from node.daemon import Node
 from node.keystore import Keystore
 from protocol.genesis import make_genesis
@@ -306,3 +308,34 @@ async def test_rewards_of_many_certified_tasks_need_no_recomputation(tmp_path, m
         assert len(runs) == n_runs  # nothing aggregated again
         only = await call(node, "rewards_get", task_id=tids[1].hex())
         assert {r["task_id"] for r in only["rewards"]} == {tids[1].hex()}
+
+
+async def test_a_refused_task_post_leaves_no_gold_secret(tmp_path, monkeypatch):
+    """task_post stores the gold secret before it ingests the announcement; if the
+    announcement is refused (here: the store is full), the secret of a task that will
+    never exist is dropped, and the secrets of other tasks are kept."""
+    from node.store import StoreFullError
+
+    async with one_validator_node(tmp_path, "refused") as (node, clock, _, _):
+        ok = await call(node, "task_post", account="req", title="kept", labels=["x", "y"], domain="d",
+                        items=["a", "b"], duration_s=10, bounty=0, gold=[[0, 1]])
+
+        async def full(*args, **kwargs):
+            assert len(node.gold_secrets()) == 2  # the new secret was on disk first
+            raise StoreFullError("MDB_MAP_FULL (test)")
+
+        monkeypatch.setattr(node, "ingest_many", full)
+        with pytest.raises(RpcError) as e:
+            await call(node, "task_post", account="req", title="refused", labels=["x", "y"], domain="d",
+                       items=["a", "b"], duration_s=10, bounty=0, gold=[[0, 1]])
+        assert e.value.code == -32003, e.value.message
+        assert list(node.gold_secrets()) == [bytes.fromhex(ok["task_id"])]
+
+        async def no_room(*args):
+            raise StoreFullError("MDB_MAP_FULL (test)")
+
+        monkeypatch.setattr(node, "remember_gold", no_room)  # full before the secret is kept
+        with pytest.raises(RpcError) as e:
+            await call(node, "task_post", account="req", title="refused too", labels=["x", "y"], domain="d",
+                       items=["a", "b"], duration_s=10, bounty=0, gold=[[0, 1]])
+        assert e.value.code == -32003 and "Free disk space" in e.value.message
