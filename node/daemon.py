@@ -53,6 +53,10 @@ MAX_ORPHANS = 20_000
 # service); everything else (gossip, sync, rpc) is capped.
 UNCAPPED_SOURCES = frozenset({"local", "pinned"})
 ARRIVALS_KEPT = 200_000  # stored-at times remembered for messages_arrival (RPC)
+#: Ids of valid messages this node declined to store under its storage policy (the
+#: per-annotator batch cap, FinalityService.storage_verdict), most recent kept: sync does
+#: not fetch them again from peers that hold them (32 bytes each, ~20 MB at most).
+DECLINED_KEPT = 262_144
 #: Task results kept in memory (ResultCache), counted in items: a result holds 4 tuples of
 #: Python ints per item (~90 bytes), so about 100 MB at most.  It used to be 1,024 results
 #: of any size (up to 1,024 x 100,000 items), cleared all at once when full.
@@ -186,6 +190,7 @@ class Node:
         # big groups' signatures: in helper processes (labelmesh run), or threads if 0 (in-process nodes)
         self.verifier = Verifier(self.network_id, verify_processes)
         self._batch_counts: dict[bytes, Counter] = {}  # task -> annotator -> batches stored (for the cap)
+        self._declined: OrderedDict[bytes, None] = OrderedDict()  # see DECLINED_KEPT
         self._result_cache = ResultCache(RESULT_CACHE_ITEMS)
         #: prepare_result aggregates sets of at least this many messages in a worker thread
         self.result_thread_min_messages = RESULT_THREAD_MIN_MESSAGES
@@ -297,6 +302,7 @@ class Node:
         records, accepted, seen = [], [], set()
         checked = []  # (k, mid, msg, validate_basic verdict) of messages not stored yet
         pending_batches: Counter = Counter()  # (task, annotator) -> batches admitted in this group
+        pending_votes: dict = {}  # (task, validator, round, phase) -> values admitted in this group
         for k, mid, msg in group:
             ev = self._inflight.get(mid)
             if ev is not None:  # being written by another caller right now
@@ -334,6 +340,12 @@ class Node:
                 v = validate_in_context(msg, self, now, self.params)
             if v.ok and msg.kind == KIND_BATCH and source not in UNCAPPED_SOURCES:
                 v = self._check_batch_cap(msg.body, pending_batches)
+                if not v.ok:
+                    self._decline(mid)
+            if v.ok and msg.kind == KIND_ATTESTATION and hasattr(self, "finality"):
+                v = self.finality.storage_verdict(msg, pending_votes)
+                if not v.ok:
+                    self._decline(mid)
             if not v.ok:
                 if v.outcome is Outcome.IGNORE and v.reason.startswith("unknown task"):
                     self._park_orphan(mid, msg.raw, source)
@@ -418,6 +430,17 @@ class Node:
                           f"put more labels in each batch")
         pending[key] += 1
         return ACCEPT
+
+    def _decline(self, mid: bytes) -> None:
+        self._declined[mid] = None
+        self._declined.move_to_end(mid)
+        while len(self._declined) > DECLINED_KEPT:
+            self._declined.popitem(last=False)
+
+    def declined(self, mid: bytes) -> bool:
+        """Whether this valid message was recently left unstored by the storage policy
+        (sync skips it: asking peers for it again would only be declined again)."""
+        return mid in self._declined
 
     def _park_orphan(self, mid: bytes, raw: bytes, source: str) -> None:
         if mid in self._orphans:

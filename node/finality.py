@@ -34,7 +34,8 @@ import trio
 from protocol.errors import ValidationError
 from protocol.finality import TaskFinality, compute_round_start
 from protocol.messages import (
-    KIND_ATTESTATION, PHASE_PREVOTE, Attestation, Outcome, SignedMessage, decode_message, sign_message,
+    ACCEPT, KIND_ATTESTATION, PHASE_PREVOTE, Attestation, Outcome, SignedMessage, Verdict, decode_message,
+    sign_message,
 )
 
 log = logging.getLogger("labelmesh.finality")
@@ -81,6 +82,20 @@ class FinalityService:
         v = fin.on_attestation(msg)
         if v.outcome is Outcome.IGNORE and "ahead" in v.reason:
             self._pending.setdefault(msg.body.task_id, []).append(msg)
+
+    def storage_verdict(self, msg: SignedMessage, pending: dict) -> Verdict:
+        """TaskFinality.storage_verdict for a validated attestation; ``pending`` (one per
+        write group, filled here) holds the values already admitted in the group."""
+        fin = self.machine(msg.body.task_id)
+        if fin is None:
+            return ACCEPT
+        att = msg.body
+        key = (att.task_id, att.validator, att.round, att.phase)
+        held = pending.setdefault(key, set())
+        v = fin.storage_verdict(msg, held)
+        if v.ok:
+            held.add((att.set_root, att.result_root))
+        return v
 
     def is_certified(self, task_id: bytes) -> bool:
         fin = self.tasks.get(task_id)

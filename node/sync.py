@@ -263,7 +263,8 @@ class SyncService:
                     if i < lo or (hi is not None and i >= hi):
                         raise sp.SyncProtocolError("range answer outside the asked range")
                 have = set(local_list[slice(*sp.range_slice(local_list, lo, hi))])
-                missing.extend(i for i in payload if i not in have)
+                # not what this node declined to store (storage policy): it would decline again
+                missing.extend(i for i in payload if i not in have and not self.node.declined(i))
             else:
                 prev = lo
                 for plo, phi, _, _ in payload:

@@ -45,7 +45,9 @@ evidence. Counting (see docs/finality.md for why):
 * precommit tallies (certificates): signatures only; each validator at most once
   per value. A third-party verifier sees exactly the same thing.
 * at most two distinct values are stored per (validator, round, phase): the
-  evidence pair. Further ones change no tally and are IGNOREd.
+  evidence pair. Further ones change no tally and are IGNOREd. A node stores an
+  attestation only if ``storage_verdict`` says so: not a third value, not the same
+  vote signed again, and nothing from a round after a certificate it holds.
 
 Safety (< 1/3 faulty weight): at most one value is ever certified for a task.
 Liveness: once messages between honest validators arrive within D ms, clocks are
@@ -279,6 +281,39 @@ class TaskFinality:
             "conflicting_certificate": self.conflicting_certificate is not None,
             "equivocations": len(self._evidence),
         }
+
+    # ----------------------------------------------------------------- storage
+
+    def storage_verdict(self, msg: SignedMessage, pending: set[Value] = frozenset()) -> Verdict:
+        """Whether a node should store an attestation that passed ``check_message``
+        (storage policy, never a validity rule: it IGNOREs, never REJECTs).
+
+        Store only what can still change a tally or a certificate here: a new value of
+        another validator in a (round, phase) where it has fewer than two (``pending``:
+        the values of this validator, round and phase admitted but not yet fed to
+        ``on_attestation``, e.g. earlier in the same write); once the task is certified,
+        nothing from a round after the certificate's, except a prevote for the
+        certified value while its batch ids are unknown here.  Without this rule a
+        faulty validator could make every node store a vote per value, per re-signing
+        and per past round, for ever (SECURITY.md).  The local validator's own votes
+        are always stored (replay after a restart)."""
+        att = msg.body
+        if not isinstance(att, Attestation) or att.task_id != self.task_id or att.validator == self.me:
+            return ACCEPT
+        value = _value(att)
+        held = set(self._votes.get((att.round, att.phase), {}).get(att.validator, ())) | set(pending)
+        if value in held:
+            return ignore("attestation not stored: this validator's vote for that value, round and phase "
+                          "is held already (signed again)")
+        if len(held) >= 2:
+            return ignore("attestation not stored: this validator's equivocation in that round and phase "
+                          "is held already")
+        cert = self.certificate
+        if cert is not None and att.round > cert.round and not (
+                att.phase == PHASE_PREVOTE and value == cert.value and cert.set_root not in self._ids):
+            return ignore(f"attestation not stored: the task is certified in round {cert.round}; "
+                          f"later rounds cannot change it")
+        return ACCEPT
 
     # ----------------------------------------------------------------- input
 

@@ -486,6 +486,38 @@ def test_equivocation_is_evidence_and_counts_as_wildcard():
     assert honest_view.get_polka(0) == v[:2]
 
 
+def test_storage_verdict_bounds_what_a_faulty_validator_gets_stored():
+    """Storage policy (never validity): two values per (validator, round, phase), no vote
+    signed again, nothing after a held certificate's round except a prevote naming the
+    certified set's batch ids while those are unknown; the local validator's own votes
+    always."""
+    v, w, u, x = proposal_of(BASE), proposal_of(WITH_X), JUNK, proposal_of({B[5]})
+    f = TaskFinality(TASK, vals(4), PKS[3], DEADLINE, P)
+    store = lambda m: f.storage_verdict(m).ok and f.on_attestation(m).ok  # what a node does
+    assert store(att(2, 5, PHASE_PREVOTE, x)) and store(att(2, 5, PHASE_PREVOTE, w))
+    assert not f.storage_verdict(att(2, 5, PHASE_PREVOTE, u)).ok  # a third value
+    assert not f.storage_verdict(att(2, 5, PHASE_PREVOTE, x, created_at=START + 1)).ok  # signed again
+    assert f.storage_verdict(att(2, 5, PHASE_PRECOMMIT, u)).ok  # another phase
+    # values admitted in the same write but not yet fed to on_attestation count as held
+    assert f.storage_verdict(att(1, 5, PHASE_PREVOTE, u), pending={x[:2], w[:2]}).outcome is Outcome.IGNORE
+    assert f.storage_verdict(att(1, 5, PHASE_PREVOTE, u), pending={x[:2]}).ok
+    # certified in round 1 (precommits only: the certified set's batch ids are not known)
+    for i in range(3):
+        assert store(att(i, 1, PHASE_PRECOMMIT, v))
+    assert f.certificate is not None and f.certificate.round == 1
+    assert f.storage_verdict(att(0, 0, PHASE_PREVOTE, w)).ok  # rounds up to the certificate's
+    assert f.storage_verdict(att(0, 1, PHASE_PRECOMMIT, w)).ok
+    later = [att(0, 2, PHASE_PREVOTE, w), att(0, 2, PHASE_PRECOMMIT, v), att(1, 9, PHASE_PRECOMMIT, u)]
+    assert [f.storage_verdict(m).outcome for m in later] == [Outcome.IGNORE] * 3
+    assert "certified in round 1" in f.storage_verdict(later[0]).reason
+    naming_ids = att(0, 7, PHASE_PREVOTE, v)  # the only way to learn the certified batch ids
+    assert f.certified_batch_ids is None and store(naming_ids)
+    assert f.certified_batch_ids == tuple(sorted(BASE))
+    assert not f.storage_verdict(att(1, 8, PHASE_PREVOTE, v)).ok  # known now
+    assert f.storage_verdict(att(3, 9, PHASE_PREVOTE, u)).ok  # our own vote: always
+    assert f.storage_verdict(att(0, 9, PHASE_PREVOTE, u, task=OTHER_NET)).ok  # not this task's business
+
+
 def test_equivocating_precommits_cannot_fake_a_certificate():
     v, w = proposal_of(BASE), proposal_of(WITH_X)
     f = TaskFinality(TASK, vals(4), None, DEADLINE, P)

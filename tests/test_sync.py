@@ -1,6 +1,7 @@
 """Anti-entropy sync: pure reconciliation, and in-process nodes under loss, partitions, late joins."""
 from __future__ import annotations
 
+import collections
 import os
 import random
 
@@ -11,7 +12,7 @@ from protocol import sync as sp
 from protocol.codec import pack
 
 from .fakenet import FakeNet
-from .helpers import FakeClock, fake_node, make_batch, make_task, make_test_genesis, signed, wait_for
+from .helpers import FakeClock, fake_node, make_batch, make_task, make_test_genesis, pk, signed, wait_for
 
 
 # ------------------------------------------------------------------ pure
@@ -219,3 +220,80 @@ async def test_a_stalled_peer_does_not_hold_up_sync_with_the_others(tmp_path):
         await wait_for(lambda: tm.compute_id(g.network_id) in a.tasks, 5, "the task from b despite the stalled peer")
         assert "stalled" in a.sync._in_session  # still waiting for its answer
         nursery.cancel_scope.cancel()
+
+
+async def test_votes_past_a_certificate_are_not_stored_nor_fetched_again(tmp_path, monkeypatch):
+    """A faulty validator signs many votes: for every past round, three values per round
+    and phase, and the same vote signed twice. A node stores at most two values per
+    (validator, round, phase) and, once it holds a certificate, nothing from a later
+    round; sync does not fetch what it declined from a peer that stored it before it
+    certified."""
+    from node import sync as node_sync
+    from protocol.messages import (
+        KIND_ATTESTATION, PHASE_PRECOMMIT, PHASE_PREVOTE, Attestation, compute_round_start, compute_set_root,
+    )
+
+    monkeypatch.setattr(node_sync, "HOT_S", 0.2)  # do not defer the busy task for long
+    monkeypatch.setattr(node_sync, "SETTLE_S", 0.05)
+    g = make_test_genesis()  # validators pk(1000) .. pk(1003), weight 1 each
+    net = FakeNet(seed=10)
+    clock = FakeClock()
+    async with trio.open_nursery() as nursery:
+        net.nursery = nursery
+        a, b = await start(nursery, tmp_path, net, ["a", "b"], clock, g)  # not connected yet
+        tm = signed(make_task(nonce=4), 1, g.network_id)
+        for n in (a, b):
+            assert (await n.ingest(tm.raw, "rpc"))[0].ok
+        tid = tm.compute_id(g.network_id)
+        deadline = a.tasks[tid].deadline
+        clock.now = compute_round_start(deadline, 40, g.params) + 1  # round 40 is in progress
+
+        def vote(validator, round_, phase, root, result, ids=(), created_at=None):
+            body = Attestation(validator=pk(validator), task_id=tid,
+                               created_at=created_at or compute_round_start(deadline, round_, g.params),
+                               round=round_, phase=phase, set_root=root, result_root=result,
+                               batch_ids=ids if phase == PHASE_PREVOTE else ())
+            return signed(body, validator, g.network_id).raw
+
+        junk_ids = [(bytes([j]) * 32,) for j in range(3)]  # three made-up sets of one batch
+        junk = [(compute_set_root(tid, ids), bytes([j]) * 32, ids) for j, ids in enumerate(junk_ids)]
+        flood = [vote(1003, r, ph, *junk[j]) for r in range(40) for ph in (PHASE_PREVOTE, PHASE_PRECOMMIT)
+                 for j in range(3)]
+        flood += [vote(1003, r, PHASE_PREVOTE, *junk[0], created_at=compute_round_start(deadline, r, g.params) + 7)
+                  for r in range(40)]
+        results = await b.ingest_many(flood, "rpc")  # b, not certified yet, stores two values per slot
+        stored_at_b = [mid for v, mid in results if v.ok]
+        assert len(stored_at_b) == 40 * 2 * 2, collections.Counter(v.reason for v, _ in results)
+        assert all(b.declined(mid) for v, mid in results if not v.ok)
+
+        # validators 0..2 certify the empty set in round 0, at both nodes
+        empty = a.task_result(tid)
+        value = (empty.set_root, empty.result_root)
+        cert_votes = [vote(1000 + i, 0, ph, *value) for i in range(3) for ph in (PHASE_PREVOTE, PHASE_PRECOMMIT)]
+        for n in (a, b):
+            assert all(v.ok for v, _ in await n.ingest_many(cert_votes, "rpc"))
+            assert n.finality.is_certified(tid)
+
+        # a, certified, stores none of the flood's rounds after 0
+        results = await a.ingest_many(flood, "rpc")
+        assert {a.store.get(mid) and decode(mid, a).body.round for v, mid in results if v.ok} == {0}
+        assert sum(v.ok for v, _ in results) == 4  # round 0: two values for each phase
+
+        # b holds 156 votes that a declined: a's sync sessions with b do not fetch them again
+        declined = [mid for mid in stored_at_b if not a.store.has(mid)]
+        assert len(declined) == 156 and all(a.declined(mid) for mid in declined)
+        net.connect("a", "b")
+        await wait_for(lambda: "b" in a.sync.peers and a.sync.peers["b"].sessions >= 2, 30)
+        ignored = a.counters.ignored
+        sessions = a.sync.peers["b"].sessions
+        await wait_for(lambda: a.sync.peers["b"].sessions >= sessions + 3, 30)
+        assert a.counters.ignored == ignored
+        assert not any(a.store.has(mid) for mid in declined)
+        assert len(a.store.task_message_ids(tid, KIND_ATTESTATION)) == 6 + 4
+        nursery.cancel_scope.cancel()
+
+
+def decode(mid, node):
+    from protocol.messages import decode_message
+
+    return decode_message(node.store.get(mid), node.params)
