@@ -174,6 +174,7 @@ async def node_info(node, params):
             "orphans": len(node._orphans),
             # hostile-peer defences (node/ratelimit.py, the per-annotator cap, p2p offender bans)
             "rate_limited": c.rate_limited, "over_batch_cap": c.over_batch_cap,
+            "votes_not_stored": c.votes_not_stored,
             "offenders_banned": (node.p2p.stats().get("offenders_banned", 0)
                                  if node.p2p is not None and hasattr(node.p2p, "stats") else 0),
         },

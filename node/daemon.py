@@ -118,6 +118,7 @@ class Counters:
     published: int = 0  # gossip messages published (a bundle counts once)
     published_envelopes: int = 0  # accepted messages gossiped (each envelope of a bundle counts)
     over_batch_cap: int = 0  # batches IGNOREd by the per-annotator, per-task cap
+    votes_not_stored: int = 0  # attestations IGNOREd by the finality storage bound (storage_verdict)
     rate_limited: int = 0  # gossip messages IGNOREd (or REJECTed as abuse) by node/ratelimit.py
     publish_dropped: int = 0  # accepted messages not gossiped because the publish queue was full
 
@@ -345,6 +346,7 @@ class Node:
             if v.ok and msg.kind == KIND_ATTESTATION and hasattr(self, "finality"):
                 v = self.finality.storage_verdict(msg, pending_votes)
                 if not v.ok:
+                    self.counters.votes_not_stored += 1
                     self._decline(mid)
             if not v.ok:
                 if v.outcome is Outcome.IGNORE and v.reason.startswith("unknown task"):
