@@ -207,3 +207,41 @@ async def test_replies_with_a_long_string_are_encoded_off_the_event_loop(node, m
     assert calls[1][1] == json.dumps(batch, separators=(",", ":")).encode() + b"\n"
     assert batch[1]["result"] == big["result"] and batch[0]["result"] == small["result"]
     assert 'item ""199""' in big["result"]["content"]  # csv quoting survived the slicing
+
+
+async def test_annotations_list_pages_are_bounded_by_labels_too(node, monkeypatch):
+    """A page ends after the batch that reaches MAX_PAGE_LABELS labels (at least one
+    batch per page); next_offset walks every batch exactly once; a page read in the
+    worker thread is the same as one read on the loop, and its reply is encoded off the
+    loop, an entry at a time."""
+    import threading
+
+    from node import api
+
+    c = await connect(node)
+    tid = (await c.call("task_post", {"account": "alice", "labels": ["a", "b"], "items": [str(i) for i in range(8)],
+                                      "duration_s": 60}))["result"]["task_id"]
+    raws = [signed(make_batch(100 + k, bytes.fromhex(tid), [(i, (i + k) % 2) for i in range(1 + k % 4)],
+                              created_at=T0), 100 + k, node.network_id).raw.hex() for k in range(30)]
+    assert all(x["status"] == "accepted" for x in (await c.call("annotations_submit", {"raw": raws}))["result"]["results"])
+    monkeypatch.setattr(api, "MAX_PAGE_LABELS", 5)
+    seen, offset, pages = [], 0, 0
+    while offset is not None:
+        page = (await c.call("annotations_list", {"task_id": tid, "limit": 10_000, "offset": offset}))["result"]
+        labels = [len(b["labels"]) for b in page["batches"]]
+        assert sum(labels[:-1]) < 5 <= sum(labels) or page["next_offset"] is None
+        seen += [b["batch_id"] for b in page["batches"]]
+        offset, pages = page["next_offset"], pages + 1
+    assert len(seen) == len(set(seen)) == page["total"] == 30 and pages > 5
+    monkeypatch.setattr(api, "MAX_PAGE_LABELS", 10**9)
+    inline = (await c.call("annotations_list", {"task_id": tid, "limit": 10_000}))["result"]
+    assert inline["next_offset"] is None and [b["batch_id"] for b in inline["batches"]] == seen
+
+    calls = []
+    encode = rpcmod._encode
+    monkeypatch.setattr(rpcmod, "_encode", lambda obj: calls.append(threading.current_thread()) or encode(obj))
+    monkeypatch.setattr(rpcmod, "THREAD_ENCODE_ITEMS", 30)
+    monkeypatch.setattr(api, "LIST_THREAD_MIN_BATCHES", 1)
+    threaded = (await c.call("annotations_list", {"task_id": tid, "limit": 10_000}))["result"]
+    assert threaded == inline
+    assert len(calls) == 1 and calls[0] is not threading.main_thread()
