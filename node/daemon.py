@@ -314,6 +314,13 @@ class Node:
                 self.counters.duplicates += 1
                 results[k] = (ignore("duplicate"), mid)
                 continue
+            if mid in self._declined and source in ("gossip", "sync"):
+                # the same bytes were valid and left unstored by the storage policy, whose
+                # verdicts never change: no need to verify them again (an RPC client is
+                # told the policy's own reason again)
+                self.counters.ignored += 1
+                results[k] = (ignore("not stored: declined before by the storage policy"), mid)
+                continue
             checked.append((k, mid, msg, validate_basic(msg, self.params)))
         # Verify signatures in one go; a big group off the event loop (a helper process, see
         # node/verifier.py) while the event loop decodes the next request (two cores busy).

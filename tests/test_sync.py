@@ -279,6 +279,9 @@ async def test_votes_past_a_certificate_are_not_stored_nor_fetched_again(tmp_pat
         assert {a.store.get(mid) and decode(mid, a).body.round for v, mid in results if v.ok} == {0}
         assert sum(v.ok for v, _ in results) == 4  # round 0: two values for each phase
         assert a.counters.votes_not_stored == len(flood) - 4  # operators see it (node_info, metrics)
+        again = await a.ingest_many(flood, "gossip")  # replayed: known, not verified again
+        assert sum("declined before" in v.reason for v, _ in again) == len(flood) - 4
+        assert a.counters.votes_not_stored == len(flood) - 4
 
         # b holds 156 votes that a declined: a's sync sessions with b do not fetch them again
         declined = [mid for mid in stored_at_b if not a.store.has(mid)]
