@@ -308,6 +308,9 @@ class P2PConfig:
     offender_ban_s: float = 600.0  # how long a banned peer is refused (both directions), > 0
 
     # --- connections ---
+    # Inbound connections are refused (at the Noise handshake) while this many peers are
+    # connected; our own dials (bootstrap peers, connect()) are not limited, >= 1.
+    max_peers: int = 64
     dial_timeout_s: float = 10.0  # one connect() / bootstrap dial, > 0
     redial_backoff_min_s: float = 1.0  # first bootstrap redial delay (doubles per failure), > 0
     redial_backoff_max_s: float = 60.0  # cap of the bootstrap redial delay, >= min
@@ -374,6 +377,7 @@ class P2PConfig:
             "or offenders are silenced before they can be banned",
         )
         need(self.offender_ban_s > 0, "offender_ban_s", "must be > 0")
+        need(self.max_peers >= 1, "max_peers", "must be >= 1")
         need(self.dial_timeout_s > 0, "dial_timeout_s", "must be > 0")
         need(self.redial_backoff_min_s > 0, "redial_backoff_min_s", "must be > 0")
         need(
@@ -559,26 +563,31 @@ def _tune_libp2p_hot_paths() -> None:
 
 
 class _GatedNoiseTransport(NoiseTransport):
-    """Noise, but a handshake with a banned peer id fails (both directions)."""
+    """Noise, but a handshake with a banned peer id fails (both directions), and an
+    inbound one fails while the node is full (``is_full``, see P2PConfig.max_peers)."""
 
-    def __init__(self, *args: Any, is_refused: Callable[[ID], bool], **kwargs: Any) -> None:
+    def __init__(self, *args: Any, is_refused: Callable[[ID], bool], is_full: Callable[[ID], bool],
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._is_refused = is_refused
+        self._is_full = is_full
 
-    async def _gate(self, conn: ISecureConn) -> ISecureConn:
+    async def _gate(self, conn: ISecureConn, inbound: bool) -> ISecureConn:
         peer = conn.get_remote_peer()
-        if self._is_refused(peer):
+        why = ("is banned" if self._is_refused(peer)
+               else "is refused: too many peers connected" if inbound and self._is_full(peer) else "")
+        if why:
             with trio.CancelScope(shield=True):
                 with trio.move_on_after(1):
                     await conn.close()
-            raise HandshakeFailure(f"peer {peer} is banned")
+            raise HandshakeFailure(f"peer {peer} {why}")
         return conn
 
     async def secure_inbound(self, conn: IRawConnection) -> ISecureConn:
-        return await self._gate(await super().secure_inbound(conn))
+        return await self._gate(await super().secure_inbound(conn), inbound=True)
 
     async def secure_outbound(self, conn: IRawConnection, peer_id: ID) -> ISecureConn:
-        return await self._gate(await super().secure_outbound(conn, peer_id))
+        return await self._gate(await super().secure_outbound(conn, peer_id), inbound=False)
 
 
 class _NeverStartedAutoConnector(AutoConnector):
@@ -919,6 +928,7 @@ class P2PNode:
             self._key_pair,
             noise_privkey=_create_x25519_key_pair().private_key,
             is_refused=lambda peer: self._ban_remaining(peer.to_base58()) > 0,
+            is_full=self._is_full,
         )
         host = new_host(
             key_pair=self._key_pair,
@@ -1094,6 +1104,14 @@ class P2PNode:
                 await trio.sleep(0.02)
             return True
         return False
+
+    def _is_full(self, pid: ID) -> bool:
+        """Whether an inbound connection from ``pid`` must be refused: max_peers other
+        peers are connected already (counted in ``inbound_refused_full``)."""
+        full = pid.to_base58() not in self._connected and len(self._connected) >= self.config.max_peers
+        if full:
+            self._counters["inbound_refused_full"] += 1
+        return full
 
     def _on_connected(self, pid: ID) -> None:
         peer = pid.to_base58()

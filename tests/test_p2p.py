@@ -337,6 +337,27 @@ async def test_repeat_offender_is_disconnected_and_refused(net: Net) -> None:
     assert b.messages == []
 
 
+async def test_inbound_connections_are_refused_while_full(net: Net) -> None:
+    """max_peers caps the peers that may connect to a node (Sybil peer ids are free);
+    its own dials are not limited, and a slot that frees up can be taken again."""
+    a = await net.start("a", max_peers=1)
+    b = await net.start("b", bootstrap=a)
+    assert await b.node.wait_for_peers(1, WAIT)
+    c = await net.start("c")
+    with pytest.raises(P2PError):
+        await c.node.connect(a.node.listen_addrs()[0])  # A is full: the handshake fails
+    await wait_until(lambda: a.node.stats().get("inbound_refused_full", 0) >= 1, "A counts the refusal")
+    assert a.connected_ids() == {b.id}
+    await a.node.connect(c.node.listen_addrs()[0])  # A's own dial is allowed
+    await wait_until(lambda: a.connected_ids() == {b.id, c.id}, "A dialled C")
+    await a.node.disconnect(b.id)
+    await a.node.disconnect(c.id)
+    await wait_until(lambda: not a.connected_ids(), "A has no peers")
+    d = await net.start("d")  # (C's dialer remembers that A failed it: a fresh peer)
+    await d.node.connect(a.node.listen_addrs()[0])  # room again
+    await wait_until(lambda: d.id in a.connected_ids(), "D connected to A")
+
+
 async def test_bootstrap_peer_is_redialed_after_a_drop(net: Net) -> None:
     a = await net.start("a")
     b = await net.start("b", bootstrap=a, redial_backoff_min_s=0.2)
@@ -399,6 +420,7 @@ def test_config_is_validated() -> None:
         dict(publish_threshold=-10.0),  # above gossip_threshold
         dict(offender_reject_threshold=10.0),  # silenced (score -100 < -40) before banned
         dict(max_message_bytes=2 * 1024 * 1024),
+        dict(max_peers=0),
     ]
     for override in bad_cases:
         with pytest.raises(P2PConfigError):
