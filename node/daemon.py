@@ -678,40 +678,31 @@ class Node:
         its certified result cannot be reproduced here yet)."""
         from protocol.reputation import AnnotatorOutcome, TaskOutcome
 
-        hit = self._outcomes.get(task_id)
-        if hit is not None:
-            return hit
-        res = self._reproduced_certified_result(task_id)
-        if res is None:
-            return None
-        t = self.tasks[task_id]
-        out = TaskOutcome(task_id=task_id, deadline=t.deadline, domain=t.schema.domain,
-                          n_classes=len(t.schema.labels),
-                          annotators=tuple(AnnotatorOutcome(a.account, a.labels, a.score, a.equivocations)
-                                           for a in res.annotators))
-        self._outcomes[task_id] = out
-        return out
+        t = self.tasks.get(task_id)
+        return self._certified_summary(self._outcomes, task_id, lambda res: TaskOutcome(
+            task_id=task_id, deadline=t.deadline, domain=t.schema.domain, n_classes=len(t.schema.labels),
+            annotators=tuple(AnnotatorOutcome(a.account, a.labels, a.score, a.equivocations)
+                             for a in res.annotators)))
 
-    def _reproduced_certified_result(self, task_id: bytes):
-        """The result over a task's certified set if this node holds it all and gets the
-        certificate's result_root, else None (not certified, fetching, or a different
-        reputation snapshot here)."""
-        cert, res = self.finality.certified_result(task_id)
-        return res if cert is not None and res is not None and res.result_root == cert.result_root else None
+    def _certified_summary(self, cache: dict, task_id: bytes, summarise):
+        """``summarise(result)`` of the result over a task's certified set, kept in
+        ``cache`` per task; None (not kept) unless this node holds the whole set and gets
+        the certificate's result_root (not certified, fetching, or a different reputation
+        snapshot here)."""
+        hit = cache.get(task_id)
+        if hit is None:
+            cert, res = self.finality.certified_result(task_id)
+            if cert is None or res is None or res.result_root != cert.result_root:
+                return None
+            hit = cache[task_id] = summarise(res)
+        return hit
 
     def certified_rewards(self, task_id: bytes):
         """(refund, ((account, reward, labels, accuracy), ...)) of a certified task whose
         certified result this node reproduces, else None.  Kept per task (small), so
         rewards_get over many certified tasks does not need their full results again."""
-        hit = self._rewards.get(task_id)
-        if hit is not None:
-            return hit
-        res = self._reproduced_certified_result(task_id)
-        if res is None:
-            return None
-        out = (res.refund, tuple((a.account, a.reward, a.labels, a.accuracy) for a in res.annotators))
-        self._rewards[task_id] = out
-        return out
+        return self._certified_summary(self._rewards, task_id, lambda res: (
+            res.refund, tuple((a.account, a.reward, a.labels, a.accuracy) for a in res.annotators)))
 
     def reputation_snapshot(self, created_at: int) -> tuple[dict, bytes]:
         """Earned reputation for a task created at ``created_at`` and a digest of the

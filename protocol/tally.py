@@ -148,7 +148,6 @@ def compute_task_result(task_id: bytes, task: TaskAnnouncement,
 
     # Reward scores: integer fixed point, exact (float64 sums of integers <= ONE over at
     # most 2**24 votes stay below 2**53).
-    n_acc = len(accounts)
     nlabels = np.bincount(ann, minlength=n_acc).astype(np.int64).tolist()
     res_label = np.asarray(res.label, dtype=np.int64)
     res_conf = np.asarray(res.confidence, dtype=np.int64)
@@ -160,7 +159,7 @@ def compute_task_result(task_id: bytes, task: TaskAnnouncement,
         point = np.where(on_gold, np.where(lab == g_label[itm], ONE, 0), point)
     scores = np.bincount(ann, weights=point.astype(np.float64), minlength=n_acc).astype(np.int64).tolist()
     # Pay skill above chance: a random annotator matches 1/k of the labels for free.
-    pay = [max(0, scores[a] - nlabels[a] * ONE // n_classes) for a in range(len(accounts))]
+    pay = [max(0, scores[a] - nlabels[a] * ONE // n_classes) for a in range(n_acc)]
     total = sum(pay)
     bounty = task.bounty
     rewards = [(bounty * p) // total if total else 0 for p in pay]
