@@ -395,12 +395,6 @@ def cmd_certificate(args) -> int:
     return 0
 
 
-def cmd_devnet(args) -> int:
-    from . import devnet
-
-    return devnet.main(args)
-
-
 # ------------------------------------------------------------------ parser
 
 def build_parser(with_offline: bool = True) -> argparse.ArgumentParser:
@@ -497,11 +491,21 @@ def build_parser(with_offline: bool = True) -> argparse.ArgumentParser:
     b.add_argument("--out", required=True, help="file to write (replaced atomically once verified)")
     b.set_defaults(fn=cmd_blob_get)
 
-    s = sub.add_parser("devnet", parents=[common], help="local multi-node devnet (same as scripts/devnet)")
-    from . import devnet
-    devnet.add_arguments(s)
-    s.set_defaults(fn=cmd_devnet)
+    add_plugin_verbs(sub, common)  # e.g. `devnet`, from the devtools package
     return p
+
+
+PLUGIN_GROUP = "labelmesh.cli"
+"""Entry-point group of extra CLI verbs (pyproject.toml): each entry point names a function
+``register(subparsers, common)`` that adds one verb. This is how ``labelmesh devnet``
+reaches ``devtools`` without the runtime package importing it."""
+
+
+def add_plugin_verbs(sub, common: argparse.ArgumentParser) -> None:
+    from importlib.metadata import entry_points
+
+    for ep in sorted(entry_points(group=PLUGIN_GROUP), key=lambda e: e.name):
+        ep.load()(sub, common)
 
 
 def main(argv=None) -> int:

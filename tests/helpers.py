@@ -97,10 +97,10 @@ async def wait_for(cond, timeout: float = 10.0, what: str = "condition"):
 
 
 def poll(cond, timeout: float, what: str, *, interval: float = 0.25, retry_on: tuple = ()):
-    """Blocking wait for multi-process tests (node.devnet.poll raising AssertionError):
+    """Blocking wait for multi-process tests (devtools.devnet.poll raising AssertionError):
     ``cond`` is called every ``interval`` s until truthy or ``timeout`` s pass; exceptions
     of the ``retry_on`` types count as "not yet", any other propagates."""
-    from node.devnet import poll as devnet_poll
+    from devtools.devnet import poll as devnet_poll
 
     return devnet_poll(cond, timeout, what, interval=interval, retry_on=retry_on, error=AssertionError)
 

@@ -825,7 +825,7 @@ def test_iteration_count_is_checked():
 # --------------------------------------------------------------------------- real datasets
 
 from node import offline  # noqa: E402
-from node.bench.consensus import datasets_dir  # noqa: E402
+from devtools.bench.consensus import datasets_dir  # noqa: E402
 
 # the benchmark's lookup: $LABELMESH_DATASETS, ../shared/datasets, /work/shared/datasets
 DATASETS = datasets_dir() or REPO.parent / "shared" / "datasets"

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import json
 
-from node.bench import report
-from node.bench.common import figure, percentile
+from devtools.bench import report
+from devtools.bench.common import figure, percentile
 
 
 def test_figure_ratio_and_target():
@@ -47,7 +47,7 @@ def test_write_keeps_notes_and_merges_runs(tmp_path):
 
 
 def test_sign_test_p_exact_values():
-    from node.bench.consensus import sign_test_p
+    from devtools.bench.consensus import sign_test_p
 
     assert sign_test_p(0, 0) == 1.0 and sign_test_p(1, 0) == 1.0 and sign_test_p(0, 1) == 1.0
     assert sign_test_p(10, 0) == 2 / 1024  # 2 * P(X <= 0), X ~ Bin(10, 1/2)

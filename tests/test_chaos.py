@@ -1,7 +1,7 @@
 """Chaos on a real 5-node devnet: kill -9 + restart, SIGSTOP/SIGCONT, a network partition
 (network namespaces) under load, then the Jepsen-style set check (slow tier, marked `devnet`).
 
-Also the pure parts of node/chaos.py: the seeded schedule and the submission classifier.
+Also the pure parts of devtools/chaos.py: the seeded schedule and the submission classifier.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from node import chaos, netns
+from devtools import chaos, netns
 from . import helpers
 
 

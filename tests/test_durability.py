@@ -19,7 +19,7 @@ from pathlib import Path
 import nacl.signing
 import pytest
 
-from node import devnet
+from devtools import devnet
 from node.rpc import RpcCallError, RpcClient
 from protocol.messages import AnnotationBatch, compute_set_root, sign_message
 from .helpers import cli, poll

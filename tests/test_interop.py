@@ -76,7 +76,7 @@ def test_js_replays_every_vector(js):
 
 
 def _rpc(root: Path, i: int, method: str, params=None):
-    from node.devnet import _rpc as rpc
+    from devtools.devnet import rpc
     return rpc(root, i, method, params or {}, timeout=30)
 
 
@@ -139,7 +139,7 @@ class JsPeer:
 
 @pytest.fixture
 def devnet():
-    from node import devnet as dn
+    from devtools import devnet as dn
     root = Path(tempfile.mkdtemp(prefix="lminterop", dir="/tmp"))
     try:
         meta = dn.up(root, 3)

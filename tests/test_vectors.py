@@ -1,6 +1,6 @@
 """Replay tests/vectors/*.json against the reference code.
 
-The vectors are written by ``scripts/gen-vectors`` (fixed seeds, no clock). Every
+The vectors are written by ``scripts/gen-vectors`` (``devtools/vectors.py``) (fixed seeds, no clock). Every
 field is checked here by recomputing it with the protocol code, so a change to the
 wire format, the signed bytes, the ids, validation outcomes, the aggregation, the
 tally, the sync frames or the finality rules fails a test below; if the change is
@@ -96,8 +96,8 @@ def body_from_json(kind: int, b: dict):
 
 def test_committed_vectors_are_what_the_generator_writes(tmp_path):
     """The committed files are current: regenerating from the code changes nothing."""
-    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen-vectors"), "--out", str(tmp_path)],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-m", "devtools.vectors", "--out", str(tmp_path)],  # scripts/gen-vectors
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     stale = [f for f in FILES if (tmp_path / f).read_text(encoding="utf-8") != (VECTORS / f).read_text(encoding="utf-8")]
     assert not stale, (f"tests/vectors/{stale} differ from what the code produces now: a wire-format or "

@@ -10,8 +10,8 @@ for the deadline and for every node to hold the same annotation set, and prints
 a summary a person can read. ``down`` stops exactly the processes ``up`` started
 (by PID, checked against their command line).
 
-``up --netns`` puts every node in its own network namespace (``node/netns.py``;
-root needed) so that ``chaos`` (``node/chaos.py``, docs/chaos.md) can partition the
+``up --netns`` puts every node in its own network namespace (``devtools/netns.py``;
+root needed) so that ``chaos`` (``devtools/chaos.py``, docs/chaos.md) can partition the
 network; ``down`` deletes the namespaces. After start-up every node's config lists
 all the others as bootstrap peers, for its next start (a restart after a crash).
 """
@@ -60,8 +60,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rpc(root: Path, i: int, method: str, params=None, timeout: float = 30.0):
-    from .rpc import RpcClient
+def rpc(root: Path, i: int, method: str, params=None, timeout: float = 30.0):
+    """Call ``method`` on devnet node ``i`` (its RPC socket) and return the result."""
+    from node.rpc import RpcClient
 
     with RpcClient(root / f"node-{i}" / "node.sock", timeout=timeout) as c:
         return c.call(method, params or {})
@@ -85,12 +86,14 @@ def poll(cond, timeout: float, what: str, *, interval: float = 0.2, retry_on: tu
     raise error(f"timed out after {timeout:.0f} s waiting for {what}" + (f" (last error: {last_err!r})" if last_err else ""))
 
 
-def _pids(root: Path) -> dict:
+def read_pids(root: Path) -> dict:
+    """{node index (str): {"pid", "data_dir"}} of the processes this devnet started."""
     p = root / "pids.json"
     return json.loads(p.read_text()) if p.exists() else {}
 
 
-def _alive(pid: int, data_dir: str) -> bool:
+def is_alive(pid: int, data_dir: str) -> bool:
+    """Whether ``pid`` is a live (not zombie) node process serving ``data_dir``."""
     try:
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
@@ -111,40 +114,41 @@ def start_node(root: Path, i: int) -> int:
     proc = subprocess.Popen([*exec_prefix(root, i), sys.executable, "-m", "node.cli", "run", "--data-dir", str(dd)],
                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    pids = _pids(root)
+    pids = read_pids(root)
     pids[str(i)] = {"pid": proc.pid, "data_dir": str(dd)}
     (root / "pids.json").write_text(json.dumps(pids, indent=1))
     return proc.pid
 
 
 def stop_node(root: Path, i: int, sig=signal.SIGTERM, timeout: float = 15.0) -> None:
-    ent = _pids(root).get(str(i))
+    ent = read_pids(root).get(str(i))
     if not ent:
         return
     pid, dd = ent["pid"], ent["data_dir"]
-    if not _alive(pid, dd):
+    if not is_alive(pid, dd):
         return
     os.kill(pid, sig)
     end = time.monotonic() + timeout
-    while time.monotonic() < end and _alive(pid, dd):
+    while time.monotonic() < end and is_alive(pid, dd):
         time.sleep(0.05)
         try:
             os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:
             pass
-    if _alive(pid, dd):
+    if is_alive(pid, dd):
         os.kill(pid, signal.SIGKILL)
 
 
 def up(root: Path, n: int, netns: bool = False) -> dict:
+    from node.config import NodeConfig
+    from node.keystore import Keystore, write_private
     from protocol.genesis import make_genesis
+
     from . import netns as nns
-    from .config import NodeConfig
-    from .keystore import Keystore, write_private
 
     if not 1 <= n <= 20:
         raise DevnetError("a devnet has 1..20 nodes")
-    if any(_alive(e["pid"], e["data_dir"]) for e in _pids(root).values()):
+    if any(is_alive(e["pid"], e["data_dir"]) for e in read_pids(root).values()):
         raise DevnetError(f"a devnet is already running in {root}; run `scripts/devnet down` first")
     if netns:
         ok, why = nns.available()
@@ -177,7 +181,7 @@ def up(root: Path, n: int, netns: bool = False) -> dict:
         (dd / "config.toml").write_text(cfg.to_toml())
     t0 = time.monotonic()
     start_node(root, 0)
-    info0 = poll(lambda: _rpc(root, 0, "node_info"), WAIT_S, "node 0 to start")
+    info0 = poll(lambda: rpc(root, 0, "node_info"), WAIT_S, "node 0 to start")
     addr0 = [a for a in info0["listen_addrs"] if "/p2p/" in a][0]
     addrs = {0: addr0}
     # Others bootstrap from node 0 plus up to two earlier nodes; start them in waves so
@@ -187,7 +191,7 @@ def up(root: Path, n: int, netns: bool = False) -> dict:
         cfg = NodeConfig(listen=[listen[i]], bootstrap=boot, validator_account="validator")
         (root / f"node-{i}" / "config.toml").write_text(cfg.to_toml())
         start_node(root, i)
-        info = poll(lambda: _rpc(root, i, "node_info"), WAIT_S, f"node {i} to start")
+        info = poll(lambda: rpc(root, i, "node_info"), WAIT_S, f"node {i} to start")
         addrs[i] = [a for a in info["listen_addrs"] if "/p2p/" in a][0]
     # For the next start of each node (a restart after a crash): bootstrap from every other
     # node. A restarted node then redials everyone at once itself, instead of waiting for
@@ -197,7 +201,7 @@ def up(root: Path, n: int, netns: bool = False) -> dict:
                          validator_account="validator")
         (root / f"node-{i}" / "config.toml").write_text(cfg.to_toml())
     want = min(2, n - 1)
-    poll(lambda: all(_rpc(root, i, "node_info")["peer_count"] >= want for i in range(n)), WAIT_S,
+    poll(lambda: all(rpc(root, i, "node_info")["peer_count"] >= want for i in range(n)), WAIT_S,
           f"every node to have at least {want} peers")
     meta = {"nodes": n, "network_id": genesis.network_id.hex(), "addrs": addrs, "netns": bool(layout),
             "started_in_s": round(time.monotonic() - t0, 1)}
@@ -206,10 +210,10 @@ def up(root: Path, n: int, netns: bool = False) -> dict:
 
 
 def down(root: Path) -> int:
-    pids = _pids(root)
+    pids = read_pids(root)
     for i in sorted(pids, key=int):
         stop_node(root, int(i))
-    left = [e["pid"] for e in pids.values() if _alive(e["pid"], e["data_dir"])]
+    left = [e["pid"] for e in pids.values() if is_alive(e["pid"], e["data_dir"])]
     if left:
         raise DevnetError(f"processes still running: {left}")
     (root / "pids.json").unlink(missing_ok=True)
@@ -220,11 +224,11 @@ def down(root: Path) -> int:
 
 def status(root: Path) -> list[dict]:
     out = []
-    for i, e in sorted(_pids(root).items(), key=lambda kv: int(kv[0])):
-        row = {"node": int(i), "pid": e["pid"], "alive": _alive(e["pid"], e["data_dir"])}
+    for i, e in sorted(read_pids(root).items(), key=lambda kv: int(kv[0])):
+        row = {"node": int(i), "pid": e["pid"], "alive": is_alive(e["pid"], e["data_dir"])}
         if row["alive"]:
             try:
-                info = _rpc(root, int(i), "node_info", timeout=5)
+                info = rpc(root, int(i), "node_info", timeout=5)
                 row.update(peer_id=info["peer_id"], peers=info["peer_count"], tasks=info["tasks"],
                            stored=info["messages"]["stored"])
             except Exception as ex:
@@ -270,7 +274,7 @@ def demo(root: Path, n_items: int, deadline_s: float, seed: int) -> dict:
     # The requester hides gold answers for 10% of the items (committed now, revealed by
     # node 0 after the deadline); annotators cannot tell them from the others.
     gold_items = sorted(random.Random(seed + 1).sample(range(n_items), max(1, n_items // 10)))
-    r = _rpc(root, 0, "task_post", {"account": "requester", "title": "demo: what animal is in the picture?",
+    r = rpc(root, 0, "task_post", {"account": "requester", "title": "demo: what animal is in the picture?",
                                     "labels": labels, "domain": "animals",
                                     "items": [f"picture #{i}" for i in range(n_items)],
                                     "duration_s": deadline_s, "bounty": 1_000_000, "redundancy": 5,
@@ -278,7 +282,7 @@ def demo(root: Path, n_items: int, deadline_s: float, seed: int) -> dict:
     task_id = r["task_id"]
     deadline_ms = r["deadline_ms"]
     print(f"posted task {task_id[:16]}… ({n_items} items, bounty 1,000,000 credits) on node 0", flush=True)
-    poll(lambda: all(any(t["task_id"] == task_id for t in _rpc(root, i, "tasks_list")["tasks"]) for i in range(n)),
+    poll(lambda: all(any(t["task_id"] == task_id for t in rpc(root, i, "tasks_list")["tasks"]) for i in range(n)),
           30, "the task to reach every node")
     print(f"task reached all {n} nodes in {time.monotonic() - t0:.1f} s", flush=True)
     submitted = 0
@@ -291,7 +295,7 @@ def demo(root: Path, n_items: int, deadline_s: float, seed: int) -> dict:
             b = AnnotationBatch(annotator=bytes(a["key"].verify_key), task_id=bytes.fromhex(task_id),
                                 created_at=int(time.time() * 1000), labels=tuple(pairs[j:j + 50]))
             raws.append(sign_message(b, a["key"], network_id).raw.hex())
-        res = _rpc(root, via, "annotations_submit", {"raw": raws})
+        res = rpc(root, via, "annotations_submit", {"raw": raws})
         submitted += sum(x["labels"] for x in res["results"])
         batches += len(raws)
     print(f"{len(annotators)} simulated annotators submitted {submitted} labels in {batches} signed batches "
@@ -301,7 +305,7 @@ def demo(root: Path, n_items: int, deadline_s: float, seed: int) -> dict:
     time.sleep(wait_s)
 
     def certified_everywhere():
-        rs = [_rpc(root, i, "consensus_get", {"task_id": task_id}) for i in range(n)]
+        rs = [rpc(root, i, "consensus_get", {"task_id": task_id}) for i in range(n)]
         if all(x["status"] == "certified" for x in rs) and len({x["result_root"] for x in rs}) == 1:
             return rs
         return None
@@ -319,7 +323,7 @@ def demo(root: Path, n_items: int, deadline_s: float, seed: int) -> dict:
             votes.setdefault(item, [0] * len(labels))[lab] += 1
     mv = sum(1 for i in scored if max(range(len(labels)), key=lambda c: (votes[i][c], -c)) == truth[i]) / len(scored)
     by_key = {a["account"]: a for a in res["annotators"]}
-    rep = {x["account"]: x for x in _rpc(root, 0, "reputation_get", {"domain": "animals"})["reputation"]}
+    rep = {x["account"]: x for x in rpc(root, 0, "reputation_get", {"domain": "animals"})["reputation"]}
     summary = {"task_id": task_id, "nodes": n, "labels_submitted": submitted, "batches": batches,
                "accuracy": round(acc, 4), "majority_vote_accuracy": round(mv, 4), "alpha": res["alpha_f"],
                "gold_items": len(gold_items), "refund": res["refund"],
@@ -396,7 +400,7 @@ def main(args) -> int:
                       f"peers {r.get('peers', '-')}  tasks {r.get('tasks', '-')}  stored {r.get('stored', '-')}"
                       + (f"  error: {r['error']}" if 'error' in r else ""))
         elif args.action == "logs":
-            idx = [args.node] if args.node is not None else sorted(int(i) for i in _pids(root))
+            idx = [args.node] if args.node is not None else sorted(int(i) for i in read_pids(root))
             for i in idx:
                 p = root / f"node-{i}" / "node.log"
                 lines = p.read_text(errors="replace").splitlines()[-args.lines:] if p.exists() else []

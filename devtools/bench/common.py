@@ -217,7 +217,7 @@ def request_line(method: str, params: dict, id_: int = 1) -> bytes:
 # ------------------------------------------------------------------ devnets
 
 class Devnet:
-    """A throw-away devnet of ``n`` real node processes (``node.devnet.up``) in a
+    """A throw-away devnet of ``n`` real node processes (``devtools.devnet.up``) in a
     short temporary directory; ``close()`` stops exactly its processes and removes it."""
 
     def __init__(self, n: int, prefix: str = "lmb"):
@@ -238,7 +238,7 @@ class Devnet:
         return self.root / f"node-{i}" / "node.sock"
 
     def rpc(self, i: int, method: str, params=None, timeout: float = 60.0):
-        return self.devnet._rpc(self.root, i, method, params or {}, timeout=timeout)
+        return self.devnet.rpc(self.root, i, method, params or {}, timeout=timeout)
 
     def client(self, i: int) -> LineClient:
         c = self.clients.get(i)
@@ -247,7 +247,7 @@ class Devnet:
         return c
 
     def pid(self, i: int) -> int:
-        return self.devnet._pids(self.root)[str(i)]["pid"]
+        return self.devnet.read_pids(self.root)[str(i)]["pid"]
 
     def pids(self) -> list[int]:
         return [self.pid(i) for i in range(self.n)]

@@ -1,4 +1,4 @@
-"""Runs crowd-kit aggregators for ``node.bench.consensus``; executed by the Python of
+"""Runs crowd-kit aggregators for ``devtools.bench.consensus``; executed by the Python of
 ``.bench-venv/`` (crowd-kit 1.4.2, scikit-learn < 1.6), never imported by labelmesh.
 
 stdin: one JSON job. stdout: one JSON object.

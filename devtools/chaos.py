@@ -20,7 +20,7 @@ How it works
 2. *Faults.* A seeded schedule (same seed, same schedule) of faults, one at a
    time, each for a few seconds: ``kill`` (SIGKILL, then restart the node from its
    data dir), ``pause`` (SIGSTOP ... SIGCONT) and ``partition`` (a random minority
-   of nodes cut off from the rest: network namespaces, see ``node/netns.py``).
+   of nodes cut off from the rest: network namespaces, see ``devtools/netns.py``).
    The first faults of a run cycle through every kind, so even a short run has
    at least one of each. Whatever happens (even Ctrl-C), paused nodes are
    continued, the network healed and killed nodes restarted before checking.
@@ -60,7 +60,7 @@ from pathlib import Path
 import nacl.signing
 
 from . import netns
-from .devnet import DevnetError, _alive, _pids, _rpc, poll, start_node
+from .devnet import DevnetError, is_alive, poll, read_pids, rpc, start_node
 
 WARMUP_S = 2.0              # load only, before the first fault
 DEADLINE_MARGIN_S = 5.0     # the task's deadline is this long after the fault window
@@ -253,7 +253,7 @@ class FaultRunner:
         self.partitioned = False
 
     def _pid(self, i: int) -> tuple[int, str]:
-        e = _pids(self.root)[str(i)]
+        e = read_pids(self.root)[str(i)]
         return e["pid"], e["data_dir"]
 
     def begin(self, f: Fault) -> None:
@@ -262,9 +262,9 @@ class FaultRunner:
             pid, dd = self._pid(i)
             self.load.dead.add(i)
             self.killed.add(i)
-            if _alive(pid, dd):
+            if is_alive(pid, dd):
                 os.kill(pid, signal.SIGKILL)
-            poll(lambda: not _alive(pid, dd) or _reap(pid), 30, f"node {i} to die")
+            poll(lambda: not is_alive(pid, dd) or _reap(pid), 30, f"node {i} to die")
         elif f.kind == "pause":
             pid, _ = self._pid(i)
             os.kill(pid, signal.SIGSTOP)
@@ -316,12 +316,12 @@ def _reap(pid: int) -> bool:
 def node_view(root: Path, i: int, task_id: str) -> dict:
     ids, offset = set(), 0
     while True:
-        r = _rpc(root, i, "annotations_list", {"task_id": task_id, "limit": 10_000, "offset": offset}, timeout=10)
+        r = rpc(root, i, "annotations_list", {"task_id": task_id, "limit": 10_000, "offset": offset}, timeout=10)
         ids |= {b["batch_id"] for b in r["batches"]}
         offset += len(r["batches"])
         if offset >= r["total"] or not r["batches"]:
             break
-    c = _rpc(root, i, "consensus_get", {"task_id": task_id, "items": False}, timeout=10)
+    c = rpc(root, i, "consensus_get", {"task_id": task_id, "items": False}, timeout=10)
     return {"ids": ids, "set_root": c["set_root"], "result_root": c["result_root"], "status": c["status"],
             "certified_batches": c["batches"] if c["status"] == "certified" else None}
 
@@ -370,8 +370,8 @@ def run(root: Path, *, duration: float, seed: int, rate: float, settle: float, o
     n = meta["nodes"]
     if n < 2:
         raise DevnetError("chaos needs a devnet of at least 2 nodes")
-    pids = _pids(root)
-    dead = [i for i in range(n) if str(i) not in pids or not _alive(pids[str(i)]["pid"], pids[str(i)]["data_dir"])]
+    pids = read_pids(root)
+    dead = [i for i in range(n) if str(i) not in pids or not is_alive(pids[str(i)]["pid"], pids[str(i)]["data_dir"])]
     if dead:
         raise DevnetError(f"nodes {dead} are not running; restart the devnet (`scripts/devnet down && up`)")
     if duration < 5 or duration > 3600:
@@ -384,16 +384,16 @@ def run(root: Path, *, duration: float, seed: int, rate: float, settle: float, o
     network_id = bytes.fromhex(meta["network_id"])
 
     # --- the task and the pre-signed load
-    poll(lambda: all(_rpc(root, i, "node_info", timeout=5)["peer_count"] >= 1 for i in range(n)), 60,
+    poll(lambda: all(rpc(root, i, "node_info", timeout=5)["peer_count"] >= 1 for i in range(n)), 60,
           "every node to have a peer")
     deadline_s = duration + DEADLINE_MARGIN_S
-    t = _rpc(root, 0, "task_post", {"account": "requester", "title": f"chaos run, seed {seed}", "labels": LABELS,
+    t = rpc(root, 0, "task_post", {"account": "requester", "title": f"chaos run, seed {seed}", "labels": LABELS,
                                     "items": [f"chaos item {i}" for i in range(ITEMS)], "duration_s": deadline_s,
                                     "redundancy": 5, "bounty": 100_000, "nonce": seed})
     task_id = t["task_id"]
     rep.task_id = task_id
     deadline_ms = t["deadline_ms"]
-    poll(lambda: all(any(x["task_id"] == task_id for x in _rpc(root, i, "tasks_list", timeout=5)["tasks"])
+    poll(lambda: all(any(x["task_id"] == task_id for x in rpc(root, i, "tasks_list", timeout=5)["tasks"])
                       for i in range(n)), 30, "the chaos task to reach every node")
     subs = sign_batches(seed, network_id, bytes.fromhex(task_id), max(1, int(rate * duration)))
     schedule = make_schedule(seed, duration, n, has_netns)

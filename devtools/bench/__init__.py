@@ -16,5 +16,5 @@ crowd-kit (the consensus baseline) runs in its own virtualenv,
 ``.bench-venv/`` (crowd-kit 1.4.2 needs scikit-learn < 1.6), created on first
 use; ``crowdkit_worker.py`` is the script that runs there.
 
-``python -m node.bench --help`` (or ``scripts/bench --help``) lists the options.
+``python -m devtools.bench --help`` (or ``scripts/bench --help``) lists the options.
 """
