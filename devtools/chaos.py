@@ -50,7 +50,6 @@ import json
 import os
 import random
 import signal
-import socket
 import sys
 import threading
 import time
@@ -58,6 +57,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import nacl.signing
+
+from node.rpc.client import RpcClient
+from node.rpc.errors import RpcCallError
 
 from . import netns
 from .devnet import DevnetError, is_alive, poll, read_pids, rpc, start_node
@@ -157,31 +159,21 @@ def sign_batches(seed: int, network_id: bytes, task_id: bytes, count: int) -> li
 
 def submit(sock_path: Path, raw_hex: str, timeout: float) -> tuple[str, str]:
     """One annotations_submit call, classified: (acked | in_doubt | refused | not_sent, detail)."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    try:
+    with RpcClient(sock_path, timeout=timeout) as client:
         try:
-            s.connect(str(sock_path))
+            client.connect()
         except OSError as e:
             return "not_sent", f"connect: {e.strerror or e}"
-        req = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "annotations_submit", "params": {"raw": raw_hex}})
-        buf = b""
         try:
-            s.sendall(req.encode() + b"\n")
-            while b"\n" not in buf:
-                chunk = s.recv(1 << 16)
-                if not chunk:
-                    return "in_doubt", "connection closed before the answer"
-                buf += chunk
+            result = client.call("annotations_submit", {"raw": raw_hex})
+        except RpcCallError as e:
+            return "refused", f"{e.code}: {e.message[:120]}"
+        except ConnectionError:
+            return "in_doubt", "connection closed before the answer"
         except OSError as e:
             return "in_doubt", f"{type(e).__name__}: {e}"
-        resp = json.loads(buf.split(b"\n", 1)[0])
-        if "error" in resp:
-            return "refused", f"{resp['error'].get('code')}: {resp['error'].get('message', '')[:120]}"
-        status = resp["result"].get("status")
-        return ("acked", status) if status in ("accepted", "duplicate") else ("refused", f"status {status}")
-    finally:
-        s.close()
+    status = result.get("status")
+    return ("acked", status) if status in ("accepted", "duplicate") else ("refused", f"status {status}")
 
 
 class LoadGenerator:

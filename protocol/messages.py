@@ -102,6 +102,11 @@ def ignore(reason: str) -> Verdict:
     return Verdict(Outcome.IGNORE, reason)
 
 
+#: IGNORE: the message names a task this node has not received yet (it may arrive later);
+#: callers compare verdicts with this name, not with its reason text.
+UNKNOWN_TASK = ignore("unknown task (not received yet)")
+
+
 # --------------------------------------------------------------------------- types
 
 
@@ -540,7 +545,7 @@ def validate_in_context(msg: SignedMessage, ctx: Context, now_ms: int, params: P
         return ACCEPT
     task = ctx.get_task(b.task_id)
     if task is None:
-        return ignore("unknown task (not received yet)")
+        return UNKNOWN_TASK
     if isinstance(b, AnnotationBatch):
         n_items, n_classes = len(task.items), len(task.schema.labels)
         for i, l in b.labels:

@@ -42,7 +42,7 @@ from .messages import AnnotationBatch, GoldReveal, TaskAnnouncement, compute_set
 from .params import Params
 
 RESULT_ROOT_TAG = b"labelmesh/result-root/v1\x00"
-ONE = 1 << 16
+ONE = aggregate.ONE  # the fixed-point one of every share (defined in protocol/aggregate.py)
 
 
 @dataclass(frozen=True)

@@ -290,7 +290,7 @@ def fuzz_config(data: bytes) -> str:
 
 def fuzz_csv(data: bytes) -> str:
     """The three CSV readers of ``labelmesh aggregate``; the first byte picks one."""
-    from node.offline import OfflineError, read_answers, read_gold, read_reputation
+    from node.cli.aggregate import OfflineError, read_answers, read_gold, read_reputation
 
     which, body = (data[0] % 3, data[1:]) if data else (0, b"")
     p = _scratch() / "in.csv"
@@ -315,9 +315,10 @@ class _RpcHarness:
     def __init__(self) -> None:
         import trio
 
-        from node.daemon import Node
+        from node.app import Node
         from node.keystore import Keystore
-        from node.rpc import RpcServer
+        from node.rpc.methods import METHODS
+        from node.rpc.server import RpcServer
         from tests.test_inprocess import FakeClock
 
         d = _scratch() / "rpcnode"
@@ -325,7 +326,7 @@ class _RpcHarness:
         if not ks.list():
             ks.create("alice", seed=bytes(key(1)))
         self.node = Node(d, GENESIS, p2p_factory=None, keystore=ks, clock=FakeClock(NOW))
-        self.server = RpcServer(self.node, d / "unused.sock")
+        self.server = RpcServer(self.node, d / "unused.sock", METHODS)
         self._ready = threading.Event()
         self.token = None
 

@@ -115,7 +115,7 @@ async def advance(clock, until, step=100):
 def fake_node(net, name: str, path, genesis, **node_kwargs):
     """A Node on the in-memory network ``net`` (tests/fakenet.py), gossip validated by the
     node itself exactly as with libp2p; not started yet (``await nursery.start(node.run)``)."""
-    from node.daemon import Node
+    from node.app import Node
 
     p2p = net.make(name)
 

@@ -824,7 +824,7 @@ def test_iteration_count_is_checked():
 
 # --------------------------------------------------------------------------- real datasets
 
-from node import offline  # noqa: E402
+from node.cli import aggregate as offline  # noqa: E402
 from devtools.bench.consensus import datasets_dir  # noqa: E402
 
 # the benchmark's lookup: $LABELMESH_DATASETS, ../shared/datasets, /work/shared/datasets

@@ -1,6 +1,6 @@
 """An attacker process against a real 3-node devnet over libp2p on 127.0.0.1 (marked `devnet`).
 
-The attacker is this module run as a script: a bare ``node.p2p.P2PNode`` that dials
+The attacker is this module run as a script: a bare ``node.net.P2PNode`` that dials
 every honest node and floods one gossip topic, either with *valid* spam (annotation
 batches from thousands of fresh accounts, each correctly signed) or with *invalid*
 messages (bad signatures, garbage). Meanwhile honest annotators keep submitting
@@ -36,8 +36,8 @@ async def _attack(args) -> None:
     import nacl.signing
     import trio
 
-    from node.daemon import topic_for
-    from node.p2p import GossipOutcome, P2PConfig, P2PError, P2PNode
+    from node.core.node import topic_for
+    from node.net import GossipOutcome, P2PConfig, P2PError, P2PNode
     from protocol.genesis import genesis_from_json
     from protocol.messages import KIND_BATCH, AnnotationBatch, sign_message
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from node import api
-from node.blobs import BlobError, BlobInputError, BlobStore
+from node.rpc import methods as api
+from node.storage.blobstore import BlobError, BlobInputError, BlobStore
 from node.keystore import Keystore
-from node.rpc import INVALID_PARAMS, NOT_FOUND, UNAVAILABLE, RpcError
+from node.rpc.errors import INVALID_PARAMS, NOT_FOUND, UNAVAILABLE, RpcError
 from protocol import blobs as bp
 from protocol.codec import pack
 
@@ -282,7 +282,7 @@ async def test_oversized_announcement_is_refused(tmp_path):
         assert e.value.code == UNAVAILABLE and "misbehaved" in e.value.message
         # asked for a 10-byte blob: a 64 MiB announcement is refused before any byte is kept
         ghost = os.urandom(32)
-        from node.blobs import BlobUnavailableError
+        from node.services.blobs import BlobUnavailableError
         with pytest.raises(BlobUnavailableError):
             await b.blobs.ensure(ghost, 10)
         assert b.blobs.peers["evil"].penalty == 2 and b.blobs.store.count == 0

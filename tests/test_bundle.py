@@ -7,7 +7,7 @@ import pytest
 import trio
 from hypothesis import given, settings, strategies as st
 
-from node.ratelimit import GossipRateLimiter, RateLimitConfig
+from node.policy.ratelimit import GossipRateLimiter, RateLimitConfig
 from protocol.bundle import (
     BUNDLE_TAG, MAX_BUNDLE_ENVELOPES, encode_bundle, group_envelopes, is_bundle, payload_of, split_payload,
 )
@@ -109,7 +109,7 @@ def test_pack_bundles_splits_by_count_and_size():
 
 
 async def _node(nursery, path, **kw):
-    from node.daemon import Node
+    from node.app import Node
 
     n = Node(path, G, p2p_factory=None, clock=FakeClock(), **kw)
     await nursery.start(n.run)

@@ -26,7 +26,7 @@ def devnet_root():
 
 
 def test_devnet_demo_three_nodes_same_result(devnet_root):
-    from node.daemon import RESULT_THREAD_MIN_MESSAGES
+    from node.core.results import RESULT_THREAD_MIN_MESSAGES
 
     r = cli("devnet", "up", "-n", "3", "--demo", "--items", "2500", "--deadline", "10", "--root", str(devnet_root),
             "--json")

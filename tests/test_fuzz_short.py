@@ -253,7 +253,7 @@ def test_every_truncation_and_trailing_byte_of_every_seed_is_refused():
 def test_csv_weight_with_a_giant_exponent_is_refused_not_computed(tmp_path):
     """``Fraction("1e-99999999")`` computes a 100-million-digit power of ten (it hangs);
     the reader refuses such exponents first."""
-    from node.offline import OfflineError, read_reputation
+    from node.cli.aggregate import OfflineError, read_reputation
     p = tmp_path / "rep.csv"
     p.write_text("worker,weight\nw1,1e-99999999\n")
     with pytest.raises(OfflineError, match="exponent"):

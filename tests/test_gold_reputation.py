@@ -8,9 +8,9 @@ import random
 import pytest
 import trio
 
-from node.api import METHODS
-from node.rpc import RpcError
-from node.daemon import Node
+from node.app import Node
+from node.rpc.errors import RpcError
+from node.rpc.methods import METHODS
 from node.keystore import Keystore
 from protocol.genesis import make_genesis
 from protocol.messages import KIND_GOLD, GoldReveal, compute_gold_commitment
@@ -221,7 +221,7 @@ async def test_big_aggregation_runs_off_the_event_loop(tmp_path, monkeypatch):
         node._result_cache.clear()
         inline = node.compute_result(tid, res.batch_ids)
         assert len(threads) == n_runs and inline == res and res.result_root == cert.result_root
-        import node.api as api
+        import node.rpc.methods.tasks as api
 
         for fmt in ("jsonl", "csv", "labelstudio"):  # formatted in a worker thread or inline: same text
             monkeypatch.setattr(api, "EXPORT_THREAD_MIN_ITEMS", 1)
@@ -253,7 +253,7 @@ async def test_concurrent_task_posts_keep_every_gold_secret(tmp_path):
 def test_result_cache_is_lru_bounded_by_items():
     from types import SimpleNamespace
 
-    from node.daemon import ResultCache
+    from node.core.results import ResultCache
 
     def res(n):
         return SimpleNamespace(label=(0,) * n)
@@ -314,7 +314,7 @@ async def test_a_refused_task_post_leaves_no_gold_secret(tmp_path, monkeypatch):
     """task_post stores the gold secret before it ingests the announcement; if the
     announcement is refused (here: the store is full), the secret of a task that will
     never exist is dropped, and the secrets of other tasks are kept."""
-    from node.store import StoreFullError
+    from node.storage.errors import StoreFullError
 
     async with one_validator_node(tmp_path, "refused") as (node, clock, _, _):
         ok = await call(node, "task_post", account="req", title="kept", labels=["x", "y"], domain="d",

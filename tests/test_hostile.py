@@ -22,10 +22,10 @@ import nacl.signing
 import pytest
 import trio
 
-from node import rpc as rpcmod
-from node.daemon import Node
+from node.app import Node
+from node.rpc import server as rpcmod
 from node.keystore import ENV_PASSPHRASE, Keystore
-from node.ratelimit import GossipRateLimiter, RateLimitConfig
+from node.policy.ratelimit import GossipRateLimiter, RateLimitConfig
 from protocol.codec import pack
 from protocol.genesis import make_genesis
 from protocol.messages import (
@@ -295,7 +295,7 @@ async def test_honest_relayer_of_duplicates_not_penalised_over_libp2p(tmp_path, 
     """Real py-libp2p: a relayer sends us the same labelmesh message in two gossip
     messages (different seqnos). The second is a duplicate: IGNORE, so the relayer's
     score stays 0 and it is never banned."""
-    from node.p2p import GossipOutcome, P2PConfig, P2PNode
+    from node.net import GossipOutcome, P2PConfig, P2PNode
 
     g = make_test_genesis()
 
@@ -403,7 +403,7 @@ def test_rate_limiter_is_bounded_and_pure():
     rl = GossipRateLimiter(RateLimitConfig(peer_rate_per_s=1, peer_burst=1, max_tracked=16))
     for k in range(1000):  # a thousand peer ids: at most max_tracked buckets are kept
         rl.on_message(f"p{k}", None, 0.0)
-    assert len(rl.peers._b) == 16
+    assert len(rl.peers._buckets) == 16
     assert rl.on_message("x", "x", 0.0) is None and rl.on_message("x", "x", 0.0) == "ignore"
     assert rl.on_message("x", "x", 1.0) is None  # refilled after 1 s at 1/s
     with pytest.raises(Exception):
@@ -537,7 +537,7 @@ async def test_socket_is_0600_in_a_0700_dir_even_if_the_dir_was_open(short_dir, 
 
 def test_socket_path_that_is_not_a_socket_is_never_replaced(short_dir):
     (short_dir / "node.sock").write_text("precious")
-    srv = rpcmod.RpcServer(type("N", (), {"data_dir": short_dir})(), short_dir / "node.sock")
+    srv = rpcmod.RpcServer(type("N", (), {"data_dir": short_dir})(), short_dir / "node.sock", {})
     with pytest.raises(OSError, match="not a socket"):
         srv._bind()
     assert (short_dir / "node.sock").read_text() == "precious"
@@ -545,7 +545,7 @@ def test_socket_path_that_is_not_a_socket_is_never_replaced(short_dir):
     other.mkdir(mode=0o777)
     os.chmod(other, 0o777)
     with pytest.raises(OSError, match="open to other users"):
-        rpcmod.RpcServer(type("N", (), {"data_dir": short_dir})(), other / "x.sock")._bind()
+        rpcmod.RpcServer(type("N", (), {"data_dir": short_dir})(), other / "x.sock", {})._bind()
 
 
 async def test_rpc_limits_answer_with_json_rpc_errors(short_dir, nursery):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import trio
 
-from node.daemon import Node
+from node.app import Node
 from protocol.messages import Outcome
 
 from .fakenet import FakeNet

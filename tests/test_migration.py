@@ -11,9 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from node import store as store_mod
-from node.daemon import Node
-from node.store import SCHEMA_VERSION, Record, Store, StoreVersionError, write_legacy_store
+from node.app import Node
+from node.storage import migrations as store_mod
+from node.storage.errors import BadInputError, StoreVersionError
+from node.storage.layout import SCHEMA_VERSION, Record
+from node.storage.store import Store
+
+from .legacy_store import write_legacy_store
 from protocol.messages import KIND_BATCH, KIND_TASK
 
 from .helpers import T0, make_batch, make_task, make_test_genesis, signed
@@ -85,7 +89,7 @@ def test_failed_migration_leaves_the_store_untouched(tmp_path, monkeypatch):
     write_legacy_store(tmp_path / "old", 0, recs)
 
     def broken(env, txn, meta):
-        store_mod._migrate_0_to_1(env, txn, meta)  # does all its writes, then fails
+        store_mod.migrate_0_to_1(env, txn, meta)  # does all its writes, then fails
         raise RuntimeError("simulated crash in the middle of a migration")
 
     monkeypatch.setitem(store_mod.MIGRATIONS, 0, broken)
@@ -128,5 +132,5 @@ def test_run_refuses_a_newer_store_in_one_line(tmp_path):
 
 
 def test_legacy_writer_refuses_unknown_versions(tmp_path):
-    with pytest.raises(store_mod.BadInputError):
+    with pytest.raises(BadInputError):
         write_legacy_store(tmp_path / "x", 7, [])

@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from node import cli
 from node.config import CONFIG_FILE, NodeConfig, load_config, resolve_config
-from node.daemon import Node
+from node.app import Node
 from node.errors import ConfigError
 from node.keystore import Keystore
 from node.logs import scrub, setup_logging

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import trio
 
-from node.p2p import (
+from node.net import (
     GossipOutcome,
     P2PConfig,
     P2PConfigError,

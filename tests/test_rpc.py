@@ -8,8 +8,10 @@ import stat
 import pytest
 import trio
 
-from node import rpc as rpcmod
-from node.daemon import Node
+from node.app import Node
+from node.rpc import server as rpcmod
+from node.rpc import wire as rpcwire
+from node.rpc.wire import encode_reply
 from node.keystore import Keystore
 from protocol.genesis import make_genesis
 
@@ -126,8 +128,8 @@ async def test_garbage_raw_rejected(node):
 
 
 def test_api_fixed_point_one_is_the_tally_one():
-    # node/api.py keeps its own copy so that an idle node never loads numpy
-    from node import api
+    # the RPC methods take it from protocol.reputation, so that an idle node never loads numpy
+    from node.rpc import methods as api
     from protocol import tally
 
     assert api.ONE == tally.ONE
@@ -167,7 +169,7 @@ async def test_task_export_rejects_unknown_format(node):
 def test_every_method_is_documented():
     from pathlib import Path
 
-    from node.api import METHODS
+    from node.rpc.methods import METHODS
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "rpc.md").read_text()
     assert [m for m in METHODS if f"\n### {m}" not in doc] == []
@@ -180,17 +182,17 @@ async def test_replies_with_a_long_string_are_encoded_off_the_event_loop(node, m
     import threading
 
     calls: list[tuple[bool, bytes]] = []
-    encode = rpcmod._encode
+    encode = encode_reply
 
     def recording(obj):
         chunks = encode(obj)
         calls.append((threading.current_thread() is threading.main_thread(), b"".join(chunks)))
         return chunks
 
-    monkeypatch.setattr(rpcmod, "_encode", recording)
-    monkeypatch.setattr(rpcmod, "THREAD_ENCODE_CHARS", 1000)
-    monkeypatch.setattr(rpcmod, "_ESCAPE_SLICE", 100)  # many slices,
-    monkeypatch.setattr(rpcmod, "_SEND_CHUNK", 700)  # and many chunks sent
+    monkeypatch.setattr(rpcmod, "encode_reply", recording)
+    monkeypatch.setattr(rpcwire, "THREAD_ENCODE_CHARS", 1000)
+    monkeypatch.setattr(rpcwire, "_ESCAPE_SLICE", 100)  # many slices,
+    monkeypatch.setattr(rpcwire, "_SEND_CHUNK", 700)  # and many chunks sent
     c = await connect(node)
     tid = (await c.call("task_post", {"account": "alice", "labels": ["a", "b"],
                                       "items": [f'item "{i}"\n' for i in range(200)]}))["result"]["task_id"]
@@ -216,7 +218,7 @@ async def test_annotations_list_pages_are_bounded_by_labels_too(node, monkeypatc
     loop, an entry at a time."""
     import threading
 
-    from node import api
+    from node.rpc.methods import annotations as api
 
     c = await connect(node)
     tid = (await c.call("task_post", {"account": "alice", "labels": ["a", "b"], "items": [str(i) for i in range(8)],
@@ -238,9 +240,9 @@ async def test_annotations_list_pages_are_bounded_by_labels_too(node, monkeypatc
     assert inline["next_offset"] is None and [b["batch_id"] for b in inline["batches"]] == seen
 
     calls = []
-    encode = rpcmod._encode
-    monkeypatch.setattr(rpcmod, "_encode", lambda obj: calls.append(threading.current_thread()) or encode(obj))
-    monkeypatch.setattr(rpcmod, "THREAD_ENCODE_ITEMS", 30)
+    encode = encode_reply
+    monkeypatch.setattr(rpcmod, "encode_reply", lambda obj: calls.append(threading.current_thread()) or encode(obj))
+    monkeypatch.setattr(rpcwire, "THREAD_ENCODE_ITEMS", 30)
     monkeypatch.setattr(api, "LIST_THREAD_MIN_BATCHES", 1)
     threaded = (await c.call("annotations_list", {"task_id": tid, "limit": 10_000}))["result"]
     assert threaded == inline

@@ -27,15 +27,10 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from node.store import (
-    BadInputError,
-    Record,
-    Store,
-    StoreError,
-    StoreFullError,
-    StoreVersionError,
-    StoreWriter,
-)
+from node.storage.errors import BadInputError, StoreError, StoreFullError, StoreVersionError
+from node.storage.layout import Record
+from node.storage.store import Store
+from node.storage.writer import StoreWriter
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK_A = b"A" * 32
@@ -299,7 +294,8 @@ def _kill9(proc: subprocess.Popen) -> None:
 
 CHILD_COMMON = """
     import hashlib, sys, threading
-    from node.store import Record, Store
+    from node.storage.layout import Record
+    from node.storage.store import Store
     def rec(i):
         return Record(hashlib.sha256(b"m-%d" % i).digest(), i % 3, bytes([i % 4]) * 32, b"raw-%d" % i + bytes(150))
     store = Store(sys.argv[1], initial_map_size=256 * 1024)
@@ -416,7 +412,9 @@ def test_reads_in_another_thread_while_the_map_grows(tmp_path):
 
 OUT_OF_SPACE_CHILD = """
     import hashlib, json, os, resource, signal, sys
-    from node.store import Record, Store, StoreFullError
+    from node.storage.errors import StoreFullError
+    from node.storage.layout import Record
+    from node.storage.store import Store
     mode, d = sys.argv[1], sys.argv[2]
     def batch(i):
         return [Record(hashlib.sha256(b"%d-%d" % (i, j)).digest(), 1, b"T" * 32, bytes(1000)) for j in range(100)]

@@ -228,7 +228,7 @@ async def test_votes_past_a_certificate_are_not_stored_nor_fetched_again(tmp_pat
     (validator, round, phase) and, once it holds a certificate, nothing from a later
     round; sync does not fetch what it declined from a peer that stored it before it
     certified."""
-    from node import sync as node_sync
+    from node.services import sync as node_sync
     from protocol.messages import (
         KIND_ATTESTATION, PHASE_PRECOMMIT, PHASE_PREVOTE, Attestation, compute_round_start, compute_set_root,
     )

@@ -114,7 +114,7 @@ def test_genesis_network_id(case):
     assert g.canonical_bytes().hex() == case["canonical_hex"]
     assert hashlib.sha256(bytes.fromhex(GEN["genesis_tag_hex"]) + g.canonical_bytes()).hexdigest() == case["network_id"]
     assert g.network_id.hex() == case["network_id"]
-    from node.daemon import topic_for
+    from node.core.node import topic_for
     for kind, name in KIND_NAMES.items():
         assert topic_for(g.network_id, kind) == case["topics"][name]
     assert {f: getattr(g.params, f) for f in case["params"]} == case["params"]
@@ -145,7 +145,7 @@ def test_valid_message_bytes_signature_and_id(name):
     d = decode_message(bytes.fromhex(v["envelope_hex"]), P)
     assert d.body == body and verify_signature(d, NET)
     assert validate_basic(d, P).ok
-    from node.daemon import topic_for
+    from node.core.node import topic_for
     assert topic_for(NET, body.kind) == v["topic"]
 
 

@@ -6,9 +6,9 @@ import os
 
 import trio
 
-from node import verifier as verifier_mod
-from node.daemon import Node
-from node.verifier import Verifier, auto_processes
+from node.app import Node
+from node.core import verifier as verifier_mod
+from node.core.verifier import Verifier, auto_processes
 from protocol.codec import pack
 from protocol.messages import Outcome, decode_message, verify_signature
 

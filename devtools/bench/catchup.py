@@ -34,7 +34,8 @@ def _write_history(net: Devnet, task_ids: list[bytes], have: int, want: int) -> 
     from protocol.messages import KIND_BATCH, decode_message
     from protocol.params import DEFAULT_PARAMS
 
-    from node.store import Record, Store
+    from node.storage.layout import Record
+    from node.storage.store import Store
 
     store = Store(net.root / "node-0" / "store")
     try:

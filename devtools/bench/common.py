@@ -1,17 +1,17 @@
-"""Helpers shared by the sub-benchmarks: figures, statistics, process footprint,
-throw-away devnets and a minimal JSON-RPC line client."""
+"""Helpers shared by the sub-benchmarks: figures, statistics, process footprint and
+throw-away devnets (RPC through node.rpc's one client)."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+
+from node.rpc.client import RpcClient
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -175,45 +175,6 @@ def dir_bytes(path: Path) -> int:
 
 # ------------------------------------------------------------------ RPC
 
-class LineClient:
-    """A blocking JSON-RPC client on one Unix-socket connection that can also send
-    pre-built request lines (so the benchmark client spends no time encoding)."""
-
-    def __init__(self, path, timeout: float = 120.0):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
-        self.sock.connect(str(path))
-        self.buf = b""
-        self.next_id = 0
-
-    def close(self):
-        self.sock.close()
-
-    def send_line(self, line: bytes) -> dict:
-        self.sock.sendall(line)
-        while True:
-            nl = self.buf.find(b"\n")
-            if nl >= 0:
-                resp, self.buf = self.buf[:nl], self.buf[nl + 1:]
-                return json.loads(resp)
-            chunk = self.sock.recv(1 << 20)
-            if not chunk:
-                raise ConnectionError("node closed the RPC connection")
-            self.buf += chunk
-
-    def call(self, method: str, params=None):
-        self.next_id += 1
-        r = self.send_line(request_line(method, params or {}, self.next_id))
-        if "error" in r:
-            raise RuntimeError(f"{method}: {r['error']}")
-        return r["result"]
-
-
-def request_line(method: str, params: dict, id_: int = 1) -> bytes:
-    return json.dumps({"jsonrpc": "2.0", "id": id_, "method": method, "params": params},
-                      separators=(",", ":")).encode() + b"\n"
-
-
 # ------------------------------------------------------------------ devnets
 
 class Devnet:
@@ -221,7 +182,7 @@ class Devnet:
     short temporary directory; ``close()`` stops exactly its processes and removes it."""
 
     def __init__(self, n: int, prefix: str = "lmb"):
-        from node import devnet
+        from devtools import devnet
 
         self.devnet = devnet
         self.root = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
@@ -232,7 +193,7 @@ class Devnet:
             self.close()
             raise
         self.network_id = bytes.fromhex(self.meta["network_id"])
-        self.clients: dict[int, LineClient] = {}
+        self.clients: dict[int, RpcClient] = {}
 
     def sock(self, i: int) -> Path:
         return self.root / f"node-{i}" / "node.sock"
@@ -240,10 +201,10 @@ class Devnet:
     def rpc(self, i: int, method: str, params=None, timeout: float = 60.0):
         return self.devnet.rpc(self.root, i, method, params or {}, timeout=timeout)
 
-    def client(self, i: int) -> LineClient:
+    def client(self, i: int) -> RpcClient:
         c = self.clients.get(i)
         if c is None:
-            c = self.clients[i] = LineClient(self.sock(i))
+            c = self.clients[i] = RpcClient(self.sock(i), timeout=120.0)
         return c
 
     def pid(self, i: int) -> int:

@@ -170,7 +170,7 @@ def gold_split(tasks_with_truth, share_percent: int = GOLD_SHARE_PERCENT) -> tup
 
 def load_dataset(path: Path):
     """(answer table, truth {task: label}) of one dataset, truth restricted to answered tasks."""
-    from node.offline import read_answers
+    from node.cli.aggregate import read_answers
 
     table = read_answers(str(path / "answers.csv"))
     tasks = set(table.tasks)
@@ -290,8 +290,8 @@ def run_loop_stall(quick: bool) -> list[dict]:
 
 
 async def _loop_stall(n_items: int) -> list[dict]:
-    from node.api import METHODS
-    from node.daemon import Node
+    from node.rpc.methods import METHODS
+    from node.app import Node
     from node.keystore import Keystore
     from protocol.genesis import make_genesis
     from protocol.messages import AnnotationBatch, sign_message

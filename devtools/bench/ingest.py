@@ -21,9 +21,11 @@ import threading
 import time
 from pathlib import Path
 
+from node.rpc.client import RpcClient, request_line
+
 from .common import (
-    CpuMeter, Devnet, LineClient, children_rss_mb, dir_bytes, figure, log, make_batches, median, post_task,
-    request_line, rss_mb, rss_split_mb, run_threads,
+    CpuMeter, Devnet, children_rss_mb, dir_bytes, figure, log, make_batches, median, post_task,
+    rss_mb, rss_split_mb, run_threads,
 )
 
 CONNECTIONS = 4
@@ -52,9 +54,9 @@ def submit_all(sock: Path, lines: list[bytes], connections: int = CONNECTIONS) -
     it = iter(lines)
     lock = threading.Lock()
     counts = {"accepted": 0, "labels": 0, "other": 0}
-    clients = [LineClient(sock) for _ in range(connections)]
+    clients = [RpcClient(sock, timeout=120.0) for _ in range(connections)]
 
-    def worker(c: LineClient):
+    def worker(c: RpcClient):
         acc = lab = other = 0
         while True:
             with lock:

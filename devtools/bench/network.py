@@ -26,8 +26,10 @@ import statistics
 import threading
 import time
 
+from node.rpc.client import RpcClient, request_line
+
 from .common import (
-    CpuMeter, Devnet, LineClient, figure, log, make_batches, median, percentile, post_task, request_line,
+    CpuMeter, Devnet, figure, log, make_batches, median, percentile, post_task,
     children_rss_mb, rss_mb, rss_split_mb, run_threads, wait_until,
 )
 
@@ -74,7 +76,7 @@ def propagate(net: Devnet, task_id: bytes, rate: float, duration_s: float, first
     errors = []
 
     def sender():
-        c = LineClient(net.sock(0))
+        c = RpcClient(net.sock(0), timeout=120.0)
         try:
             while True:
                 k = q.get()

@@ -38,6 +38,8 @@ from protocol.messages import (
     sign_message,
 )
 
+from ..core.verdicts import DUPLICATE
+
 log = logging.getLogger("labelmesh.finality")
 
 
@@ -129,7 +131,7 @@ class FinalityService:
                     c = fin.certificate
                     log.info("task certified", extra={"task": task_id.hex()[:16], "round": c.round,
                                                       "result_root": c.result_root.hex()[:16]})
-                    if hasattr(self.node, "metrics"):
+                    if self.node.metrics is not None:
                         self.node.metrics.observe_certified(task_id, now)
                 await self._fetch_missing(task_id, fin)
                 if task_id not in self._certified_prepared and await self.prepare_certified_result(task_id):
@@ -154,7 +156,7 @@ class FinalityService:
                                   batch_ids=it.batch_ids if it.phase == PHASE_PREVOTE else ())
                 msg = sign_message(att, self.key, self.node.network_id)
                 v, _ = await self.node.ingest(msg.raw, "local", publish=True)
-                if not v.ok and v.reason != "duplicate":
+                if not v.ok and v != DUPLICATE:
                     log.error("own attestation refused: %s", v.reason)
 
     async def _proposal(self, task_id: bytes, fin: TaskFinality):

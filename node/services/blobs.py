@@ -2,17 +2,8 @@
 
 How it works
 ------------
-*Storage.* A blob lives in ``<data-dir>/blobs/<first 2 hex digits>/<sha256 hex>``,
-one file per blob, named by its hash (so the same bytes are stored once, whoever
-posted them). Files are written atomically: bytes go to ``blobs/tmp/*.part``
-(hashed while they are written), the file is fsynced, renamed into place only
-if its sha256 is the expected one, and the directory is fsynced. A crash leaves
-at most a stale ``.part`` file, removed at the next start; a file under its
-final name is always complete and verified. Blobs are files rather than LMDB
-values because they may be up to ``Params.max_blob_bytes`` (64 MiB by default)
-and are read in chunks; LMDB stays the store of messages only. A full disk
-raises ``StoreFullError`` like the LMDB store does (JSON-RPC -32003), and
-nothing half-written is left behind.
+*Storage.* Blob files, content-addressed and written atomically, are
+``node/storage/blobstore.py``.
 
 *Transfer.* ``/labelmesh/<network id prefix>/blob/1`` is a request/response
 protocol (frames in ``protocol/blobs.py``): one request per chunk of at most
@@ -45,13 +36,10 @@ carries ``[2, sha256, size, media_type]``.
 """
 from __future__ import annotations
 
-import errno
-import hashlib
 import logging
 import mimetypes
 import os
 import random
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,178 +48,28 @@ import trio
 from protocol import blobs as bp
 from protocol.messages import ITEM_BLOB
 
-from .errors import NodeError
-from .store import StoreFullError
+from ..policy.penalties import PenaltyPolicy
+from ..storage.blobstore import BlobError, BlobInputError, BlobStore, IncomingBlob
+from ..storage.errors import StoreFullError
 
 log = logging.getLogger("labelmesh.blobs")
 
 REQUEST_TIMEOUT_S = 15.0     # one chunk request
 PENALTY_LIMIT = 3            # points after which a peer is skipped for BAN_S
 BAN_S = 300.0
-_COPY_CHUNK = 1 << 20
-_OUT_OF_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
-
-
-class BlobError(NodeError):
-    """A blob could not be imported, fetched or read; the message says why."""
-
-
-class BlobInputError(BlobError):
-    """The caller asked for something impossible (no such file, too big, not a blob item)."""
+PENALTIES = PenaltyPolicy(PENALTY_LIMIT, BAN_S)  # the node's one penalty policy, without decay
 
 
 class BlobUnavailableError(BlobError):
     """No connected peer could serve the blob."""
 
 
-def _full(exc: OSError, what: str) -> StoreFullError:
-    return StoreFullError(f"cannot {what}: the filesystem is full ({exc.strerror or exc}); "
-                          "free disk space and retry -- nothing half-written was kept")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-class BlobStore:
-    """Content-addressed blob files under ``root`` (see the module docstring). Blocking I/O:
-    call from a worker thread (``trio.to_thread.run_sync``) for anything but small reads."""
-
-    def __init__(self, root: Path):
-        self.root = Path(root)
-        self.tmp = self.root / "tmp"
-        self.tmp.mkdir(mode=0o700, parents=True, exist_ok=True)
-        for p in self.tmp.glob("*.part"):  # left by a crash mid-write: never complete
-            p.unlink(missing_ok=True)
-        self.count = 0
-        self.bytes = 0
-        for sub in self.root.iterdir():
-            if sub.is_dir() and len(sub.name) == 2:
-                for f in sub.iterdir():
-                    self.count += 1
-                    self.bytes += f.stat().st_size
-
-    def path(self, digest: bytes) -> Path:
-        h = digest.hex()
-        return self.root / h[:2] / h
-
-    def has(self, digest: bytes) -> bool:
-        return self.path(digest).is_file()
-
-    def size(self, digest: bytes) -> int | None:
-        try:
-            return self.path(digest).stat().st_size
-        except FileNotFoundError:
-            return None
-
-    def read(self, digest: bytes, offset: int, length: int) -> bytes:
-        with open(self.path(digest), "rb") as f:
-            f.seek(offset)
-            return f.read(length)
-
-    def free_bytes(self) -> int:
-        st = os.statvfs(self.root)
-        return st.f_bavail * st.f_frsize
-
-    def begin(self) -> "IncomingBlob":
-        return IncomingBlob(self)
-
-    def import_file(self, src: str | os.PathLike, max_bytes: int) -> tuple[bytes, int]:
-        """Copy a local file into the store; return (sha256, size). Raises BlobInputError if it
-        cannot be read or is over ``max_bytes``, StoreFullError if the disk is full."""
-        src = Path(src)
-        try:
-            size = src.stat().st_size
-            if not src.is_file():
-                raise BlobInputError(f"{src} is not a regular file")
-            if size > max_bytes:
-                raise BlobInputError(f"{src} is {size} bytes; this network's max_blob_bytes is {max_bytes}")
-            inc = self.begin()
-            try:
-                with open(src, "rb") as f:
-                    while True:
-                        chunk = f.read(_COPY_CHUNK)
-                        if not chunk:
-                            break
-                        inc.write(chunk)
-                        if inc.size > max_bytes:
-                            raise BlobInputError(f"{src} grew past max_blob_bytes ({max_bytes}) while being read")
-                return inc.finish(None), inc.size
-            except BaseException:
-                inc.abort()
-                raise
-        except BlobError:
-            raise
-        except OSError as e:
-            if e.errno in _OUT_OF_SPACE:
-                raise _full(e, f"store a copy of {src}") from None
-            raise BlobInputError(f"cannot read {src}: {e.strerror or e}") from None
-
-
-class IncomingBlob:
-    """A blob being written: hashed on the fly, renamed into place by ``finish`` only if it
-    hashes to the expected digest."""
-
-    def __init__(self, store: BlobStore):
-        self.store = store
-        self.tmp_path = store.tmp / f"{secrets.token_hex(8)}.part"
-        self._f = open(self.tmp_path, "wb")
-        self._h = hashlib.sha256()
-        self.size = 0
-
-    def write(self, data: bytes) -> None:
-        try:
-            self._f.write(data)
-        except OSError as e:
-            self.abort()
-            if e.errno in _OUT_OF_SPACE:
-                raise _full(e, "store a blob") from None
-            raise
-        self._h.update(data)
-        self.size += len(data)
-
-    def finish(self, expected: bytes | None) -> bytes:
-        """Verify, fsync and rename into place; return the digest. BlobError on a hash mismatch."""
-        digest = self._h.digest()
-        if expected is not None and digest != expected:
-            self.abort()
-            raise BlobError(f"received bytes hash to {digest.hex()[:16]}…, not {expected.hex()[:16]}…")
-        try:
-            self._f.flush()
-            os.fsync(self._f.fileno())
-            self._f.close()
-            final = self.store.path(digest)
-            final.parent.mkdir(mode=0o700, exist_ok=True)
-            existed = final.exists()
-            os.replace(self.tmp_path, final)
-            _fsync_dir(final.parent)
-        except OSError as e:
-            self.abort()
-            if e.errno in _OUT_OF_SPACE:
-                raise _full(e, "store a blob") from None
-            raise
-        if not existed:
-            self.store.count += 1
-            self.store.bytes += self.size
-        return digest
-
-    def abort(self) -> None:
-        try:
-            self._f.close()
-        except OSError:
-            pass
-        self.tmp_path.unlink(missing_ok=True)
-
-
 @dataclass
 class _PeerState:
     served: int = 0          # chunks we served to it
     fetched: int = 0         # blobs we got from it
-    penalty: int = 0
+    penalty: int = 0         # penalty points (PENALTIES)
+    stamp: float = 0.0
     banned_until: float = 0.0
 
 
@@ -377,7 +215,7 @@ class BlobService:
         asked, reasons = 0, []
         for peer in peers:
             st = self._peer(peer)
-            if st.banned_until > now:
+            if PENALTIES.is_banned(st, now):
                 continue
             asked += 1
             try:
@@ -446,10 +284,9 @@ class BlobService:
                 inc.abort()
 
     def _penalise(self, peer: str, st: _PeerState, why: str) -> None:
-        st.penalty += 1
+        banned = PENALTIES.penalise(st, 1, trio.current_time())
         log.warning("blob peer %s misbehaved: %s (penalty %d)", peer, why, st.penalty)
-        if st.penalty >= PENALTY_LIMIT:
-            st.banned_until = trio.current_time() + BAN_S
+        if banned:
             log.warning("not asking blob peer %s for %.0f s", peer, BAN_S)
 
     # ------------------------------------------------------------------ local files
@@ -482,66 +319,3 @@ class BlobService:
         return {"protocol": self.protocol_id, "stored": self.store.count, "stored_bytes": self.store.bytes,
                 "wanted": len(self._wanted), "fetching": len(self._inflight), "fetched": self.fetched,
                 "failed": self.failed, "served_chunks": self.served_chunks}
-
-
-# ---------------------------------------------------------------------- RPC methods
-
-def _rpc_digest(node, params) -> tuple[bytes, int | None, str]:
-    from .api import _get, _hex, _task_id
-    from .rpc import INVALID_PARAMS, NOT_FOUND, RpcError
-
-    if "task_id" in params:
-        tid = _task_id(node, params)
-        item = _get(params, "item", int)
-        task = node.tasks[tid]
-        if not 0 <= item < len(task.items):
-            raise RpcError(NOT_FOUND, f"item {item} out of range: task has {len(task.items)} items")
-        it = task.items[item]
-        if it.item_type != ITEM_BLOB:
-            raise RpcError(INVALID_PARAMS, f"item {item} is inline, not a blob: task_get shows its payload")
-        return it.digest, it.size, it.media_type
-    if "sha256" in params:
-        return _hex(params, "sha256"), None, ""
-    raise RpcError(INVALID_PARAMS, "give {task_id, item} or {sha256}")
-
-
-async def blob_get(node, params):
-    """Make sure a blob ({task_id, item} or {sha256}) is stored locally, fetching it from peers if needed:
-    {sha256, size, media_type, source: local|peer, peer_id}. -32004 when no connected peer has it."""
-    from .rpc import APP_ERROR, INVALID_PARAMS, STORE_FULL, UNAVAILABLE, RpcError
-
-    digest, size, media_type = _rpc_digest(node, params)
-    try:
-        peer = await node.blobs.ensure(digest, size)
-    except BlobUnavailableError as e:
-        raise RpcError(UNAVAILABLE, str(e)) from None
-    except BlobInputError as e:
-        raise RpcError(INVALID_PARAMS, str(e)) from None
-    except StoreFullError as e:
-        log.error("blob store full: %s", e)
-        raise RpcError(STORE_FULL, str(e)) from None
-    except BlobError as e:
-        raise RpcError(APP_ERROR, str(e)) from None
-    return {"sha256": digest.hex(), "size": node.blobs.store.size(digest), "media_type": media_type,
-            "source": "local" if peer is None else "peer", "peer_id": peer}
-
-
-async def blob_read(node, params):
-    """Read a locally stored blob: {sha256, [offset], [length] (<= 1 MiB)} -> {size, offset, data (hex)}.
-    -32001 if it is not stored here (blob_get fetches it)."""
-    from .api import _get, _hex
-    from .rpc import INVALID_PARAMS, NOT_FOUND, RpcError
-
-    digest = _hex(params, "sha256")
-    offset = _get(params, "offset", int, 0)
-    length = _get(params, "length", int, bp.MAX_CHUNK_BYTES)
-    if offset < 0 or not 1 <= length <= bp.MAX_CHUNK_BYTES:
-        raise RpcError(INVALID_PARAMS, f"offset must be >= 0 and length 1..{bp.MAX_CHUNK_BYTES}")
-    size = node.blobs.store.size(digest)
-    if size is None:
-        raise RpcError(NOT_FOUND, f"blob {digest.hex()} is not stored on this node; call blob_get first")
-    data = await trio.to_thread.run_sync(node.blobs.store.read, digest, offset, length) if offset < size else b""
-    return {"sha256": digest.hex(), "size": size, "offset": offset, "data": data.hex()}
-
-
-RPC_METHODS = [blob_get, blob_read]

@@ -41,7 +41,8 @@ version (or an older one with no migration path) is refused with a StoreVersionE
     0  pre-release layout: no ``by_kind`` index, no ``kind_counts`` meta entry
     1  current: ``by_kind`` and ``kind_counts`` (built from ``by_task`` by 0 -> 1)
 
-``write_legacy_store`` writes a store in an old layout, so tests can prove each step.
+The migrations live in ``node/storage/migrations.py``; ``tests/legacy_store.py`` writes a
+store in an old layout, so tests can prove each step.
 
 Random 32-byte ids make ``msgs`` inserts the expensive part (each dirties a random page),
 while the index tables get time-ordered keys and stay cheap (see LIMITS.md).  A batch
@@ -85,141 +86,28 @@ import logging
 import os
 import resource
 import threading
-import time
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
 import lmdb
 import msgpack
-import trio
 
-__all__ = [
-    "MIGRATIONS",
-    "SCHEMA_VERSION",
-    "BadInputError",
-    "Record",
-    "Store",
-    "StoreError",
-    "StoreFullError",
-    "StoreVersionError",
-    "StoreWriter",
-    "write_legacy_store",
-]
+from .errors import BadInputError, StoreError, StoreFullError, StoreVersionError
+from .fs import OUT_OF_SPACE_ERRNOS, fsync_dir
+from .layout import (
+    DATA_FILE, DB_NAMES, KIND_BYTES, MAX_DBS, MAX_SEQ, META_KIND_COUNTS, META_NEXT_SEQ,
+    META_SCHEMA_VERSION, RESERVED_META_KEYS, SCHEMA_VERSION, SEQ_LEN, Record, check_id, check_kind,
+    check_records, seq_bytes, unpack_counts,
+)
+from .migrations import MIGRATIONS, check_version
 
-SCHEMA_VERSION = 1
-"""On-disk layout version this code reads and writes (``meta["schema_version"]``)."""
-
-ID_LEN = 32          # bytes in a msg_id / task_id
-_SEQ_LEN = 8         # bytes in an encoded seq
-_MAX_SEQ = (1 << 64) - 1
-_MAX_DBS = 16        # named databases the environment can hold (6 used; room to grow)
 _MAX_READERS = 126   # concurrent read transactions (LMDB default)
 _LOCK_FILE = "store.lock"
-_DATA_FILE = "data.mdb"
 _OS_PAGE = 4096
 _LOW_DISK_BYTES = 16 << 20   # an I/O error with less free space than this means "disk full"
 
-_META_SCHEMA_VERSION = "schema_version"
-_META_NEXT_SEQ = "next_seq"
-_META_KIND_COUNTS = "kind_counts"
-_RESERVED_META_KEYS = frozenset({_META_SCHEMA_VERSION, _META_NEXT_SEQ, _META_KIND_COUNTS})
-
-_DB_NAMES = ("msgs", "arrival", "by_task", "by_kind", "meta", "derived")
-
-# errno values that mean "no room to write" (ENOSPC: filesystem full, EDQUOT: quota,
-# EFBIG: file size limit).  LMDB reports a *short* write as EIO ("filesystem full?"); that
-# case is told apart by looking at the free space, see Store._is_out_of_space.
-_OUT_OF_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
-
 T = TypeVar("T")
 log = logging.getLogger("labelmesh.store")
-
-
-# --------------------------------------------------------------------------- errors
-
-
-class StoreError(Exception):
-    """Root of every error this module raises.  The message says what to do."""
-
-
-class StoreFullError(StoreError):
-    """The map cannot grow further or the filesystem is full.  Nothing of the failed write
-    was stored; the store stays readable and writes work again once there is room."""
-
-
-class StoreVersionError(StoreError):
-    """The store on disk has a schema version this code does not understand."""
-
-
-class BadInputError(StoreError, ValueError):
-    """A record or an argument is malformed (wrong type, length or range)."""
-
-
-# --------------------------------------------------------------------------- records
-
-
-class Record(NamedTuple):
-    """One message as the store keeps it.
-
-    msg_id:  32-byte content hash of the signed message.
-    kind:    message kind, 0..255 (the protocol's message type tag).
-    task_id: 32-byte id of the task the message belongs to; a task announcement uses its
-             own msg_id.
-    raw:     the signed message bytes, exactly as received.
-    """
-
-    msg_id: bytes
-    kind: int
-    task_id: bytes
-    raw: bytes
-
-
-def _check_id(value: object, what: str) -> bytes:
-    if not isinstance(value, bytes) or len(value) != ID_LEN:
-        got = f"{len(value)} bytes" if isinstance(value, (bytes, bytearray)) else type(value).__name__
-        raise BadInputError(f"{what} must be {ID_LEN} bytes, got {got}")
-    return value
-
-
-def _check_kind(kind: object) -> int:
-    if not isinstance(kind, int) or isinstance(kind, bool) or not 0 <= kind <= 255:
-        raise BadInputError(f"kind must be an int in 0..255, got {kind!r}")
-    return kind
-
-
-def _check_record(record: object) -> Record:
-    if not isinstance(record, Record):
-        raise BadInputError(f"expected a store.Record, got {type(record).__name__}")
-    _check_id(record.msg_id, "Record.msg_id")
-    _check_id(record.task_id, "Record.task_id")
-    _check_kind(record.kind)
-    if not isinstance(record.raw, bytes):
-        raise BadInputError(f"Record.raw must be bytes, got {type(record.raw).__name__}")
-    return record
-
-
-def _check_records(records: Iterable[object]) -> list[Record]:
-    """Check a batch; the fast path costs a few type tests per record."""
-    recs = list(records)
-    for r in recs:
-        if type(r) is not Record:
-            _check_record(r)
-            continue
-        msg_id, kind, task_id, raw = r
-        if not (
-            type(msg_id) is bytes and len(msg_id) == ID_LEN and type(task_id) is bytes
-            and len(task_id) == ID_LEN and type(kind) is int and 0 <= kind <= 255 and type(raw) is bytes
-        ):
-            _check_record(r)  # raises with a precise message (or accepts a subclass)
-    return recs  # type: ignore[return-value]
-
-
-_KIND_BYTES = [bytes((k,)) for k in range(256)]
-
-
-def _seq_bytes(seq: int) -> bytes:
-    return seq.to_bytes(_SEQ_LEN, "big")
 
 
 # --------------------------------------------------------------------------- map gate
@@ -346,7 +234,7 @@ class Store:
                     self.path,
                     subdir=True,
                     map_size=_round_up(initial_map_size),
-                    max_dbs=_MAX_DBS,
+                    max_dbs=MAX_DBS,
                     max_readers=_MAX_READERS,
                     sync=True,
                     metasync=True,
@@ -361,7 +249,7 @@ class Store:
                 raise self._translate(exc, "open") from exc
             self._open_databases()
             if created:
-                _fsync_dir(self.path)
+                fsync_dir(self.path)
         except BaseException:
             self._release()
             raise
@@ -376,7 +264,7 @@ class Store:
                 raise StoreError(f"{self.path} exists and is not a directory; pass a directory for the store")
             return False
         except OSError as exc:
-            if exc.errno in _OUT_OF_SPACE_ERRNOS:
+            if exc.errno in OUT_OF_SPACE_ERRNOS:
                 raise StoreFullError(f"cannot create store directory {self.path}: {exc.strerror}; free disk space") from exc
             raise StoreError(f"cannot create store directory {self.path}: {exc.strerror}") from exc
         os.chmod(self.path, 0o700)  # mkdir's mode is filtered by the umask
@@ -405,34 +293,34 @@ class Store:
         def body(txn: Any) -> tuple[dict[str, Any], int]:
             env = self._env
             meta = env.open_db(b"meta", txn=txn, create=True)
-            raw_version = txn.get(_META_SCHEMA_VERSION.encode(), db=meta)
+            raw_version = txn.get(META_SCHEMA_VERSION.encode(), db=meta)
             if raw_version is None:
-                ours = {n.encode() for n in _DB_NAMES}
+                ours = {n.encode() for n in DB_NAMES}
                 foreign = [k for k, _ in txn.cursor() if k not in ours]
-                others = [n for n in _DB_NAMES if n != "meta" and txn.get(n.encode()) is not None]
+                others = [n for n in DB_NAMES if n != "meta" and txn.get(n.encode()) is not None]
                 if foreign or others:
                     raise StoreVersionError(
                         f"{self.path} holds an LMDB environment without a labelmesh schema version "
                         "(not a labelmesh store, or damaged); use an empty directory or restore a backup"
                     )
-                dbs = {n: env.open_db(n.encode(), txn=txn, create=True) for n in _DB_NAMES}
-                txn.put(_META_SCHEMA_VERSION.encode(), str(SCHEMA_VERSION).encode(), db=meta)
-                txn.put(_META_NEXT_SEQ.encode(), _seq_bytes(1), db=meta)
-                txn.put(_META_KIND_COUNTS.encode(), msgpack.packb({}), db=meta)
+                dbs = {n: env.open_db(n.encode(), txn=txn, create=True) for n in DB_NAMES}
+                txn.put(META_SCHEMA_VERSION.encode(), str(SCHEMA_VERSION).encode(), db=meta)
+                txn.put(META_NEXT_SEQ.encode(), seq_bytes(1), db=meta)
+                txn.put(META_KIND_COUNTS.encode(), msgpack.packb({}), db=meta)
             else:
-                version = _check_version(self.path, raw_version)
+                version = check_version(self.path, raw_version)
                 if version < SCHEMA_VERSION:
                     for step in range(version, SCHEMA_VERSION):
                         MIGRATIONS[step](env, txn, meta)
-                    txn.put(_META_SCHEMA_VERSION.encode(), str(SCHEMA_VERSION).encode(), db=meta)
+                    txn.put(META_SCHEMA_VERSION.encode(), str(SCHEMA_VERSION).encode(), db=meta)
                     self.migrated_from = version
                 try:
-                    dbs = {n: env.open_db(n.encode(), txn=txn, create=False) for n in _DB_NAMES}
+                    dbs = {n: env.open_db(n.encode(), txn=txn, create=False) for n in DB_NAMES}
                 except lmdb.NotFoundError as exc:
                     raise StoreError(
                         f"store at {self.path} is damaged: a named database is missing ({exc}); restore a backup"
                     ) from exc
-            next_seq = int.from_bytes(txn.get(_META_NEXT_SEQ.encode(), _seq_bytes(1), db=meta), "big")
+            next_seq = int.from_bytes(txn.get(META_NEXT_SEQ.encode(), seq_bytes(1), db=meta), "big")
             with txn.cursor(db=dbs["arrival"]) as cur:
                 if cur.last():
                     next_seq = max(next_seq, int.from_bytes(cur.key(), "big") + 1)
@@ -543,7 +431,7 @@ class Store:
         code = getattr(exc, "code", None)
         if code is None and len(exc.args) >= 2 and isinstance(exc.args[1], int):
             code = exc.args[1]
-        if code in _OUT_OF_SPACE_ERRNOS:
+        if code in OUT_OF_SPACE_ERRNOS:
             return True
         if code != errno.EIO:
             return False
@@ -555,7 +443,7 @@ class Store:
                 return True
             soft, _hard = resource.getrlimit(resource.RLIMIT_FSIZE)
             if soft != resource.RLIM_INFINITY:
-                size = os.path.getsize(os.path.join(self.path, _DATA_FILE))
+                size = os.path.getsize(os.path.join(self.path, DATA_FILE))
                 return size + (1 << 20) >= soft
         except OSError:
             pass
@@ -572,10 +460,10 @@ class Store:
         the call is stored.  Raises BadInputError (before touching the store),
         StoreFullError (no room), StoreError.
         """
-        return self._put_valid(_check_records(records))
+        return self._put_valid(check_records(records))
 
     def _put_valid(self, recs: list[Record]) -> list[bool]:
-        """put_records for records already checked by _check_records."""
+        """put_records for records already checked by check_records."""
         if not recs:
             return []
         first: dict[bytes, int] = {}  # msg_id -> index of its first occurrence, in call order
@@ -602,14 +490,14 @@ class Store:
                 if msg_id in new_ids:
                     flags[i] = True
                     _, kind, task_id, _raw = recs[i]
-                    s = seq.to_bytes(_SEQ_LEN, "big")
+                    s = seq.to_bytes(SEQ_LEN, "big")
                     seq += 1
-                    k = _KIND_BYTES[kind]
+                    k = KIND_BYTES[kind]
                     arrival.append((s, msg_id))
                     by_task.append((task_id + k + s, msg_id))
                     by_kind.append((k + s, msg_id))
                     kind_delta[kind] = kind_delta.get(kind, 0) + 1
-            if seq - 1 > _MAX_SEQ:
+            if seq - 1 > MAX_SEQ:
                 raise StoreError(f"store at {self.path} has run out of arrival numbers")
             by_task.sort()
             by_kind.sort()
@@ -621,11 +509,11 @@ class Store:
                 cur.putmulti(by_task)
             with txn.cursor(db=self._by_kind) as cur:
                 cur.putmulti(by_kind)
-            counts = _unpack_counts(txn.get(_META_KIND_COUNTS.encode(), db=self._meta))
+            counts = unpack_counts(txn.get(META_KIND_COUNTS.encode(), db=self._meta))
             for kind, n in kind_delta.items():
                 counts[kind] = counts.get(kind, 0) + n
-            put(_META_KIND_COUNTS.encode(), msgpack.packb(counts), db=self._meta)
-            put(_META_NEXT_SEQ.encode(), _seq_bytes(seq), db=self._meta)
+            put(META_KIND_COUNTS.encode(), msgpack.packb(counts), db=self._meta)
+            put(META_NEXT_SEQ.encode(), seq_bytes(seq), db=self._meta)
             return flags, seq
 
         flags, next_seq = self._write(body)
@@ -653,7 +541,7 @@ class Store:
         """Set a local bookkeeping entry (overwrites).  The store's own keys
         (schema_version, next_seq, kind_counts) are read-only."""
         raw_key = self._check_meta_key(key)
-        if key in _RESERVED_META_KEYS:
+        if key in RESERVED_META_KEYS:
             raise BadInputError(f"meta key {key!r} is maintained by the store itself; pick another key")
         if not isinstance(value, bytes):
             raise BadInputError(f"meta value must be bytes, got {type(value).__name__}")
@@ -717,22 +605,22 @@ class Store:
             return [self._must(get(msg_id, db=msgs), msg_id) for _s, msg_id in self._task_entries(txn, task_id, kind)]
 
     def _task_entries(self, txn: Any, task_id: bytes, kind: int | None) -> list[tuple[bytes, bytes]]:
-        _check_id(task_id, "task_id")
-        prefix = task_id if kind is None else task_id + bytes((_check_kind(kind),))
+        check_id(task_id, "task_id")
+        prefix = task_id if kind is None else task_id + bytes((check_kind(kind),))
         out = []
         with txn.cursor(db=self._by_task) as cur:
             if cur.set_range(prefix):
                 for key, msg_id in cur:
                     if not key.startswith(prefix):
                         break
-                    out.append((key[-_SEQ_LEN:], msg_id))
+                    out.append((key[-SEQ_LEN:], msg_id))
         if kind is None:
             out.sort()  # one ascending run per kind: merge them into arrival order
         return out
 
     def kind_message_ids(self, kind: int) -> list[bytes]:
         """Ids of all messages of one kind, in arrival order."""
-        prefix = bytes((_check_kind(kind),))
+        prefix = bytes((check_kind(kind),))
         out = []
         with _ReadTxn(self) as txn, txn.cursor(db=self._by_kind) as cur:
             if cur.set_range(prefix):
@@ -748,12 +636,12 @@ class Store:
         if not isinstance(seq, int) or not isinstance(limit, int) or limit < 0:
             raise BadInputError(f"iter_since needs int seq and int limit >= 0, got {seq!r}, {limit!r}")
         start = max(seq, 0) + 1
-        if limit == 0 or start > _MAX_SEQ:
+        if limit == 0 or start > MAX_SEQ:
             return []
         out = []
         with _ReadTxn(self) as txn, txn.cursor(db=self._arrival) as cur:
             get, msgs = txn.get, self._msgs
-            if cur.set_range(_seq_bytes(start)):
+            if cur.set_range(seq_bytes(start)):
                 for key, msg_id in cur:
                     out.append((int.from_bytes(key, "big"), msg_id, self._must(get(msg_id, db=msgs), msg_id)))
                     if len(out) >= limit:
@@ -768,7 +656,7 @@ class Store:
     def count_by_kind(self) -> dict[int, int]:
         """{kind: number of stored messages of that kind}, kinds ascending."""
         with _ReadTxn(self) as txn:
-            counts = _unpack_counts(txn.get(_META_KIND_COUNTS.encode(), db=self._meta))
+            counts = unpack_counts(txn.get(META_KIND_COUNTS.encode(), db=self._meta))
         return {k: counts[k] for k in sorted(counts) if counts[k]}
 
     def last_seq(self) -> int:
@@ -782,9 +670,9 @@ class Store:
         with _ReadTxn(self) as txn:
             info = self._env.info()
             page = self._env.stat()["psize"]
-            entries = {name: txn.stat(getattr(self, "_" + name))["entries"] for name in _DB_NAMES}
+            entries = {name: txn.stat(getattr(self, "_" + name))["entries"] for name in DB_NAMES}
         try:
-            file_bytes = os.path.getsize(os.path.join(self.path, _DATA_FILE))
+            file_bytes = os.path.getsize(os.path.join(self.path, DATA_FILE))
         except OSError:
             file_bytes = 0
         return {
@@ -810,12 +698,12 @@ class Store:
             os.makedirs(dest, mode=0o700, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot create backup directory {dest}: {exc.strerror}") from exc
-        target = os.path.join(dest, _DATA_FILE)
+        target = os.path.join(dest, DATA_FILE)
         if os.path.exists(target):
             raise StoreError(f"{dest} already contains a store; copy into an empty directory")
         with self._copy_lock:
             self._copy(dest, target, compact)
-        _fsync_dir(dest)
+        fsync_dir(dest)
 
     def _copy(self, dest: str, target: str, compact: bool) -> None:
         self._gate.acquire_shared()
@@ -843,270 +731,5 @@ class Store:
         return raw
 
 
-def _check_version(path: str, raw_version: bytes) -> int:
-    """The store's schema version, if this code can read it (maybe after migrating)."""
-    try:
-        version = int(raw_version.decode("ascii"))
-    except (UnicodeDecodeError, ValueError):
-        raise StoreVersionError(
-            f"store at {path} has an unreadable schema version record {raw_version!r:.40}; it is damaged "
-            "or not a labelmesh store -- restore a backup or use another directory"
-        ) from None
-    if version != SCHEMA_VERSION and not (0 <= version < SCHEMA_VERSION and all(
-            v in MIGRATIONS for v in range(version, SCHEMA_VERSION))):
-        newer = version > SCHEMA_VERSION
-        raise StoreVersionError(
-            f"store at {path} has schema version {version}, but this labelmesh only understands "
-            f"version {SCHEMA_VERSION}"
-            + ("; it was written by a newer labelmesh: upgrade labelmesh" if newer else "; it is not a store this labelmesh can read")
-            + ", or use another data directory"
-        )
-    return version
-
-
-# --------------------------------------------------------------------------- migrations
-
-
-def _migrate_0_to_1(env: Any, txn: Any, meta: Any) -> None:
-    """0 -> 1: build the ``by_kind`` index and the ``kind_counts`` entry from ``by_task``
-    (whose keys carry kind and seq)."""
-    by_task = env.open_db(b"by_task", txn=txn, create=False)
-    by_kind = env.open_db(b"by_kind", txn=txn, create=True)
-    counts: dict[int, int] = {}
-    entries = []
-    with txn.cursor(db=by_task) as cur:
-        for key, msg_id in cur:
-            kind_and_seq = key[ID_LEN:]
-            entries.append((kind_and_seq, msg_id))
-            counts[key[ID_LEN]] = counts.get(key[ID_LEN], 0) + 1
-    entries.sort()
-    with txn.cursor(db=by_kind) as cur:
-        cur.putmulti(entries, append=True)
-    txn.put(_META_KIND_COUNTS.encode(), msgpack.packb(counts), db=meta)
-
-
-MIGRATIONS: dict[int, Callable[[Any, Any, Any], None]] = {0: _migrate_0_to_1}
-"""``MIGRATIONS[v](env, txn, meta_db)`` turns layout v into v+1 inside ``txn``."""
-
-
-def write_legacy_store(path: str | os.PathLike[str], version: int, records: Sequence[Record]) -> None:
-    """Write a NEW store at ``path`` in the old layout ``version`` holding ``records``
-    (arrival order = list order), as an older labelmesh would have.  For migration tests."""
-    if version != 0:
-        raise BadInputError(f"no writer for legacy schema version {version}; known: 0")
-    recs = _check_records(records)
-    path = os.fspath(path)
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    if os.path.exists(os.path.join(path, _DATA_FILE)):
-        raise StoreError(f"{path} already holds a store")
-    env = lmdb.open(path, subdir=True, map_size=64 << 20, max_dbs=_MAX_DBS, sync=True, metasync=True)
-    try:
-        with env.begin(write=True) as txn:
-            dbs = {n: env.open_db(n.encode(), txn=txn, create=True)
-                   for n in ("msgs", "arrival", "by_task", "meta", "derived")}
-            seq = 1
-            for r in recs:
-                if not txn.put(r.msg_id, r.raw, overwrite=False, db=dbs["msgs"]):
-                    continue
-                s = _seq_bytes(seq)
-                txn.put(s, r.msg_id, db=dbs["arrival"])
-                txn.put(r.task_id + _KIND_BYTES[r.kind] + s, r.msg_id, db=dbs["by_task"])
-                seq += 1
-            txn.put(_META_SCHEMA_VERSION.encode(), b"0", db=dbs["meta"])
-            txn.put(_META_NEXT_SEQ.encode(), _seq_bytes(seq), db=dbs["meta"])
-    finally:
-        env.close()
-
-
-def _unpack_counts(raw: bytes | None) -> dict[int, int]:
-    if not raw:
-        return {}
-    return msgpack.unpackb(raw, strict_map_key=False)
-
-
 def _round_up(n: int) -> int:
     return -(-n // _OS_PAGE) * _OS_PAGE
-
-
-def _fsync_dir(path: str) -> None:
-    """Make a new directory entry (the store's files) survive power loss."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-# --------------------------------------------------------------------------- group commit
-
-
-class _Request:
-    __slots__ = ("records", "flags", "error", "done")
-
-    def __init__(self, records: list[Record]) -> None:
-        self.records = records
-        self.flags: list[bool] | None = None
-        self.error: BaseException | None = None
-        self.done = trio.Event()
-
-
-class StoreWriter:
-    """Async group-commit front end for ``Store.put_records``.
-
-    Many tasks call ``await writer.put(records)``; one worker (``run``) takes everything
-    queued, merges it into ONE ``put_records`` call -- one write transaction, one fsync --
-    run in a worker thread (at most one at a time: LMDB allows one writer), then wakes each
-    caller with its own slice of the flags, or with the error.  While a group commits, the
-    next one accumulates, so commits stay few under load and a lone put waits for one
-    commit only.
-
-    Backpressure: at most ``max_pending_records`` records wait in the queue; further puts
-    block (first come, first served) until the worker takes a group.  A single put larger
-    than the bound is admitted when the queue is empty.  A group holds at most
-    ``max_group_records`` records (whole requests; one larger request forms its own group).
-
-    Start it with ``await nursery.start(writer.run)``.  Cancelling ``put`` while it waits
-    for its group does not withdraw the records: they may still be stored (harmless: the
-    store is a grow-only set).  When ``run`` exits, queued puts fail with StoreError and
-    new puts are refused.
-
-    Counters (for tests and metrics): ``commits`` (successful put_records calls, i.e.
-    write transactions), ``failed_commits``, ``puts`` (put calls that returned flags),
-    ``records_written`` (records in successful groups, duplicates included).  ``on_commit``,
-    if set, is called as ``on_commit(records, seconds)`` after each successful group commit
-    (seconds from handing the group to the writer thread to its durable commit).
-    """
-
-    def __init__(self, store: Store, *, max_pending_records: int = 50_000, max_group_records: int = 10_000) -> None:
-        if max_pending_records < 1 or max_group_records < 1:
-            raise BadInputError("max_pending_records and max_group_records must be >= 1")
-        self._store = store
-        self._max_pending = max_pending_records
-        self._max_group = max_group_records
-        self._queue: deque[_Request] = deque()
-        self._queued_records = 0
-        self._admission = trio.Lock()           # FIFO fairness among blocked puts
-        self._space = trio.lowlevel.ParkingLot()  # head-of-line put waits here for room
-        self._work = trio.lowlevel.ParkingLot()   # the worker waits here for requests
-        self._limiter = trio.CapacityLimiter(1)   # one writer thread
-        self._running = False
-        self._stopped = False
-        self.commits = 0
-        self.failed_commits = 0
-        self.puts = 0
-        self.records_written = 0
-        self.on_commit: Callable[[int, float], None] | None = None
-
-    @property
-    def queued_records(self) -> int:
-        """Records waiting for the worker (not counting the group being committed)."""
-        return self._queued_records
-
-    async def put(self, records: Sequence[Record]) -> list[bool]:
-        """Store ``records``; returns after the group holding them is durable.  Flags as in
-        ``Store.put_records`` (True = newly stored; a duplicate of a record put
-        concurrently by another caller is False for whichever comes second)."""
-        recs = _check_records(records)  # a bad record fails only its caller
-        await self._ensure_running()
-        if not recs:
-            await trio.lowlevel.checkpoint()
-            return []
-        request = _Request(recs)
-        async with self._admission:
-            await self._ensure_running()  # the worker may have stopped while we queued for the lock
-            while self._queued_records and self._queued_records + len(recs) > self._max_pending:
-                await self._space.park()
-                await self._ensure_running()
-            self._queue.append(request)
-            self._queued_records += len(recs)
-            self._work.unpark_all()
-        await request.done.wait()
-        if request.error is not None:
-            err = request.error
-            if isinstance(err, StoreError):
-                raise type(err)(str(err)) from err  # one exception object per waiter
-            raise StoreError(f"group commit failed: {err!r}") from err
-        self.puts += 1
-        assert request.flags is not None
-        return request.flags
-
-    async def write(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run another synchronous store write (``put_derived``, ``put_meta``, ...) in the
-        writer thread, so it neither blocks the event loop on its fsync nor contends with
-        group commits."""
-        await self._ensure_running()
-        return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
-
-    async def _ensure_running(self) -> None:
-        if self._stopped:
-            # The writer stops when the node's nursery is cancelled; a caller in that
-            # nursery gets its Cancelled here (a clean shutdown), not a StoreError.
-            await trio.lowlevel.checkpoint()
-            raise StoreError("the store writer has stopped (node shutting down); the records were not stored")
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """The worker.  Runs until cancelled; start with ``nursery.start(writer.run)``."""
-        if self._running or self._stopped:
-            raise RuntimeError("StoreWriter.run can be started only once")
-        self._running = True
-        try:
-            task_status.started()
-            while True:
-                while not self._queue:
-                    await self._work.park()
-                group = self._take_group()
-                self._space.unpark_all()
-                await self._commit(group)
-        finally:
-            self._running = False
-            self._stopped = True
-            err = StoreError("the store writer stopped before these records were written; they were not stored")
-            while self._queue:
-                request = self._queue.popleft()
-                request.error = err
-                request.done.set()
-            self._queued_records = 0
-            self._space.unpark_all()
-
-    def _take_group(self) -> list[_Request]:
-        group = [self._queue.popleft()]
-        size = len(group[0].records)
-        while self._queue and size + len(self._queue[0].records) <= self._max_group:
-            request = self._queue.popleft()
-            group.append(request)
-            size += len(request.records)
-        self._queued_records -= size
-        return group
-
-    async def _commit(self, group: list[_Request]) -> None:
-        records = [r for request in group for r in request.records]
-        started = time.perf_counter()
-        try:
-            # abandon_on_cancel=False (the default): once the thread runs, a cancelled
-            # worker still waits for the commit, so every caller learns the real outcome.
-            flags = await trio.to_thread.run_sync(self._store._put_valid, records, limiter=self._limiter)
-        except Exception as exc:
-            self.failed_commits += 1
-            for request in group:
-                request.error = exc
-                request.done.set()
-        except BaseException:  # cancelled before the thread started: nothing was written
-            for request in group:
-                request.error = StoreError("the store writer stopped before these records were written; they were not stored")
-                request.done.set()
-            raise
-        else:
-            self.commits += 1
-            self.records_written += len(records)
-            if self.on_commit is not None:
-                self.on_commit(len(records), time.perf_counter() - started)
-            at = 0
-            for request in group:
-                request.flags = flags[at : at + len(request.records)]
-                at += len(request.records)
-                request.done.set()

@@ -318,7 +318,7 @@ def run_aggregate(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m node.offline aggregate ...`` (the labelmesh CLI wires add_parser itself)."""
+    """``python -m node.cli.aggregate aggregate ...`` (the labelmesh CLI wires add_parser itself)."""
     parser = argparse.ArgumentParser(prog="labelmesh")
     sub = parser.add_subparsers(dest="command", required=True)
     add_parser(sub)

@@ -17,7 +17,7 @@ A failure on one connection is logged and closes that connection only.
 
 Error codes: -32700 parse error, -32600 invalid request, -32601 method not
 found, -32602 invalid params, -32603 internal error, -32000..-32099 application
-errors (see ``node/api.py``).
+errors (see ``node/rpc/errors.py`` and ``node/rpc/methods/``).
 """
 from __future__ import annotations
 
@@ -27,10 +27,13 @@ import os
 import socket
 import stat
 import time
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any
 
 import trio
+
+from .errors import APP_ERROR, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, PARSE_ERROR, RpcError
+from .wire import encode_reply, error_reply, is_big, parse_constant, parse_float, parse_int
 
 log = logging.getLogger("labelmesh.rpc")
 
@@ -39,106 +42,9 @@ MAX_BATCH = 64
 MAX_CONNECTIONS = 128
 IDLE_TIMEOUT_S = 300.0
 MAX_RESPONSE_BYTES = 256 << 20
-#: A reply carrying a string of at least this many characters (task_export's content,
-#: a blob) is JSON-encoded in a worker thread, in slices (_encode): Label Studio JSON of
-#: 100,000 items is a 43 MB line; encoded on the loop it stalled gossip, sync and
-#: finality for 0.17-0.26 s (measured), in slices in the thread the loop's longest gap was 7 ms.
-THREAD_ENCODE_CHARS = 1 << 20
-#: ... and so is a reply carrying a list of at least this many entries (a page of
-#: annotations_list or consensus_get), one entry at a time: a page of 10,000 batches of
-#: 100 labels took 0.28 s to encode in one go.
-THREAD_ENCODE_ITEMS = 1_000
 
-PARSE_ERROR = -32700
-INVALID_REQUEST = -32600
-METHOD_NOT_FOUND = -32601
-INVALID_PARAMS = -32602
-INTERNAL_ERROR = -32603
-APP_ERROR = -32000          # generic application error
-NOT_FOUND = -32001          # unknown task / message / account
-REJECTED = -32002           # the message is invalid (reason in message)
-STORE_FULL = -32003         # disk or map full: free space, the node resumes by itself
-UNAVAILABLE = -32004        # e.g. no peer has a blob
-
-
-def _encode(obj) -> list[bytes]:
-    """One reply (or batch of replies) as a JSON line, in chunks of about _SEND_CHUNK
-    bytes whose concatenation is ``json.dumps(obj, separators=(",", ":"))`` + newline.
-    Strings of THREAD_ENCODE_CHARS or more in the top levels (batch -> reply -> result
-    -> field -> entry) are escaped a slice at a time and never copied whole, and lists
-    there are encoded an entry at a time: the C encoder holds the GIL for the whole of
-    one call (0.14 s for a 40 MB string), so pieces let the event loop's thread run in
-    between when this runs in a worker thread."""
-    pieces: list[str] = []
-    _dumps_into(obj, 4 if isinstance(obj, list) else 3, pieces)
-    pieces.append("\n")
-    chunks, group, size = [], [], 0
-    for piece in pieces:
-        group.append(piece)
-        size += len(piece)
-        if size >= _SEND_CHUNK:
-            chunks.append("".join(group).encode())
-            group, size = [], 0
-    if group:
-        chunks.append("".join(group).encode())
-    return chunks
-
-
-def _dumps_into(obj, depth: int, out: list[str]) -> None:
-    if isinstance(obj, str) and len(obj) >= THREAD_ENCODE_CHARS:
-        # JSON escaping is per code point, so slices escape independently
-        out.append('"')
-        out.extend(json.dumps(obj[i:i + _ESCAPE_SLICE])[1:-1] for i in range(0, len(obj), _ESCAPE_SLICE))
-        out.append('"')
-    elif depth > 0 and isinstance(obj, dict) and all(isinstance(k, str) for k in obj):
-        out.append("{")
-        for n, (k, v) in enumerate(obj.items()):
-            out.append(("," if n else "") + json.dumps(k) + ":")
-            _dumps_into(v, depth - 1, out)
-        out.append("}")
-    elif depth > 0 and isinstance(obj, list):
-        out.append("[")
-        for n, v in enumerate(obj):
-            if n:
-                out.append(",")
-            _dumps_into(v, depth - 1, out)
-        out.append("]")
-    else:
-        out.append(json.dumps(obj, separators=(",", ":")))
-
-
-_SEND_CHUNK = 1 << 17
-_ESCAPE_SLICE = 1 << 16
-
-
-def _is_big(obj) -> bool:
-    """Whether a reply (or a batch of replies) has a result field holding a string of
-    THREAD_ENCODE_CHARS or more characters or a list of THREAD_ENCODE_ITEMS or more
-    entries (such replies are encoded in a worker thread).  Looks at the top level of
-    each result only: the methods that return big payloads (task_export's content,
-    blob_get's data, the pages of annotations_list and consensus_get) return them there."""
-    for reply in obj if isinstance(obj, list) else (obj,):
-        result = reply.get("result") if isinstance(reply, dict) else None
-        if isinstance(result, dict) and any(
-                (isinstance(v, str) and len(v) >= THREAD_ENCODE_CHARS)
-                or (isinstance(v, list) and len(v) >= THREAD_ENCODE_ITEMS) for v in result.values()):
-            return True
-    return False
-
-
-class RpcError(Exception):
-    def __init__(self, code: int, message: str, data: Any = None):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.data = data
-
-
-def _error(id_, code, message, data=None) -> dict:
-    e = {"code": code, "message": message}
-    if data is not None:
-        e["data"] = data
-    return {"jsonrpc": "2.0", "id": id_, "error": e}
+#: A method: ``await fn(node, params) -> JSON-able result`` (raises RpcError).
+Method = Callable[[object, dict], Awaitable[object]]
 
 
 def _ensure_private_dir(d: Path, node) -> None:
@@ -168,32 +74,14 @@ class _Conn:
         self.busy = False
 
 
-def _parse_int(text: str) -> int:
-    # Every integer of the API fits in 64 bits; bigger ones would overflow the codec later.
-    v = int(text)
-    if not -(1 << 63) <= v < 1 << 64:
-        raise ValueError(f"integer {text[:24]}... is outside the 64-bit range")
-    return v
-
-
-def _parse_float(text: str) -> float:
-    v = float(text)
-    if v in (float("inf"), float("-inf")):
-        raise ValueError(f"number {text[:24]} is out of range")
-    return v
-
-
-def _parse_constant(name: str):
-    raise ValueError(f"{name} is not JSON")
-
-
 class RpcServer:
-    def __init__(self, node, path: Path):
-        from . import api
+    """Serves ``methods`` (name -> Method, e.g. ``node.rpc.methods.METHODS``), each called
+    with ``node``, on the Unix socket ``path``. Start with ``nursery.start(server.run)``."""
 
+    def __init__(self, node, path: Path, methods: Mapping[str, Method]):
         self.node = node
         self.path = Path(path)
-        self.methods = api.METHODS
+        self.methods = methods
         self.connections = 0
         self.calls = 0
         self.evicted = 0  # idle connections closed to make room for new clients
@@ -243,7 +131,7 @@ class RpcServer:
         if self.connections >= MAX_CONNECTIONS and not self._evict_idlest():
             try:
                 with trio.move_on_after(1):
-                    await self._send(stream, _error(None, APP_ERROR,
+                    await self._send(stream, error_reply(None, APP_ERROR,
                                                     f"too many RPC clients (max {MAX_CONNECTIONS}); retry later"))
             except Exception:
                 pass
@@ -263,7 +151,7 @@ class RpcServer:
                     if nl < 0:
                         scanned = len(buf)
                         if len(buf) > MAX_REQUEST_BYTES:
-                            await self._send(stream, _error(None, INVALID_REQUEST,
+                            await self._send(stream, error_reply(None, INVALID_REQUEST,
                                                             f"request larger than {MAX_REQUEST_BYTES} bytes; split it"))
                             return
                         with trio.move_on_after(IDLE_TIMEOUT_S) as scope:
@@ -276,7 +164,7 @@ class RpcServer:
                     del buf[: nl + 1]
                     scanned = 0
                     if len(line) > MAX_REQUEST_BYTES:
-                        await self._send(stream, _error(None, INVALID_REQUEST, f"request larger than {MAX_REQUEST_BYTES} bytes; split it"))
+                        await self._send(stream, error_reply(None, INVALID_REQUEST, f"request larger than {MAX_REQUEST_BYTES} bytes; split it"))
                         return
                     if not line.strip():
                         continue
@@ -310,12 +198,12 @@ class RpcServer:
         return True
 
     async def _send(self, stream, obj) -> None:
-        if _is_big(obj):
-            chunks = await trio.to_thread.run_sync(_encode, obj)
+        if is_big(obj):
+            chunks = await trio.to_thread.run_sync(encode_reply, obj)
         else:
             chunks = [json.dumps(obj, separators=(",", ":")).encode() + b"\n"]
         if sum(map(len, chunks)) > MAX_RESPONSE_BYTES:
-            chunks = [json.dumps(_error(obj.get("id") if isinstance(obj, dict) else None, APP_ERROR,
+            chunks = [json.dumps(error_reply(obj.get("id") if isinstance(obj, dict) else None, APP_ERROR,
                                         "response too large; ask for less (limit/offset)")).encode() + b"\n"]
         with trio.fail_after(60):
             for chunk in chunks:
@@ -324,117 +212,61 @@ class RpcServer:
     async def handle_line(self, line: bytes):
         """Answer one line: a request, a notification or a batch. Never raises."""
         try:
-            req = json.loads(line, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_parse_constant)
+            req = json.loads(line, parse_int=parse_int, parse_float=parse_float, parse_constant=parse_constant)
         except (ValueError, UnicodeDecodeError) as e:
-            return _error(None, PARSE_ERROR, f"parse error: {e}")
+            return error_reply(None, PARSE_ERROR, f"parse error: {e}")
         except RecursionError:
-            return _error(None, PARSE_ERROR, "parse error: JSON nested too deeply")
+            return error_reply(None, PARSE_ERROR, "parse error: JSON nested too deeply")
         if isinstance(req, list):
             if not req:
-                return _error(None, INVALID_REQUEST, "empty batch")
+                return error_reply(None, INVALID_REQUEST, "empty batch")
             if len(req) > MAX_BATCH:
-                return _error(None, INVALID_REQUEST, f"batch of {len(req)} requests; the limit is {MAX_BATCH}")
+                return error_reply(None, INVALID_REQUEST, f"batch of {len(req)} requests; the limit is {MAX_BATCH}")
             out = [r for r in [await self._one(x) for x in req] if r is not None]
             return out or None
         return await self._one(req)
 
     async def _one(self, req) -> dict | None:
         if not isinstance(req, dict):
-            return _error(None, INVALID_REQUEST, "a request must be a JSON object")
+            return error_reply(None, INVALID_REQUEST, "a request must be a JSON object")
         id_ = req.get("id")
         if not isinstance(id_, (str, int, type(None))) or isinstance(id_, bool):
-            return _error(None, INVALID_REQUEST, "id must be a string, an integer or null")
+            return error_reply(None, INVALID_REQUEST, "id must be a string, an integer or null")
         is_notification = "id" not in req
         if req.get("jsonrpc") != "2.0":
-            return _error(id_, INVALID_REQUEST, 'missing "jsonrpc": "2.0"')
+            return error_reply(id_, INVALID_REQUEST, 'missing "jsonrpc": "2.0"')
         method = req.get("method")
         if not isinstance(method, str):
-            return _error(id_, INVALID_REQUEST, "method must be a string")
+            return error_reply(id_, INVALID_REQUEST, "method must be a string")
         params = req.get("params", {})
         if isinstance(params, list):
             params = {"_args": params}
         if not isinstance(params, dict):
-            return _error(id_, INVALID_PARAMS, "params must be an object")
+            return error_reply(id_, INVALID_PARAMS, "params must be an object")
         fn = self.methods.get(method)
         self.calls += 1
         if fn is None:
             self._record("(unknown)", str(METHOD_NOT_FOUND), 0.0)
-            return None if is_notification else _error(
+            return None if is_notification else error_reply(
                 id_, METHOD_NOT_FOUND, f"unknown method {method!r}; call rpc_methods for the list")
         started, code = time.perf_counter(), "ok"
         try:
             result = await fn(self.node, params)
         except RpcError as e:
             code = str(e.code)
-            return None if is_notification else _error(id_, e.code, e.message, e.data)
+            return None if is_notification else error_reply(id_, e.code, e.message, e.data)
         except Exception as e:  # a bug must not take the node down; log it, tell the client
             code = str(INTERNAL_ERROR)
             log.exception("RPC method %s failed", method)
-            return None if is_notification else _error(id_, INTERNAL_ERROR, f"internal error: {type(e).__name__}: {e}")
+            return None if is_notification else error_reply(id_, INTERNAL_ERROR, f"internal error: {type(e).__name__}: {e}")
         finally:
             self._record(method, code, time.perf_counter() - started)
         return None if is_notification else {"jsonrpc": "2.0", "id": id_, "result": result}
 
     def _record(self, method: str, code: str, seconds: float) -> None:
-        """Per (method, outcome) call count and time, for metrics (node/metrics.py)."""
+        """Per (method, outcome) call count and time, for metrics (node/services/metrics.py)."""
         st = self.method_stats.get((method, code))
         if st is None:
             st = self.method_stats[(method, code)] = [0, 0.0]
         st[0] += 1
         st[1] += seconds
-
-
-class RpcCallError(Exception):
-    def __init__(self, code: int, message: str, data=None):
-        super().__init__(f"{message} (code {code})")
-        self.code = code
-        self.message = message
-        self.data = data
-
-
-class RpcClient:
-    """Blocking client for the CLI, scripts and tests."""
-
-    def __init__(self, path: str | os.PathLike, timeout: float = 60.0):
-        self.path = str(path)
-        self.timeout = timeout
-        self._sock: socket.socket | None = None
-        self._buf = b""
-        self._id = 0
-
-    def _connect(self) -> socket.socket:
-        if self._sock is None:
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            s.settimeout(self.timeout)
-            s.connect(self.path)
-            self._sock = s
-        return self._sock
-
-    def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def call(self, method: str, params: dict | None = None):
-        self._id += 1
-        s = self._connect()
-        s.sendall(json.dumps({"jsonrpc": "2.0", "id": self._id, "method": method,
-                              "params": params or {}}).encode() + b"\n")
-        while b"\n" not in self._buf:
-            chunk = s.recv(1 << 20)
-            if not chunk:
-                self.close()
-                raise ConnectionError("node closed the RPC connection")
-            self._buf += chunk
-        line, self._buf = self._buf.split(b"\n", 1)
-        resp = json.loads(line)
-        if "error" in resp:
-            e = resp["error"]
-            raise RpcCallError(e.get("code", 0), e.get("message", ""), e.get("data"))
-        return resp["result"]

@@ -1,9 +1,9 @@
-"""The labelmesh daemon: one Node wires the store, the network and the RPC server.
+"""NodeCore: the state machine of a node -- every message goes through one ingest pipeline.
 
 How it works
 ------------
 Every message, whatever its source (RPC, gossip, sync), goes through
-``Node.ingest``: decode -> dedupe by content id -> validate_basic -> verify the
+``NodeCore.ingest``: decode -> dedupe by content id -> validate_basic -> verify the
 signature -> validate against local state -> durable group-committed write ->
 in-memory indexes updated. Only then is it acknowledged (RPC) or forwarded
 (gossip validator returns ACCEPT). Messages that name a task we have not seen
@@ -11,12 +11,13 @@ yet are IGNOREd but parked in a bounded orphan pool and re-ingested when the
 task arrives (anti-entropy sync repairs anything else gossip loses).
 
 Results (consensus labels, rewards) are never stored as truth: they are a pure
-function of the stored set, computed on demand by ``protocol.tally`` and
-cached by (task id, set root).
+function of the stored set (``node/core/results.py``); gold secrets are
+``node/core/gold.py``.
 
-Structured concurrency: ``Node.run`` opens one nursery; the store writer, the
-network, the publisher and the RPC server are started with ``nursery.start``
-and are ready when it returns.
+The core knows its services (sync, finality, blobs, metrics) only as attributes that
+the composition root (``node/app.py``) sets, and never imports them: ``None`` until then.
+Structured concurrency: ``start_core`` starts the store writer, the network and the
+publisher in the caller's nursery (``node.app.Node.run``), each ready when it returns.
 """
 from __future__ import annotations
 
@@ -25,24 +26,27 @@ import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import trio
-from sortedcontainers import SortedList
 
-from protocol.genesis import Genesis
-from protocol.messages import (
-    KIND_ATTESTATION, KIND_BATCH, KIND_GOLD, KIND_NAMES, KIND_TASK, AnnotationBatch, GoldReveal,
-    ACCEPT, Outcome, SignedMessage, TaskAnnouncement, Verdict, decode_message, ignore, reject,
-    validate_basic, validate_in_context,
-)
 from protocol.bundle import group_envelopes, payload_of, split_payload
 from protocol.errors import DecodeError
+from protocol.genesis import Genesis
+from protocol.messages import (
+    ACCEPT, KIND_ATTESTATION, KIND_BATCH, KIND_GOLD, KIND_NAMES, KIND_TASK, UNKNOWN_TASK, AnnotationBatch, Outcome,
+    SignedMessage, TaskAnnouncement, Verdict, decode_message, ignore, reject, validate_basic, validate_in_context,
+)
 
-if TYPE_CHECKING:  # protocol.tally loads numpy (~11 MB RSS): imported when a result is first computed
-    from protocol.tally import TaskResult
-
-from .store import Record, Store, StoreError, StoreWriter
+from ..policy.ratelimit import GossipRateLimiter
+from ..storage.errors import StoreError
+from ..storage.layout import Record
+from ..storage.store import Store
+from ..storage.writer import StoreWriter
+from .gold import GoldSecrets
+from .indexes import TaskIndex
+from .results import Results
+from .verdicts import DECLINED_BEFORE, DUPLICATE
 from .verifier import Verifier, verify_all
 
 log = logging.getLogger("labelmesh.node")
@@ -57,15 +61,7 @@ ARRIVALS_KEPT = 200_000  # stored-at times remembered for messages_arrival (RPC)
 #: per-annotator batch cap, FinalityService.storage_verdict), most recent kept: sync does
 #: not fetch them again from peers that hold them (32 bytes each, ~20 MB at most).
 DECLINED_KEPT = 262_144
-#: Task results kept in memory (ResultCache), counted in items: a result holds 4 tuples of
-#: Python ints per item (~90 bytes), so about 100 MB at most.  It used to be 1,024 results
-#: of any size (up to 1,024 x 100,000 items), cleared all at once when full.
-RESULT_CACHE_ITEMS = 1_000_000
-#: Node.prepare_result reads and aggregates a task's set in a worker thread from this many
-#: messages on (with the usual 100 labels per batch, ~0.1 s of work with gold; below it the
-#: thread hop costs more than it saves)
-RESULT_THREAD_MIN_MESSAGES = 200
-VERIFY_OFFLOAD_MIN = 16  # signatures verified off the event loop (node/verifier.py) from this many per group on
+VERIFY_OFFLOAD_MIN = 16  # signatures verified off the event loop (node/core/verifier.py) from this many per group on
 
 
 def wall_clock_ms() -> int:
@@ -74,39 +70,6 @@ def wall_clock_ms() -> int:
 
 def topic_for(network_id: bytes, kind: int) -> str:
     return f"/labelmesh/{network_id.hex()[:16]}/{KIND_NAMES[kind]}/1"
-
-
-class TaskIndex:
-    """Per task: the sorted ids of the messages we hold and their fingerprint sum
-    (what anti-entropy sync compares). Kept in memory, rebuilt from the store at start."""
-
-    def __init__(self):
-        self.task_ids = SortedList()
-        self.ids: dict[bytes, SortedList] = {}
-        self.sums: dict[bytes, int] = {}
-
-    def add_task(self, task_id: bytes) -> None:
-        if task_id not in self.ids:
-            self.task_ids.add(task_id)
-            self.ids[task_id] = SortedList()
-            self.sums[task_id] = 0
-
-    def add(self, task_id: bytes, mid: bytes) -> None:
-        lst = self.ids.get(task_id)
-        if lst is None:
-            self.add_task(task_id)
-            lst = self.ids[task_id]
-        if mid in lst:
-            return
-        lst.add(mid)
-        self.sums[task_id] = (self.sums[task_id] + int.from_bytes(mid, "big")) % (1 << 256)
-
-    def fingerprint(self, task_id: bytes) -> tuple[int, bytes]:
-        from protocol.sync import fingerprint_from_sum
-        lst = self.ids.get(task_id)
-        if lst is None:
-            return 0, fingerprint_from_sum(0, 0)
-        return len(lst), fingerprint_from_sum(self.sums[task_id], len(lst))
 
 
 @dataclass
@@ -123,102 +86,47 @@ class Counters:
     publish_dropped: int = 0  # accepted messages not gossiped because the publish queue was full
 
 
-class ResultCache:
-    """Least-recently-used task results by (set root, reputation snapshot), bounded by the
-    total number of items they hold (the newest result is kept whatever its size).  Used
-    on the event-loop thread only."""
-
-    def __init__(self, max_items: int):
-        self.max_items = max_items
-        self._entries: OrderedDict[bytes, TaskResult] = OrderedDict()
-        self._items = 0
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def get(self, key: bytes) -> TaskResult | None:
-        res = self._entries.get(key)
-        if res is not None:
-            self._entries.move_to_end(key)
-        return res
-
-    def put(self, key: bytes, res: TaskResult) -> None:
-        old = self._entries.pop(key, None)
-        if old is not None:
-            self._items -= len(old.label) + 1
-        self._entries[key] = res
-        self._items += len(res.label) + 1
-        while self._items > self.max_items and len(self._entries) > 1:
-            _, evicted = self._entries.popitem(last=False)
-            self._items -= len(evicted.label) + 1
-
-    def clear(self) -> None:
-        self._entries.clear()
-        self._items = 0
-
-
-class Node:
-    """A labelmesh node. ``p2p`` is any object with the P2PNode interface
-    (real libp2p in production, an in-memory fake in tests)."""
+class NodeCore(GoldSecrets, Results):
+    """The ingest pipeline, gossip validation and the node's state. ``p2p`` is any object
+    with the P2PNode interface (real libp2p in production, an in-memory fake in tests),
+    made by ``p2p_factory(node)``. ``node.app.Node`` adds the services and servers."""
 
     def __init__(self, data_dir: Path, genesis: Genesis, *, p2p_factory: Callable | None,
-                 keystore=None, clock: Callable[[], int] = wall_clock_ms,
-                 rpc_socket: Path | None = None, validator_account: str = "", sync_interval_s: float = 3.0,
-                 validator_key=None, finality_tick_s: float = 0.25, metrics_listen: str = "",
-                 rate_limits=None, verify_processes: int = 0):
+                 keystore=None, clock: Callable[[], int] = wall_clock_ms, rate_limits=None, verify_processes: int = 0):
         self.data_dir = Path(data_dir)
         self.genesis = genesis
         self.params = genesis.params
         self.network_id = genesis.network_id
         self.clock = clock
         self.keystore = keystore
-        self.rpc_socket = rpc_socket
-        self.validator_account = validator_account
         self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.store = Store(self.data_dir / "store")
         self.writer = StoreWriter(self.store)
         self.counters = Counters()
-        from .metrics import NodeMetrics
-        self.metrics = NodeMetrics(self)  # per-node registry; served only if metrics_listen is set
-        self.metrics_listen = metrics_listen
-        self.writer.on_commit = self.metrics.observe_commit
+        # the services, set by the composition root (node/app.py); None in a bare core
+        self.metrics = self.sync = self.finality = self.blobs = self.rpc = None
         self.tasks: dict[bytes, TaskAnnouncement] = {}
         self.task_index = TaskIndex()
         self._orphans: OrderedDict[bytes, tuple[bytes, str]] = OrderedDict()  # msg id -> (raw, source)
         self._inflight: dict[bytes, trio.Event] = {}
-        from .ratelimit import GossipRateLimiter
-        self.ratelimit = GossipRateLimiter(rate_limits)  # rate_limits: a ratelimit.RateLimitConfig or None
+        self.ratelimit = GossipRateLimiter(rate_limits)  # rate_limits: a policy.ratelimit.RateLimitConfig or None
         # big groups' signatures: in helper processes (labelmesh run), or threads if 0 (in-process nodes)
         self.verifier = Verifier(self.network_id, verify_processes)
         self._batch_counts: dict[bytes, Counter] = {}  # task -> annotator -> batches stored (for the cap)
         self._declined: OrderedDict[bytes, None] = OrderedDict()  # see DECLINED_KEPT
-        self._result_cache = ResultCache(RESULT_CACHE_ITEMS)
-        #: prepare_result aggregates sets of at least this many messages in a worker thread
-        self.result_thread_min_messages = RESULT_THREAD_MIN_MESSAGES
-        self._result_limiter = trio.CapacityLimiter(1)
+        self._init_results()
         self._gold_lock = trio.Lock()  # remember_gold / forget_gold rewrite one meta blob
         self.arrival_ms: dict[bytes, int] = {}  # msg id -> clock() when stored, the newest ARRIVALS_KEPT
-        self._outcomes: dict = {}  # task id -> TaskOutcome of a certified task (task_outcome)
-        self._rewards: dict = {}  # task id -> rewards of a certified task (certified_rewards)
-        self._earned: dict[bytes, dict] = {}  # snapshot digest -> earned reputation (reputation_snapshot)
         self.topics = {k: topic_for(self.network_id, k) for k in KIND_NAMES}
         self._kind_of_topic = {t: k for k, t in self.topics.items()}
         self.p2p = p2p_factory(self) if p2p_factory else None
-        from .sync import SyncService
-        self.sync = SyncService(self, interval_s=sync_interval_s) if self.p2p is not None else None
-        from .finality import FinalityService
-        if validator_key is None and validator_account and keystore is not None:
-            validator_key = keystore.signing_key(validator_account)
-        self.finality = FinalityService(self, validator_key, tick_s=finality_tick_s)
-        from .blobs import BlobService
-        self.blobs = BlobService(self)
         self._publish_send, self._publish_recv = trio.open_memory_channel(4096)
         self.started_at = clock()
-        self._load_tasks()
 
     # ------------------------------------------------------------------ lifecycle
 
-    def _load_tasks(self) -> None:
+    def load_tasks(self) -> None:
+        """Rebuild the task table and the per-task index from the store (at start)."""
         for raw in self.store.get_many(self.store.kind_message_ids(KIND_TASK)):
             msg = decode_message(raw, self.params)
             tid = msg.compute_id(self.network_id)
@@ -227,32 +135,20 @@ class Node:
             for mid in self.store.task_message_ids(tid):
                 self.task_index.add(tid, mid)
 
-    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        from .rpc import RpcServer  # local import: rpc imports api which imports this module
+    async def start_core(self, nursery: trio.Nursery) -> None:
+        """Start the store writer, then the network (topics joined) and the publisher."""
+        await nursery.start(self.writer.run)
+        if self.p2p is not None:
+            for t in self.topics.values():
+                self.p2p.subscribe(t)
+            await nursery.start(self.p2p.run)
+            nursery.start_soon(self._publisher)
 
-        try:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(self.writer.run)
-                if self.p2p is not None:
-                    for t in self.topics.values():
-                        self.p2p.subscribe(t)
-                    await nursery.start(self.p2p.run)
-                    nursery.start_soon(self._publisher)
-                    await nursery.start(self.sync.run)
-                await nursery.start(self.blobs.run)
-                await nursery.start(self.finality.run)
-                if self.metrics_listen:
-                    await nursery.start(self.metrics.serve, self.metrics_listen)
-                if self.rpc_socket is not None:
-                    self.rpc = RpcServer(self, self.rpc_socket)
-                    await nursery.start(self.rpc.run)
-                log.info("node ready", extra={"peer_id": self.peer_id, "network_id": self.network_id.hex(),
-                                              "tasks": len(self.tasks), "messages": self.store.count()})
-                task_status.started(self)
-        finally:
-            with trio.CancelScope(shield=True):
-                await self.verifier.aclose()  # stop the signature helper processes, if any
-            self.store.close()
+    async def close_core(self) -> None:
+        """Stop the signature helper processes (if any) and close the store."""
+        with trio.CancelScope(shield=True):
+            await self.verifier.aclose()
+        self.store.close()
 
     @property
     def peer_id(self) -> str:
@@ -312,14 +208,14 @@ class Node:
         for (k, mid, msg), dup in zip(group, stored):
             if dup:
                 self.counters.duplicates += 1
-                results[k] = (ignore("duplicate"), mid)
+                results[k] = (DUPLICATE, mid)
                 continue
             if mid in self._declined and source in ("gossip", "sync"):
                 # the same bytes were valid and left unstored by the storage policy, whose
                 # verdicts never change: no need to verify them again (an RPC client is
                 # told the policy's own reason again)
                 self.counters.ignored += 1
-                results[k] = (ignore("not stored: declined before by the storage policy"), mid)
+                results[k] = (DECLINED_BEFORE, mid)
                 continue
             checked.append((k, mid, msg, validate_basic(msg, self.params)))
         # Verify signatures in one go; a big group off the event loop (a helper process, see
@@ -338,7 +234,7 @@ class Node:
         for k, mid, msg, v in checked:
             if mid in seen:
                 self.counters.duplicates += 1
-                results[k] = (ignore("duplicate"), mid)
+                results[k] = (DUPLICATE, mid)
                 if v.ok:
                     next(sig_ok)
                 continue
@@ -350,13 +246,13 @@ class Node:
                 v = self._check_batch_cap(msg.body, pending_batches)
                 if not v.ok:
                     self._decline(mid)
-            if v.ok and msg.kind == KIND_ATTESTATION and hasattr(self, "finality"):
+            if v.ok and msg.kind == KIND_ATTESTATION and self.finality is not None:
                 v = self.finality.storage_verdict(msg, pending_votes)
                 if not v.ok:
                     self.counters.votes_not_stored += 1
                     self._decline(mid)
             if not v.ok:
-                if v.outcome is Outcome.IGNORE and v.reason.startswith("unknown task"):
+                if v == UNKNOWN_TASK:
                     self._park_orphan(mid, msg.raw, source)
                 self._count(v)
                 results[k] = (v, mid)
@@ -379,7 +275,7 @@ class Node:
         for (k, mid, msg), new in zip(accepted, flags):
             if not new:  # raced with another writer: already stored
                 self.counters.duplicates += 1
-                results[k] = (ignore("duplicate"), mid)
+                results[k] = (DUPLICATE, mid)
                 continue
             self.counters.accepted += 1
             self._on_accepted(mid, msg)
@@ -409,7 +305,7 @@ class Node:
         if msg.kind == KIND_TASK:
             self.tasks[mid] = msg.body
             self.task_index.add_task(mid)
-            if hasattr(self, "blobs"):
+            if self.blobs is not None:
                 self.blobs.on_task(mid, msg.body)
         self.task_index.add(mid if msg.kind == KIND_TASK else msg.body.task_id, mid)
         if self.sync is not None:
@@ -418,7 +314,7 @@ class Node:
             counts = self._batch_counts.get(msg.body.task_id)
             if counts is not None:
                 counts[msg.body.annotator] += 1
-        if msg.kind == KIND_ATTESTATION and hasattr(self, "finality"):
+        if msg.kind == KIND_ATTESTATION and self.finality is not None:
             self.finality.on_attestation(msg)
         log.debug("stored %s %s", KIND_NAMES[msg.kind], mid.hex()[:16])
 
@@ -543,13 +439,13 @@ class Node:
         outcome = Outcome.ACCEPT if len(allowed) == len(fresh) else Outcome.IGNORE
         new = 0
         for (v, _), msg in zip(verdicts, allowed_msgs):
-            if v.ok or (v.outcome is Outcome.IGNORE and v.reason != "duplicate"):
+            if v.ok or (v.outcome is Outcome.IGNORE and v != DUPLICATE):
                 rl.on_account_used(msg.body.signer, now_s)  # verified and stored (or parked): it costs a token
             if v.outcome is Outcome.REJECT:
                 return Outcome.REJECT
             if v.ok:
                 new += 1
-            elif v.reason != "duplicate":
+            elif v != DUPLICATE:
                 outcome = Outcome.IGNORE
         return outcome if new else Outcome.IGNORE
 
@@ -605,212 +501,6 @@ class Node:
     def task_pinnable_ids(self, task_id: bytes) -> list[bytes]:
         """Everything that can be pinned in a task's set: its batches and its gold reveals."""
         return self.store.task_message_ids(task_id, KIND_BATCH) + self.store.task_message_ids(task_id, KIND_GOLD)
-
-    # ------------------------------------------------------------------ gold (commit-reveal)
-
-    GOLD_META = "gold_secrets"
-
-    def gold_secrets(self) -> dict:
-        """Local bookkeeping: task id -> [requester account name, salt, answers] of tasks
-        this node posted with hidden gold, until their reveal is stored (then the reveal
-        holds them; reveal_due_gold forgets the secret, so the blob it reads every tick
-        holds open tasks only)."""
-        import msgpack
-        raw = self.store.get_meta(self.GOLD_META)
-        return msgpack.unpackb(raw, strict_map_key=False) if raw else {}
-
-    async def remember_gold(self, task_id: bytes, account: str, salt: bytes, answers) -> None:
-        import msgpack
-        async with self._gold_lock:  # read-modify-write of one blob: one writer at a time
-            secrets_ = self.gold_secrets()
-            secrets_[task_id] = [account, salt, [list(a) for a in answers]]
-            await self.writer.write(self.store.put_meta, self.GOLD_META, msgpack.packb(secrets_, use_bin_type=True))
-
-    async def reveal_gold(self, task_id: bytes) -> tuple[Verdict, bytes | None]:
-        """Sign and ingest the GoldReveal of a task this node committed for."""
-        from protocol.messages import sign_message
-        sec = self.gold_secrets().get(task_id)
-        if sec is None:
-            stored = self.store.task_message_ids(task_id, KIND_GOLD)
-            if stored:  # revealed already (and the secret forgotten)
-                return ignore("duplicate"), stored[0]
-            return reject("this node holds no gold secret for the task"), None
-        account, salt, answers = sec
-        task = self.tasks[task_id]
-        body = GoldReveal(requester=task.requester, task_id=task_id, created_at=max(self.clock(), task.deadline),
-                          salt=salt, answers=tuple(tuple(a) for a in answers))
-        msg = sign_message(body, self.keystore.signing_key(account), self.network_id)
-        return await self.ingest(msg.raw, "local", publish=True)
-
-    async def reveal_due_gold(self) -> None:
-        """Reveal the gold of every task of ours whose deadline has passed (idempotent)."""
-        if self.keystore is None:
-            return
-        now = self.clock()
-        done = []
-        for task_id in list(self.gold_secrets()):
-            t = self.tasks.get(task_id)
-            if t is None or now < t.deadline:
-                continue
-            if not self.store.task_message_ids(task_id, KIND_GOLD):
-                v, _ = await self.reveal_gold(task_id)
-                if not v.ok:
-                    log.warning("gold reveal for %s refused: %s", task_id.hex()[:16], v.reason)
-                    continue
-                log.info("gold revealed", extra={"task": task_id.hex()[:16]})
-            done.append(task_id)
-        if done:
-            await self.forget_gold(done)
-
-    async def forget_gold(self, task_ids) -> None:
-        """Drop the secrets of tasks whose reveal is stored."""
-        import msgpack
-        async with self._gold_lock:
-            secrets_ = self.gold_secrets()
-            for task_id in task_ids:
-                secrets_.pop(task_id, None)
-            await self.writer.write(self.store.put_meta, self.GOLD_META, msgpack.packb(secrets_, use_bin_type=True))
-
-    # ------------------------------------------------------------------ reputation
-
-    def task_outcome(self, task_id: bytes):
-        """The certified outcome of a task for reputation, or None if not certified (or
-        its certified result cannot be reproduced here yet)."""
-        from protocol.reputation import AnnotatorOutcome, TaskOutcome
-
-        t = self.tasks.get(task_id)
-        return self._certified_summary(self._outcomes, task_id, lambda res: TaskOutcome(
-            task_id=task_id, deadline=t.deadline, domain=t.schema.domain, n_classes=len(t.schema.labels),
-            annotators=tuple(AnnotatorOutcome(a.account, a.labels, a.score, a.equivocations)
-                             for a in res.annotators)))
-
-    def _certified_summary(self, cache: dict, task_id: bytes, summarise):
-        """``summarise(result)`` of the result over a task's certified set, kept in
-        ``cache`` per task; None (not kept) unless this node holds the whole set and gets
-        the certificate's result_root (not certified, fetching, or a different reputation
-        snapshot here)."""
-        hit = cache.get(task_id)
-        if hit is None:
-            cert, res = self.finality.certified_result(task_id)
-            if cert is None or res is None or res.result_root != cert.result_root:
-                return None
-            hit = cache[task_id] = summarise(res)
-        return hit
-
-    def certified_rewards(self, task_id: bytes):
-        """(refund, ((account, reward, labels, accuracy), ...)) of a certified task whose
-        certified result this node reproduces, else None.  Kept per task (small), so
-        rewards_get over many certified tasks does not need their full results again."""
-        return self._certified_summary(self._rewards, task_id, lambda res: (
-            res.refund, tuple((a.account, a.reward, a.labels, a.accuracy) for a in res.annotators)))
-
-    def reputation_snapshot(self, created_at: int) -> tuple[dict, bytes]:
-        """Earned reputation for a task created at ``created_at`` and a digest of the
-        certified tasks it was computed from (for cache keys)."""
-        from protocol.codec import sha256
-        from protocol.reputation import compute_earned
-
-        lag = self.params.reputation_lag_ms
-        outcomes = []
-        for tid, t in sorted(self.tasks.items()):
-            if t.deadline <= created_at - lag and self.finality.is_certified(tid):
-                o = self.task_outcome(tid)
-                if o is not None:
-                    outcomes.append(o)
-        digest = sha256(b"".join(o.task_id for o in outcomes))
-        # compute_earned is linear in all certified (task, annotator) pairs (~0.16 s at 5,000
-        # tasks x 20 annotators) and is asked for on every result lookup and finality tick;
-        # the same certified set gives the same snapshot, so keep the last few.
-        earned = self._earned.get(digest)
-        if earned is None:
-            earned = compute_earned(outcomes)
-            if len(self._earned) >= 16:
-                self._earned.pop(next(iter(self._earned)))
-            self._earned[digest] = earned
-        return earned, digest
-
-    def weight_fn(self, task: TaskAnnouncement):
-        """(weight_of(account) -> fixed point, snapshot digest) for ``task``."""
-        from protocol.reputation import compute_weight
-
-        earned, digest = self.reputation_snapshot(task.created_at)
-        domain = task.schema.domain
-        return (lambda a: compute_weight(a, domain, earned, self.genesis.reputation, self.params)), digest
-
-    # ------------------------------------------------------------------ results
-
-    def task_result(self, task_id: bytes) -> TaskResult:
-        """Provisional result over every batch (and gold reveal) this node holds for the task."""
-        return self.compute_result(task_id, None)
-
-    def compute_result(self, task_id: bytes, ids) -> TaskResult:
-        """Result over exactly the pinned message ids ``ids`` (batches and at most one
-        gold reveal; None: all held). Cached by (set root, reputation snapshot).
-
-        Runs the aggregation on the calling (event-loop) thread when it is not cached;
-        the finality service and the RPC methods call :meth:`prepare_result` first, so a
-        big task's aggregation runs in a worker thread and this finds it cached."""
-        key, cached, job = self._result_job(task_id, ids)
-        if cached is not None:
-            return cached
-        res = self._run_result_job(job)
-        self._result_cache.put(key, res)
-        return res
-
-    async def prepare_result(self, task_id: bytes, ids=None) -> TaskResult:
-        """:meth:`compute_result`, with the reading, decoding and aggregation of a set of
-        at least ``result_thread_min_messages`` messages in a worker thread (one at a
-        time), so the event loop (gossip, sync, RPC) keeps running meanwhile.  A
-        max-size task with gold takes seconds (BENCHMARKS.md); small sets stay on the
-        loop, where a thread hop would cost more than it saves."""
-        key, cached, job = self._result_job(task_id, ids)
-        if cached is not None:
-            return cached
-        if len(job[2]) < self.result_thread_min_messages:
-            res = self._run_result_job(job)
-        else:
-            async with self._result_limiter:
-                cached = self._result_cache.get(key)  # computed while we waited for the limiter
-                if cached is not None:
-                    return cached
-                res = await trio.to_thread.run_sync(self._run_result_job, job)
-        self._result_cache.put(key, res)  # on the loop thread: the cache is not thread-safe
-        return res
-
-    def _result_job(self, task_id: bytes, ids):
-        """(cache key, cached result or None, job for _run_result_job or None) for the
-        result over ``ids``: the set and the reputation snapshot are fixed here, on the
-        loop thread; reading and decoding the messages is left to the job."""
-        from protocol.messages import compute_set_root
-
-        ids = list(self.task_pinnable_ids(task_id) if ids is None else ids)
-        task = self.tasks[task_id]
-        weight_of, snap = self.weight_fn(task)
-        key = compute_set_root(task_id, ids) + snap
-        cached = self._result_cache.get(key)
-        if cached is not None:
-            return key, cached, None
-        return key, None, (task_id, task, ids, weight_of)
-
-    def _run_result_job(self, job) -> TaskResult:
-        """Read the set's messages and compute one result (safe in a worker thread: store
-        reads are, and the rest is pure)."""
-        from protocol.tally import compute_task_result
-
-        task_id, task, ids, weight_of = job
-        started = time.perf_counter()
-        batches, golds = {}, []
-        for mid, m in self._decode_ids(ids):
-            if m.kind == KIND_BATCH:
-                batches[mid] = m.body
-            elif m.kind == KIND_GOLD:
-                golds.append((mid, m.body))
-        # Every valid reveal of a task carries the same answers (they match one
-        # commitment); pin the smallest id so the set is canonical.
-        gold_id, gold = min(golds, key=lambda g: g[0]) if golds else (None, None)
-        res = compute_task_result(task_id, task, batches, gold, weight_of, self.params, gold_id=gold_id)
-        self.metrics.observe_consensus(time.perf_counter() - started)
-        return res
 
     def task_status(self, task_id: bytes) -> str:
         t = self.tasks[task_id]

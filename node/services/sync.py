@@ -25,6 +25,8 @@ import trio
 from protocol import sync as sp
 from protocol.messages import Outcome
 
+from ..policy.penalties import PenaltyPolicy
+
 log = logging.getLogger("labelmesh.sync")
 
 MAX_DEPTH = 16
@@ -54,6 +56,7 @@ HOT_S = 2.0
 MAX_DEFER_S = 10.0
 PENALTY_LIMIT = 10
 BAN_S = 300.0
+PENALTIES = PenaltyPolicy(PENALTY_LIMIT, BAN_S)  # the node's one penalty policy, without decay
 
 
 @dataclass
@@ -64,7 +67,8 @@ class PeerSyncState:
     served: int = 0           # messages we sent to this peer
     requests: int = 0
     errors: int = 0
-    penalty: int = 0
+    penalty: int = 0          # penalty points (PENALTIES)
+    stamp: float = 0.0        # trio time of the last penalty
     lag_tasks: int = 0        # tasks whose fingerprints differed at the last session
     last_error: str = ""
     banned_until: float = 0.0
@@ -186,7 +190,7 @@ class SyncService:
                     st = self._state(p)
                     if p in new:
                         st.interval_s, st.next_due = self.interval_s, 0.0  # (re)connected: catch up now
-                    if st.banned_until > now or p in self._in_session or st.next_due > now:
+                    if PENALTIES.is_banned(st, now) or p in self._in_session or st.next_due > now:
                         continue
                     self._in_session.add(p)
                     sessions.start_soon(session, p, 0.0 if p in new else SETTLE_S)
@@ -335,7 +339,7 @@ class SyncService:
             if not want:
                 break
             st = self._state(p)
-            if st.banned_until > trio.current_time():
+            if PENALTIES.is_banned(st, trio.current_time()):
                 continue
             try:
                 # "pinned": ids named by attestations/certificates, stored even past the
@@ -350,12 +354,12 @@ class SyncService:
         return stored
 
     async def _penalise(self, peer_id: str, st: PeerSyncState, points: int, why: str) -> None:
-        st.penalty += points
+        now = trio.current_time()
+        PENALTIES.penalise(st, points, now)
         st.errors += 1
         st.last_error = why
         log.warning("sync peer %s misbehaved: %s (penalty %d)", peer_id, why, st.penalty)
-        if st.penalty >= PENALTY_LIMIT:
-            st.banned_until = trio.current_time() + BAN_S
+        if PENALTIES.is_banned(st, now):
             try:
                 await self.node.p2p.disconnect(peer_id)
             except Exception:
@@ -369,7 +373,7 @@ class SyncService:
              "last_sync_age_s": (now - s.last_sync_ms) / 1000 if s.last_sync_ms else None,
              "sessions": s.sessions, "fetched": s.fetched, "served": s.served, "requests": s.requests,
              "errors": s.errors, "penalty": s.penalty, "lag_tasks": s.lag_tasks, "last_error": s.last_error,
-             "banned": s.banned_until > trio.current_time()}
+             "banned": PENALTIES.is_banned(s, trio.current_time())}
             for p, s in sorted(self.peers.items())]}
 
 

@@ -35,7 +35,7 @@ bundle of up to 256 (protocol/bundle.py).
 forwarder *is* its origin -- the peer is flooding us with its own messages at a
 pace no honest publisher reaches -- adds 1 to that peer's decayed abuse count
 (half-life ``abuse_half_life_s``). Once the count reaches ``abuse_threshold``,
-each such message is REJECTed instead of IGNOREd, and node/p2p.py's offender policy
+each such message is REJECTed instead of IGNOREd, and the p2p adapter's offender policy
 disconnects and bans the peer after ``offender_reject_threshold`` REJECTs (with
 the defaults: the 3rd). Relayers are never penalised for what they relay: an
 honest relayer of someone else's flood only ever gets IGNOREs. Envelope limits
@@ -66,7 +66,8 @@ from __future__ import annotations
 import collections
 from dataclasses import dataclass, fields
 
-from .errors import ConfigError
+from ..errors import ConfigError
+from .tokens import KeyedBuckets
 
 ENV_LIMITS = "LABELMESH_GOSSIP_LIMITS"
 
@@ -94,7 +95,7 @@ class RateLimitConfig:
         text = env.get(ENV_LIMITS, "").strip()
         if not text:
             return cls()
-        from .config import number_pairs
+        from ..config import number_pairs
         kinds = {f.name: int if f.name == "max_tracked" else float for f in fields(cls)}
         values = number_pairs(ENV_LIMITS, text, kinds, ConfigError)
         return cls(**values).validate()
@@ -117,44 +118,6 @@ class RateLimitConfig:
         return self
 
 
-class _Buckets:
-    """Token buckets keyed by anything hashable, LRU-bounded. Time is an argument."""
-
-    def __init__(self, rate: float, burst: float, max_tracked: int):
-        self.rate = rate
-        self.burst = burst
-        self.max_tracked = max_tracked
-        self._b: collections.OrderedDict = collections.OrderedDict()  # key -> [tokens, stamp]
-
-    def _get(self, key, now: float) -> list:
-        b = self._b.get(key)
-        if b is None:
-            b = self._b[key] = [self.burst, now]
-            if len(self._b) > self.max_tracked:
-                self._b.popitem(last=False)
-        else:
-            self._b.move_to_end(key)
-            if now > b[1]:
-                b[0] = min(self.burst, b[0] + (now - b[1]) * self.rate)
-                b[1] = now
-        return b
-
-    def has(self, key, now: float) -> bool:
-        return self._get(key, now)[0] >= 1.0
-
-    def take(self, key, now: float, n: int = 1) -> bool:
-        """Take ``n`` tokens if there are; False (nothing taken) if the bucket holds fewer.
-        More than the burst is taken from a full bucket, leaving a debt that refills first."""
-        b = self._get(key, now)
-        if b[0] >= min(n, self.burst):
-            b[0] -= n
-            return True
-        return False
-
-    def tokens(self, key, now: float) -> float:
-        return self._get(key, now)[0]
-
-
 IGNORE = "ignore"
 REJECT = "reject"
 
@@ -165,10 +128,10 @@ class GossipRateLimiter:
 
     def __init__(self, config: RateLimitConfig | None = None):
         self.config = cfg = (config or RateLimitConfig()).validate()
-        self.peers = _Buckets(cfg.peer_rate_per_s, cfg.peer_burst, cfg.max_tracked)
-        self.origins = _Buckets(cfg.origin_rate_per_s, cfg.origin_burst, cfg.max_tracked)
-        self.origin_messages = _Buckets(cfg.origin_message_rate_per_s, cfg.origin_message_burst, cfg.max_tracked)
-        self.accounts = _Buckets(cfg.account_rate_per_s, cfg.account_burst, cfg.max_tracked)
+        self.peers = KeyedBuckets(cfg.peer_rate_per_s, cfg.peer_burst, cfg.max_tracked)
+        self.origins = KeyedBuckets(cfg.origin_rate_per_s, cfg.origin_burst, cfg.max_tracked)
+        self.origin_messages = KeyedBuckets(cfg.origin_message_rate_per_s, cfg.origin_message_burst, cfg.max_tracked)
+        self.accounts = KeyedBuckets(cfg.account_rate_per_s, cfg.account_burst, cfg.max_tracked)
         self._abuse: collections.OrderedDict[str, tuple[float, float]] = collections.OrderedDict()
         self.stats: collections.Counter[str] = collections.Counter()
 

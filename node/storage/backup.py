@@ -34,7 +34,16 @@ import shutil
 import time
 from pathlib import Path
 
-from .errors import NodeError
+from protocol.genesis import genesis_from_json
+from protocol.messages import KIND_NAMES
+
+from .. import __version__
+from ..config import CONFIG_FILE, load_config
+from ..errors import NodeError
+from .errors import StoreError
+from .fs import fsync_dir
+from .layout import SCHEMA_VERSION
+from .store import Store
 
 FORMAT = 1
 MANIFEST = "backup.json"
@@ -78,21 +87,8 @@ def _copy_file(src: Path, dst: Path, mode: int = 0o600) -> int:
     return n
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _side_files(data_dir: Path) -> list[Path]:
     """Files of a data dir that a backup carries besides the store (relative paths)."""
-    from .config import CONFIG_FILE, load_config
-
     out = [Path(CONFIG_FILE)]
     try:
         g = Path(load_config(data_dir).genesis)
@@ -115,10 +111,6 @@ def _side_files(data_dir: Path) -> list[Path]:
 def create_backup(node, dest: str | os.PathLike) -> dict:
     """Back up ``node`` (anything with ``store``, ``data_dir``, ``genesis``) into ``dest``.
     Blocking: call it from a worker thread while the node runs. Returns the manifest."""
-    from protocol.messages import KIND_NAMES
-    from .api import VERSION
-    from .store import SCHEMA_VERSION, Store
-
     dest = Path(dest).absolute()
     data_dir = Path(node.data_dir).absolute()
     if dest == data_dir or data_dir in dest.parents:
@@ -135,7 +127,7 @@ def create_backup(node, dest: str | os.PathLike) -> dict:
             size += _copy_file(data_dir / rel, dest / rel, 0o600)
             files.append(str(rel))
         manifest = {
-            "format": FORMAT, "created_at_ms": int(time.time() * 1000), "labelmesh_version": VERSION,
+            "format": FORMAT, "created_at_ms": int(time.time() * 1000), "labelmesh_version": __version__,
             "network_name": node.genesis.name, "network_id": node.genesis.network_id.hex(),
             "schema_version": SCHEMA_VERSION, "messages": messages, "last_seq": last_seq,
             "messages_by_kind": {KIND_NAMES.get(k, str(k)): v for k, v in by_kind.items()},
@@ -149,7 +141,7 @@ def create_backup(node, dest: str | os.PathLike) -> dict:
         finally:
             os.close(fd)
         os.replace(tmp, dest / MANIFEST)
-        _fsync_dir(dest)
+        fsync_dir(dest, must=True)
     except BaseException:
         if created:
             shutil.rmtree(dest, ignore_errors=True)
@@ -173,10 +165,6 @@ def read_manifest(src: Path) -> dict:
 def restore_backup(src: str | os.PathLike, data_dir: str | os.PathLike) -> dict:
     """Copy the backup ``src`` into the new data dir ``data_dir`` and check it. Offline:
     nothing may be running on ``data_dir``. Returns a summary."""
-    from protocol.genesis import genesis_from_json
-    from .config import load_config
-    from .store import Store, StoreError
-
     src, target = Path(src).absolute(), Path(data_dir).absolute()
     manifest = read_manifest(src)
     if not (src / "store" / "data.mdb").is_file():
@@ -205,7 +193,7 @@ def restore_backup(src: str | os.PathLike, data_dir: str | os.PathLike) -> dict:
         if messages != manifest.get("messages"):
             raise BackupError(f"the store in {src} holds {messages} messages, the manifest says "
                               f"{manifest.get('messages')}; the backup is damaged")
-        _fsync_dir(target)
+        fsync_dir(target, must=True)
     except BaseException:
         if created:
             shutil.rmtree(target, ignore_errors=True)

@@ -34,6 +34,13 @@ from prometheus_client import CollectorRegistry, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, SummaryMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from protocol.messages import KIND_NAMES
+
+from .. import __version__
+from ..config import parse_metrics_listen
+from ..errors import ConfigError
+from ..storage.layout import SCHEMA_VERSION
+
 log = logging.getLogger("labelmesh.metrics")
 
 MAX_REQUEST_HEAD = 8192
@@ -62,8 +69,6 @@ def task_state_counts(node) -> dict[str, int]:
 
 def store_summary(node) -> dict[str, Any]:
     """Schema version, sizes and last arrival number of the node's store."""
-    from .store import SCHEMA_VERSION
-
     st = node.store.stats()
     return {"schema_version": SCHEMA_VERSION, "used_bytes": st["used_bytes"], "file_bytes": st["file_bytes"],
             "map_size": st["map_size"], "last_seq": st["last_seq"]}
@@ -112,13 +117,10 @@ class NodeMetrics:
     async def serve(self, listen: str, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Serve ``GET /metrics`` on ``listen`` ("127.0.0.1:9464"; port 0 picks one)
         until cancelled. ``task_status.started(url)`` once listening."""
-        from .config import parse_metrics_listen
-
         host, port = parse_metrics_listen(listen)
         try:
             listeners = await trio.open_tcp_listeners(port, host=host)
         except OSError as e:
-            from .errors import ConfigError
             raise ConfigError(f"config field 'metrics_listen': cannot listen on {host}:{port}: {e.strerror}; "
                               "pick a free port (or 0) or turn metrics off with \"\"") from None
         bound = listeners[0].socket.getsockname()
@@ -188,11 +190,9 @@ class NodeCollector:
                 log.debug("metrics section %s failed", section.__name__, exc_info=True)
 
     def _identity(self):
-        from .api import VERSION
-
         n = self.node
         info = InfoMetricFamily("labelmesh", "Identity of this node")
-        info.add_metric([], {"version": VERSION, "network": n.genesis.name, "network_id": n.network_id.hex()[:16],
+        info.add_metric([], {"version": __version__, "network": n.genesis.name, "network_id": n.network_id.hex()[:16],
                              "peer_id": n.peer_id})
         yield info
         yield GaugeMetricFamily("labelmesh_uptime_seconds", "Seconds since the node started",
@@ -239,7 +239,6 @@ class NodeCollector:
     def _store(self):
         n = self.node
         st = n.store.stats()
-        from .store import SCHEMA_VERSION
         for name, doc, v in (
                 ("labelmesh_store_used_bytes", "Bytes of the LMDB map in use", st["used_bytes"]),
                 ("labelmesh_store_file_bytes", "Size of data.mdb on disk", st["file_bytes"]),
@@ -250,7 +249,6 @@ class NodeCollector:
                 ("labelmesh_store_queued_records", "Records waiting for a group commit", n.writer.queued_records)):
             yield GaugeMetricFamily(name, doc, value=v)
         kinds = GaugeMetricFamily("labelmesh_messages_stored", "Stored messages by kind", labels=["kind"])
-        from protocol.messages import KIND_NAMES
         for k, cnt in n.store.count_by_kind().items():
             kinds.add_metric([KIND_NAMES.get(k, str(k))], cnt)
         yield kinds

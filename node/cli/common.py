@@ -1,0 +1,104 @@
+"""What every verb of the CLI shares: errors and exit codes, output, the RPC client of a
+data dir, and the config-override flags of ``run`` and ``config show``."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from ..config import parse_level_pairs, resolve_config
+from ..errors import NodeError
+from ..rpc.client import RpcClient
+from ..rpc.errors import RpcCallError
+
+EXIT_USER = 2
+EXIT_UNAVAILABLE = 3
+
+
+class CliError(NodeError):
+    """A verb failed in a way the user can fix: printed as one line, exit status ``code``."""
+
+    def __init__(self, msg: str, code: int = EXIT_USER):
+        super().__init__(msg)
+        self.code = code
+
+
+def default_data_dir() -> str:
+    return os.environ.get("LABELMESH_DATA_DIR") or str(Path.home() / ".labelmesh")
+
+
+def out(args, obj, human: str | None = None) -> None:
+    if args.json or human is None:
+        print(json.dumps(obj, indent=None if args.json else 2))
+    else:
+        print(human)
+
+
+def client(args):
+    dd = Path(args.data_dir)
+    sock = dd / "node.sock"
+    try:
+        sock = dd / resolve_config(dd)[0].rpc_socket  # honours LABELMESH_RPC_SOCKET like `run`
+    except Exception:
+        pass
+    if not sock.exists():
+        raise CliError(f"no node is running with data dir {dd} (no {sock}); start it with `labelmesh run --data-dir {dd}`",
+                       EXIT_UNAVAILABLE)
+    return RpcClient(sock)
+
+
+def call(args, method: str, params: dict | None = None):
+    try:
+        with client(args) as c:
+            return c.call(method, params or {})
+    except RpcCallError as e:
+        raise CliError(f"{method}: {e.message} (code {e.code})") from None
+    except (ConnectionError, FileNotFoundError, OSError) as e:
+        raise CliError(f"cannot reach the node's RPC socket: {e}", EXIT_UNAVAILABLE) from None
+
+
+def common_parser() -> argparse.ArgumentParser:
+    """The options every verb takes: --data-dir and --json."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", default=default_data_dir(),
+                        help="node data directory (default: $LABELMESH_DATA_DIR or ~/.labelmesh)")
+    common.add_argument("--json", action="store_true", help="machine-readable JSON output")
+    return common
+
+
+def override_parser() -> argparse.ArgumentParser:
+    """Flags that override config.toml and LABELMESH_* (shared by `run` and `config show`)."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("config overrides (flag > LABELMESH_* environment > config.toml > default)")
+    g.add_argument("--listen", action="append", metavar="MULTIADDR",
+                   help="libp2p listen multiaddr, repeatable (replaces the config's list)")
+    g.add_argument("--bootstrap", action="append", metavar="MULTIADDR",
+                   help="bootstrap peer /ip4/../tcp/../p2p/<id>, repeatable (replaces the config's list)")
+    g.add_argument("--log-level", action="append", metavar="LEVEL|COMPONENT=LEVEL",
+                   help="debug, info, warning or error; or a component's level, e.g. sync=debug or "
+                        "libp2p.pubsub=info (repeatable)")
+    g.add_argument("--log-format", metavar="FORMAT", help="text (default) or json")
+    g.add_argument("--metrics-listen", metavar="HOST:PORT",
+                   help="serve Prometheus /metrics on a loopback HOST:PORT (port 0 = any free port); \"\" = off")
+    g.add_argument("--validator-account", metavar="NAME", help="local account that attests as a validator")
+    return p
+
+
+def flags_from_args(args) -> dict:
+    """Config field -> value given on the command line (None = not given)."""
+    level, levels = None, {}
+    for v in getattr(args, "log_level", None) or []:
+        if "=" in v:
+            levels.update(parse_level_pairs(v, "--log-level"))
+        else:
+            level = v.strip().lower()
+    return {"listen": getattr(args, "listen", None), "bootstrap": getattr(args, "bootstrap", None),
+            "log_level": level, "log_levels": levels or None, "log_format": getattr(args, "log_format", None),
+            "metrics_listen": getattr(args, "metrics_listen", None),
+            "validator_account": getattr(args, "validator_account", None)}
+
+
+def effective_config(args):
+    """(config, sources) for ``args.data_dir``: flags > environment > file > defaults."""
+    return resolve_config(Path(args.data_dir), flags_from_args(args))

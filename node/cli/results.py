@@ -1,0 +1,140 @@
+"""Verbs that read results from a running node: ``rewards``, ``reputation``, ``export``,
+``certificate`` and ``blob get``."""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+from protocol.reputation import ONE
+
+from ..rpc.errors import UNAVAILABLE, RpcCallError
+from .common import EXIT_UNAVAILABLE, EXIT_USER, CliError, call, client, out
+
+
+def cmd_rewards(args) -> int:
+    params = {}
+    if args.account:
+        params["account"] = args.account
+    if args.task:
+        params["task_id"] = args.task
+    r = call(args, "rewards_get", params)
+    lines = ["account                                                            reward (credits)"]
+    lines += [f"{t['account']}  {t['reward']:>14,}" for t in r["totals"]]
+    lines.append(f"refunded to requesters: {r['refunded']:,}; tasks not yet certified: {r['pending_tasks']}")
+    out(args, r, "\n".join(lines))
+    return 0
+
+
+def cmd_reputation(args) -> int:
+    params = {}
+    if args.account:
+        params["account"] = args.account
+    if args.domain is not None:
+        params["domain"] = args.domain
+    r = call(args, "reputation_get", params)
+    lines = [f"{'account':<64}  {'domain':<12} {'weight':>8} {'labels':>7}"]
+    lines += [f"{x['account']}  {x['domain'] or '*':<12} {x['weight_f']:>8.4f} {x['labels']:>7}" for x in r["reputation"]]
+    lines.append(f"from {r['certified_tasks']} certified tasks; a fresh account weighs {r['fresh_weight'] / ONE:.4f}")
+    out(args, r, "\n".join(lines))
+    return 0
+
+
+def cmd_export(args) -> int:
+    r = call(args, "task_export", {"task_id": args.task_id, "format": args.format})
+    if args.out:
+        try:
+            Path(args.out).write_text(r["content"])
+        except OSError as e:
+            raise CliError(f"cannot write {args.out}: {e}") from None
+        out(args, {k: v for k, v in r.items() if k != "content"},
+             f"wrote {r['items']} items ({r['status']}) as {r['format']} to {args.out}")
+    else:
+        sys.stdout.write(r["content"])
+    return 0
+
+
+def cmd_certificate(args) -> int:
+    r = call(args, "certificate_get", {"task_id": args.task_id})
+    if r["certified"]:
+        c = r["certificate"]
+        human = (f"task {r['task_id']} certified in round {c['round']}\n"
+                 f"set_root    {c['set_root']}\nresult_root {c['result_root']}\n"
+                 f"signers     {len(c['signers'])} validators, weight {c['weight']}/{c['total_weight']}")
+    else:
+        f = r["finality"]
+        human = f"task {r['task_id']} not certified yet (round {f['round']}, {len(f['polkas'])} polkas seen)"
+    out(args, r, human)
+    return 0
+
+
+def cmd_blob_get(args) -> int:
+    if args.sha256:
+        params = {"sha256": args.sha256}
+    elif args.task_id is not None and args.item is not None:
+        params = {"task_id": args.task_id, "item": args.item}
+    else:
+        raise CliError("give TASK_ID ITEM, or --sha256 HEX")
+    try:
+        with client(args) as c:
+            c.timeout = max(c.timeout, 600.0)  # fetching up to max_blob_bytes from peers
+            r = c.call("blob_get", params)
+            h = hashlib.sha256()
+            tmp = Path(args.out + ".part")
+            got = 0
+            with open(tmp, "wb") as f:
+                while got < r["size"]:
+                    data = bytes.fromhex(c.call("blob_read", {"sha256": r["sha256"], "offset": got})["data"])
+                    if not data:
+                        raise CliError("the node returned a short blob; retry")
+                    h.update(data)
+                    f.write(data)
+                    got += len(data)
+            if h.hexdigest() != r["sha256"]:
+                tmp.unlink(missing_ok=True)
+                raise CliError("the bytes read back do not match the blob's sha256; retry")
+            os.replace(tmp, args.out)
+    except RpcCallError as e:
+        raise CliError(f"blob_get: {e.message} (code {e.code})", EXIT_UNAVAILABLE if e.code == UNAVAILABLE else EXIT_USER) from None
+    except OSError as e:
+        raise CliError(f"cannot write {args.out}: {e}") from None
+    out(args, {**r, "out": args.out},
+         f"blob {r['sha256'][:16]}… ({r['size']} bytes, {r['media_type'] or 'unknown type'}) written to {args.out}"
+         + (f"; fetched from {r['peer_id']}" if r["source"] == "peer" else ""))
+    return 0
+
+
+def add_parsers(sub, common: argparse.ArgumentParser) -> None:
+    """Register rewards, reputation, export, certificate and blob on ``sub``."""
+    s = sub.add_parser("rewards", parents=[common], help="rewards earned in certified tasks")
+    s.add_argument("--account", help="only this account (local name or hex public key)")
+    s.add_argument("--task", help="only this task id")
+    s.set_defaults(fn=cmd_rewards)
+
+    s = sub.add_parser("reputation", parents=[common], help="reputation per account and domain")
+    s.add_argument("--account", help="only this account (local name or hex public key)")
+    s.add_argument("--domain", help="only this domain")
+    s.set_defaults(fn=cmd_reputation)
+
+    s = sub.add_parser("export", parents=[common], help="export a task's consensus dataset")
+    s.add_argument("task_id")
+    s.add_argument("--format", choices=["jsonl", "csv", "labelstudio"], default="jsonl")
+    s.add_argument("--out", help="write to this file (default: stdout)")
+    s.set_defaults(fn=cmd_export)
+
+    s = sub.add_parser("certificate", parents=[common], help="a task's finality certificate")
+    s.add_argument("task_id")
+    s.set_defaults(fn=cmd_certificate)
+
+    s = sub.add_parser("blob", parents=[common], help="blob verbs (item payloads stored by content hash)")
+    bsub = s.add_subparsers(dest="blob_cmd", metavar="VERB")
+    bsub.required = True
+    b = bsub.add_parser("get", parents=[common], help="fetch a task item's blob (from peers if needed) into a file")
+    b.add_argument("task_id", nargs="?", help="task id")
+    b.add_argument("item", nargs="?", type=int, help="item index in the task")
+    b.add_argument("--sha256", help="fetch by content hash instead of TASK_ID ITEM")
+    b.add_argument("--out", required=True, help="file to write (replaced atomically once verified)")
+    b.set_defaults(fn=cmd_blob_get)
+

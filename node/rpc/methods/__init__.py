@@ -1,0 +1,68 @@
+"""The JSON-RPC methods of a node, by topic (info, tasks, annotations, consensus, blobs,
+ops), and the one table of them that the server is handed (``METHODS``). Each takes the Node and a params object and
+returns a JSON-able result or raises RpcError with a message that says what to fix.
+
+Conventions: ids, keys and raw messages are lowercase hex strings; times are
+integer milliseconds since the Unix epoch; fixed-point values (confidence,
+agreement, accuracy) are also given as floats for people (``*_f`` fields are
+derived from the exact integers, never the other way round).
+
+Reference (``labelmesh rpc rpc_methods`` prints this list):
+
+node_info {}                         identity, network, peers, message counts, pid
+peers_list {}                        connected peers
+sync_status {}                       anti-entropy sync state per peer
+rpc_methods {}                       method names with one-line docs
+task_post {account, title, labels, items, [domain], [duration_s | deadline_ms],
+           [bounty], [redundancy], [nonce]}  or  {raw: hex envelope}
+                                     sign (with a local account) and publish a task
+task_get {task_id}                   the task announcement, decoded
+tasks_list {[limit], [offset]}       {"tasks": [{task_id, title, status, ...}]}
+annotations_submit {account, task_id, labels: [[item, label], ...]}  or  {raw: hex | [hex, ...]}
+                                     store durably (acknowledged = on disk) and gossip
+annotations_list {task_id, [limit], [offset]}
+consensus_get {task_id, [items: bool], [limit], [offset]}
+                                     per item label/confidence/votes, set_root, result_root
+certificate_get {task_id}            finality certificate (hex) and round state
+gold_reveal {task_id} | {raw}        reveal a task's hidden gold after its deadline
+rewards_get {[account], [task_id]}   rewards from certified tasks, per task and totals
+reputation_get {[account], [domain]} reputation per (account, domain) and the resulting weight
+task_export {task_id, [format]}      consensus dataset: jsonl | csv | labelstudio
+account_list {}                      local accounts (public keys only)
+messages_arrival {ids: [hex, ...]}   when this node stored each message (ms), for benchmarks
+backup_create {dest}                 consistent hot backup of the node (store, config, genesis, keys) into dest
+blob_get {task_id, item} | {sha256}  make sure a blob is stored here (fetched from peers if needed)
+blob_read {sha256, [offset], [length]}  a chunk (<= 1 MiB, hex) of a locally stored blob
+"""
+from __future__ import annotations
+
+from . import annotations, blobs, consensus, info, ops, tasks
+from .annotations import annotations_list, annotations_submit
+from .blobs import blob_get, blob_read
+from .common import ONE
+from .consensus import certificate_get, consensus_get, reputation_get, rewards_get
+from .info import account_list, messages_arrival, node_info, peers_list, sync_status
+from .ops import backup_create
+from .tasks import gold_reveal, task_export, task_get, task_post, tasks_list
+
+
+def build_method_table() -> dict:
+    """Every RPC method by name, ``rpc_methods`` included (it lists this very table)."""
+    table = {f.__name__: f for module in (info, tasks, annotations, consensus, ops, blobs) for f in module.METHODS}
+
+    async def rpc_methods(node, params):
+        """Names and one-line descriptions of every RPC method."""
+        return {"methods": {name: (fn.__doc__ or "").strip().split("\n")[0] for name, fn in sorted(table.items())}}
+
+    table["rpc_methods"] = rpc_methods
+    return table
+
+
+METHODS = build_method_table()
+
+__all__ = [
+    "METHODS", "ONE", "account_list", "annotations_list", "annotations_submit", "backup_create", "blob_get",
+    "blob_read", "build_method_table", "certificate_get", "consensus_get", "gold_reveal", "messages_arrival",
+    "node_info", "peers_list", "reputation_get", "rewards_get", "sync_status", "task_export", "task_get",
+    "task_post", "tasks_list",
+]

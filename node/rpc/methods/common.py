@@ -1,0 +1,59 @@
+"""What several RPC methods share: ingesting messages with RpcError for what was
+refused, the store-full error, fixed-point values for people, items as JSON."""
+from __future__ import annotations
+
+import logging
+
+from protocol.messages import ITEM_BYTES, ITEM_TEXT, Item, Outcome
+from protocol.reputation import ONE  # the fixed-point one (protocol.reputation loads no numpy)
+
+from ...core.verdicts import DUPLICATE
+from ...storage.errors import StoreFullError
+from ..errors import REJECTED, STORE_FULL, RpcError
+
+MAX_RAW_PER_CALL = 1000
+
+
+def store_full_error(e: Exception) -> RpcError:
+    """The error of an RPC write refused because the store is full (logged: the operator
+    must free disk space)."""
+    logging.getLogger("labelmesh.rpc").error("refused an RPC write, store full: %s", e)
+    return RpcError(STORE_FULL, f"store is full: {e}. Free disk space; the node resumes by itself.")
+
+
+async def ingest_or_raise(node, raw: bytes) -> tuple[bytes, str]:
+    return (await ingest_many_or_raise(node, [raw]))[0]
+
+
+async def ingest_many_or_raise(node, raws: list[bytes], decoded=None) -> list[tuple[bytes, str]]:
+    """Ingest ``raws`` in ONE pipeline run (one group commit for all of them, not one
+    fsync each); (id, "accepted" | "duplicate") per message, or RpcError for the first
+    message that was rejected or ignored (the valid ones are stored all the same)."""
+    try:
+        results = await node.ingest_many(raws, "rpc", publish=True, decoded=decoded)
+    except StoreFullError as e:
+        raise store_full_error(e) from None
+    out = []
+    for v, mid in results:
+        if v.ok:
+            out.append((mid, "accepted"))
+        elif v == DUPLICATE:
+            out.append((mid, "duplicate"))
+        else:
+            raise RpcError(REJECTED, f"message {'rejected' if v.outcome is Outcome.REJECT else 'ignored'}: {v.reason}", {"outcome": v.outcome.value})
+    return out
+
+
+def fx(v: int) -> float:
+    return round(v / ONE, 4)
+
+
+
+
+def item_json(it: Item) -> dict:
+    """An item as JSON: {text} | {hex, media_type} | {sha256, size, media_type}."""
+    if it.item_type == ITEM_TEXT:
+        return {"text": it.text}
+    if it.item_type == ITEM_BYTES:
+        return {"hex": it.payload.hex(), "media_type": it.media_type}
+    return {"sha256": it.digest.hex(), "size": it.size, "media_type": it.media_type}
