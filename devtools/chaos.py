@@ -62,7 +62,7 @@ from node.rpc.client import RpcClient
 from node.rpc.errors import RpcCallError
 
 from . import netns
-from .devnet import DevnetError, is_alive, poll, read_pids, rpc, start_node
+from .processes import DevnetError, is_alive, poll, read_pids, rpc, start_node
 
 WARMUP_S = 2.0              # load only, before the first fault
 DEADLINE_MARGIN_S = 5.0     # the task's deadline is this long after the fault window

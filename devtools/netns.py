@@ -31,12 +31,14 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from .errors import DevtoolsError
+
 SUBNET = "10.213.0"
 PORT = 4001
 _FILE = "netns.json"
 
 
-class NetnsError(Exception):
+class NetnsError(DevtoolsError):
     pass
 
 

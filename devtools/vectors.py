@@ -713,7 +713,7 @@ def gen_sync() -> dict:
     for f in frames:
         if f["name"].endswith("_request") or "_request_" in f["name"]:
             sp.decode_request(bytes.fromhex(f["hex"]))      # the reference decoder accepts every frame listed
-    # request/response framing on the libp2p stream (node/p2p.py)
+    # request/response framing on the libp2p stream (node/net/host.py)
     get_req = sp.encode_get_request(ids[:1])
     summary = sp.encode_summary_response([], None)
     framing = [

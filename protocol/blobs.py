@@ -20,7 +20,7 @@ discards everything it got from that peer and asks another one). The declared
 first byte is kept, and against ``Params.max_blob_bytes``.
 
 This module is pure (no I/O): it encodes and decodes frames with explicit
-limits and plans the chunks; ``node/blobs.py`` moves the bytes and stores them.
+limits and plans the chunks; ``node/services/blobs.py`` moves the bytes and stores them.
 """
 from __future__ import annotations
 

@@ -281,7 +281,7 @@ def signature_check_input(msg: SignedMessage, network_id: bytes) -> tuple[bytes,
     """What ``verify_signature`` checks: (public key, signature || domain-separated signed
     bytes) for ``nacl.bindings.crypto_sign_open``, or None if the signer field is not a
     usable public key (then the signature is never valid). Lets a caller run the very
-    same check elsewhere (node/verifier.py: in a helper process)."""
+    same check elsewhere (node/core/verifier.py: in a helper process)."""
     pk = msg.body.signer
     if not _is_valid_point(pk):
         return None

@@ -19,7 +19,7 @@ node keeps the sorted list of the ids it holds. The puller A asks a peer B:
 Sync is pull-only and symmetric: B pulls from A on its own schedule. Every
 fetched message goes through the same validation as gossip. All frames are
 canonical msgpack arrays decoded with explicit limits; this module is pure
-(no I/O) and the node (``node/sync.py``) moves the bytes.
+(no I/O) and the node (``node/services/sync.py``) moves the bytes.
 
 fingerprint(ids) = sha256("labelmesh/fp/v1" || (sum of ids as 256-bit big-endian
 integers mod 2^256) || count as u64)[:16]. Sums are order-independent and can be

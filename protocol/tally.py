@@ -109,7 +109,7 @@ def compute_task_result(task_id: bytes, task: TaskAnnouncement,
     n_items, n_classes = len(task.items), len(task.schema.labels)
 
     # Canonical vote table, vectorised with aggregate's own key rule (a big task has
-    # 10^5-10^6 labels and a node aggregates it in a worker thread, node/daemon.py
+    # 10^5-10^6 labels and a node aggregates it in a worker thread, node/core/node.py
     # prepare_result: numpy keeps the GIL free for the event loop far more than a dict of
     # sets and list.sort would).  A pair (annotator, item) with two or more different
     # labels is an equivocation; its votes count for nothing.

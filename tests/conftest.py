@@ -1,4 +1,5 @@
 """Fixtures shared by several test files."""
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -13,3 +14,17 @@ def short_dir():
     d = Path(tempfile.mkdtemp(prefix="lm", dir="/tmp"))
     yield d
     shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def devnet_root():
+    """A fresh directory for a multi-process devnet (`labelmesh devnet ... --root`); the
+    devnet is stopped afterwards, and `devnet down` must leave no pid file behind."""
+    from .helpers import cli
+
+    d = Path(tempfile.mkdtemp(prefix="lmdev", dir="/tmp"))
+    yield d
+    cli("devnet", "down", "--root", str(d), check=False, timeout=60)
+    pids = json.loads((d / "pids.json").read_text()) if (d / "pids.json").exists() else {}
+    shutil.rmtree(d, ignore_errors=True)
+    assert not pids, "devnet down left a pid file behind"

@@ -97,12 +97,22 @@ async def wait_for(cond, timeout: float = 10.0, what: str = "condition"):
 
 
 def poll(cond, timeout: float, what: str, *, interval: float = 0.25, retry_on: tuple = ()):
-    """Blocking wait for multi-process tests (devtools.devnet.poll raising AssertionError):
+    """Blocking wait for multi-process tests (devtools.processes.poll raising AssertionError):
     ``cond`` is called every ``interval`` s until truthy or ``timeout`` s pass; exceptions
     of the ``retry_on`` types count as "not yet", any other propagates."""
-    from devtools.devnet import poll as devnet_poll
+    from devtools.processes import poll as devnet_poll
 
     return devnet_poll(cond, timeout, what, interval=interval, retry_on=retry_on, error=AssertionError)
+
+
+async def run_node(nursery, path, genesis, clock=None, **node_kwargs):
+    """A Node (node.app) without a network, started in ``nursery`` on ``clock`` (default a
+    FakeClock at T0); ``node_kwargs`` go to Node (rpc_socket, keystore, validator_key...)."""
+    from node.app import Node
+
+    node = Node(path, genesis, p2p_factory=None, clock=clock or FakeClock(), **node_kwargs)
+    await nursery.start(node.run)
+    return node
 
 
 async def advance(clock, until, step=100):

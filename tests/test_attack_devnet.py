@@ -7,8 +7,8 @@ messages (bad signatures, garbage). Meanwhile honest annotators keep submitting
 labels through the nodes' RPC sockets. The test then checks that
 
 * every honest node disconnected the attacker and refuses to let it back in
-  (the abuse rule of node/ratelimit.py for the valid flood, REJECTs for the invalid
-  one, then node/p2p.py's offender ban);
+  (the abuse rule of node/policy/ratelimit.py for the valid flood, REJECTs for the invalid
+  one, then node/net/host.py's offender ban);
 * honest nodes never banned each other (relaying a flood is not abuse);
 * every honest batch reached every node, and all nodes certify the same result.
 """
@@ -19,7 +19,6 @@ import json
 import random
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -108,15 +107,6 @@ def rpc(root: Path, i: int, method: str, params=None):
 
 
 wait = functools.partial(poll, retry_on=(Exception,))  # a node busy or starting: try again
-
-
-@pytest.fixture
-def devnet_root():
-    d = Path(tempfile.mkdtemp(prefix="lmatk", dir="/tmp"))
-    yield d
-    cli("devnet", "down", "--root", str(d), check=False, timeout=60)
-    import shutil
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def run_attacker(root: Path, meta: dict, task_id: str, mode: str, count: int, seed: int, n_items: int) -> list[dict]:

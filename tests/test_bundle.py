@@ -74,7 +74,7 @@ def test_encode_bundle_refuses_what_split_would():
 
 
 def pack_bundles(envelopes, max_bytes):
-    """What the publisher (node/daemon.py) sends for these envelopes: one payload per run."""
+    """What the publisher (node/core/node.py) sends for these envelopes: one payload per run."""
     return [payload_of(run) for run in group_envelopes(envelopes, max_bytes)]
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,17 +11,6 @@ pytestmark = pytest.mark.devnet
 
 
 
-
-
-@pytest.fixture
-def devnet_root():
-    d = Path(tempfile.mkdtemp(prefix="lmdev", dir="/tmp"))
-    yield d
-    cli("devnet", "down", "--root", str(d), check=False, timeout=60)
-    pids = json.loads((d / "pids.json").read_text()) if (d / "pids.json").exists() else {}
-    import shutil
-    shutil.rmtree(d, ignore_errors=True)
-    assert not pids, "devnet down left a pid file behind"
 
 
 def test_devnet_demo_three_nodes_same_result(devnet_root):

@@ -12,14 +12,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import nacl.signing
 import pytest
 
-from devtools import devnet
+from devtools.processes import start_node
 from node.rpc import RpcCallError, RpcClient
 from protocol.messages import AnnotationBatch, compute_set_root, sign_message
 from .helpers import cli, poll
@@ -65,14 +64,6 @@ def roots(data_dir: Path, task_id: str) -> tuple[str, str]:
     return r["set_root"], r["result_root"]
 
 
-@pytest.fixture
-def devnet_root():
-    d = Path(tempfile.mkdtemp(prefix="lmdur", dir="/tmp"))
-    yield d
-    cli("devnet", "down", "--root", str(d), check=False, timeout=60)
-    shutil.rmtree(d, ignore_errors=True)
-
-
 def _pid(root: Path, i: int) -> int:
     return json.loads((root / "pids.json").read_text())[str(i)]["pid"]
 
@@ -106,7 +97,7 @@ def test_acked_batches_survive_kill_9_right_after_the_ack(devnet_root):
             pid = _pid(root, 0)
             os.kill(pid, signal.SIGKILL)
         wait(lambda: _gone(pid), 30, "the killed node to exit")
-        devnet.start_node(root, 0)
+        start_node(root, 0)
         wait(lambda: rpc(dd, "node_info"), 60, "the node to restart")
         held = all_batch_ids(dd, tid)
         assert held == {b.hex() for b in acked}, f"round {rnd}: lost {len(set(b.hex() for b in acked) - held)}"
@@ -116,7 +107,7 @@ def test_acked_batches_survive_kill_9_right_after_the_ack(devnet_root):
         pid = _pid(root, 0)
         os.kill(pid, signal.SIGKILL)
         wait(lambda: _gone(pid), 30, "the killed node to exit")
-        devnet.start_node(root, 0)
+        start_node(root, 0)
         wait(lambda: rpc(dd, "node_info"), 60, "the node to restart")
         assert roots(dd, tid) == (set_root, result_root)
     info = rpc(dd, "node_info")
@@ -143,7 +134,7 @@ def test_killed_node_catches_up_and_a_late_joiner_too(devnet_root, tmp_path):
         assert rpc(dds[k % 2], "annotations_submit", {"raw": raw})["status"] == "accepted"
         ids.add(bid.hex())
     last_submit = time.monotonic()
-    devnet.start_node(root, 2)
+    start_node(root, 2)
     wait(lambda: all_batch_ids(dds[2], tid) == ids, 90, "node 2 to catch up after its restart")
     wait(lambda: len({roots(d, tid) for d in dds}) == 1, 60, "identical roots on the three nodes")
     # (after a short outage part of the gap may come from gossipsub's IHAVE/IWANT repair, which

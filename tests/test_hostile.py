@@ -36,18 +36,12 @@ from protocol.messages import (
 from .fakenet import FakeNet
 from .helpers import T0, DictContext, key, make_batch, make_task, make_test_genesis, pk, signed
 from . import helpers
-from .helpers import FakeClock, RpcConn, fake_node, wait_for
+from .helpers import FakeClock, RpcConn, fake_node, run_node, wait_for
 
 G = make_test_genesis()
 NET = G.network_id
 P = G.params
 L = 2**252 + 27742317777372353535851937790883648493  # order of the ed25519 base point
-
-
-async def start_node(nursery, path, g=G, clock=None, **kw) -> Node:
-    n = Node(path, g, p2p_factory=None, clock=clock or FakeClock(), **kw)
-    await nursery.start(n.run)
-    return n
 
 
 def task_and_batches(g=G, n_batches=3, annotator0=100):
@@ -211,7 +205,7 @@ def test_batch_replayed_into_another_task_or_kind():
 
 
 async def test_forgeries_through_the_node_store_nothing(tmp_path, nursery):
-    node = await start_node(nursery, tmp_path / "n")
+    node = await run_node(nursery, tmp_path / "n", G)
     task, tm, tid, bs = task_and_batches()
     assert (await node.ingest(tm.raw, "rpc"))[0].ok
     before = node.store.count()
@@ -236,7 +230,7 @@ async def test_far_future_round_attestations_are_refused_not_stored(tmp_path, nu
     the timestamp it signed) is REJECTed before anything is stored or queued, so it
     cannot grow other nodes' stores or the finality service's pending queue."""
     clock = FakeClock()
-    node = await start_node(nursery, tmp_path / "n", clock=clock)
+    node = await run_node(nursery, tmp_path / "n", G, clock=clock)
     task, tm, tid, bs = task_and_batches()
     assert (await node.ingest(tm.raw, "rpc"))[0].ok
     clock.now = task.deadline + P.grace_period_ms + 2 * P.round_timeout_ms  # round 2 in progress
@@ -263,13 +257,13 @@ async def test_far_future_round_attestations_are_refused_not_stored(tmp_path, nu
 async def test_replay_after_restart_and_via_other_peers(tmp_path):
     task, tm, tid, bs = task_and_batches(n_batches=4)
     async with trio.open_nursery() as nursery:
-        node = await start_node(nursery, tmp_path / "n")
+        node = await run_node(nursery, tmp_path / "n", G)
         for m in (tm, *bs):
             assert (await node.ingest(m.raw, "rpc"))[0].ok
         root = node.task_result(tid).result_root
         nursery.cancel_scope.cancel()
     async with trio.open_nursery() as nursery:  # the same data dir after a restart
-        node = await start_node(nursery, tmp_path / "n")
+        node = await run_node(nursery, tmp_path / "n", G)
         count = node.store.count()
         for peer in ("a", "b", "c"):  # three honest relayers hand us old messages again
             for m in (tm, *bs):
@@ -285,7 +279,7 @@ async def test_replay_after_restart_and_via_other_peers(tmp_path):
 
 
 async def test_kind_smuggled_onto_another_topic_is_rejected_and_not_stored(tmp_path, nursery):
-    node = await start_node(nursery, tmp_path / "n")
+    node = await run_node(nursery, tmp_path / "n", G)
     task, tm, tid, bs = task_and_batches()
     out = await node.gossip_validate(node.topics[KIND_BATCH], tm.raw, "p")
     assert out is Outcome.REJECT and node.store.count() == 0
@@ -334,7 +328,7 @@ def _spam(g, tid, n, first=5000):
 async def test_rate_limits_ignore_then_reject_a_flooding_origin(tmp_path, nursery, mock_clock):
     cfg = RateLimitConfig(peer_rate_per_s=1000, peer_burst=300, origin_message_rate_per_s=10, origin_message_burst=50,
                           account_rate_per_s=5, account_burst=20, abuse_threshold=40)
-    node = await start_node(nursery, tmp_path / "n", rate_limits=cfg)
+    node = await run_node(nursery, tmp_path / "n", G, rate_limits=cfg)
     task, tm, tid, _ = task_and_batches()
     assert (await node.ingest(tm.raw, "rpc"))[0].ok
     topic = node.topics[KIND_BATCH]
@@ -357,7 +351,7 @@ async def test_rate_limits_ignore_then_reject_a_flooding_origin(tmp_path, nurser
 
 async def test_account_limit_and_forgeries_cannot_drain_it(tmp_path, nursery, mock_clock):
     cfg = RateLimitConfig(account_rate_per_s=1, account_burst=10)
-    node = await start_node(nursery, tmp_path / "n", rate_limits=cfg)
+    node = await run_node(nursery, tmp_path / "n", G, rate_limits=cfg)
     task, tm, tid, _ = task_and_batches()
     assert (await node.ingest(tm.raw, "rpc"))[0].ok
     topic = node.topics[KIND_BATCH]
@@ -380,7 +374,7 @@ async def test_per_annotator_batch_cap(tmp_path):
     tid = tm.compute_id(g.network_id)
     batches = [signed(make_batch(5, tid, [(k, 1)], created_at=T0 + k), 5, g.network_id) for k in range(9)]
     async with trio.open_nursery() as nursery:
-        node = await start_node(nursery, tmp_path / "n", g=g)
+        node = await run_node(nursery, tmp_path / "n", g)
         assert (await node.ingest(tm.raw, "rpc"))[0].ok
         res = await node.ingest_many([b.raw for b in batches[:7]], "sync")
         assert [v.outcome for v, _ in res] == [Outcome.ACCEPT] * 5 + [Outcome.IGNORE] * 2
@@ -392,7 +386,7 @@ async def test_per_annotator_batch_cap(tmp_path):
         assert (await node.ingest(batches[8].raw, "pinned"))[0].ok
         nursery.cancel_scope.cancel()
     async with trio.open_nursery() as nursery:  # the count is rebuilt from the store after a restart
-        node = await start_node(nursery, tmp_path / "n", g=g)
+        node = await run_node(nursery, tmp_path / "n", g)
         v, _ = await node.ingest(batches[6].raw, "gossip")
         assert v.outcome is Outcome.IGNORE and "cap" in v.reason
         assert len(node.task_batches(tid)) == 7
@@ -440,10 +434,6 @@ async def start_validators(nursery, path, net, g, clocks):
     return nodes
 
 
-async def advance(clock, until, step=200):
-    await helpers.advance(clock, until, step)
-
-
 async def run_skew_scenario(path, offsets):
     """4 validators with clock offsets; one task; 8 batches signed well before the
     deadline plus one signed after it; returns every node's certified result root
@@ -468,7 +458,7 @@ async def run_skew_scenario(path, offsets):
             v, _ = await n.ingest(late.raw, "gossip")
             assert v.outcome is Outcome.IGNORE
         async with trio.open_nursery() as clk:
-            clk.start_soon(advance, base, task.deadline + 200_000)
+            clk.start_soon(helpers.advance, base, task.deadline + 200_000, 200)
             await wait_for(lambda: all(n.finality.certified_result(tid)[1] is not None for n in nodes), 60)
             clk.cancel_scope.cancel()
         out = [(n.finality.certified_result(tid)[1].result_root, n.finality.certified_result(tid)[1].batch_ids)
@@ -523,7 +513,7 @@ async def test_future_messages_ignored_unpenalised_then_synced(tmp_path):
 async def rpc_node(nursery, d: Path) -> Node:
     ks = Keystore(d)
     ks.create("alice", seed=bytes(key(1)))
-    return await start_node(nursery, d, keystore=ks, rpc_socket=d / "node.sock")
+    return await run_node(nursery, d, G, keystore=ks, rpc_socket=d / "node.sock")
 
 
 async def test_socket_is_0600_in_a_0700_dir_even_if_the_dir_was_open(short_dir, nursery):
@@ -652,7 +642,7 @@ async def test_keys_and_passphrases_never_logged(short_dir, nursery, fast_kdf, m
         ks.create("bob", seed=secret_seed)  # encrypted with the env passphrase
         os.chmod(short_dir / "accounts" / "bob.json", 0o644)  # provoke the permissions warning
         ks = Keystore(short_dir)
-        node = await start_node(nursery, short_dir, keystore=ks, rpc_socket=short_dir / "node.sock")
+        node = await run_node(nursery, short_dir, G, keystore=ks, rpc_socket=short_dir / "node.sock")
         c = await RpcConn.open(node.rpc_socket)
         r = await c.call("task_post", {"account": "bob", "title": "t", "labels": ["a", "b"], "items": ["x", "y"]})
         tid = r["result"]["task_id"]

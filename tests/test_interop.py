@@ -76,7 +76,7 @@ def test_js_replays_every_vector(js):
 
 
 def _rpc(root: Path, i: int, method: str, params=None):
-    from devtools.devnet import rpc
+    from devtools.processes import rpc
     return rpc(root, i, method, params or {}, timeout=30)
 
 

@@ -61,12 +61,11 @@ def make_data_dir(dd: Path, g, **cfg) -> Path:
     return dd
 
 
-async def start_node(nursery, dd: Path, g, clock, metrics_listen="127.0.0.1:0", rpc=True) -> Node:
-    node = Node(dd, g, p2p_factory=None, keystore=Keystore(dd), clock=clock,
-                rpc_socket=dd / "node.sock" if rpc else None, validator_key=key(VALIDATOR),
-                finality_tick_s=0.02, metrics_listen=metrics_listen)
-    await nursery.start(node.run)
-    return node
+async def start_ops_node(nursery, dd: Path, g, clock, metrics_listen="127.0.0.1:0", rpc=True) -> Node:
+    """A validator node with keystore, RPC socket and metrics (tests.helpers.run_node)."""
+    return await helpers.run_node(nursery, dd, g, clock, keystore=Keystore(dd),
+                                    rpc_socket=dd / "node.sock" if rpc else None, validator_key=key(VALIDATOR),
+                                    finality_tick_s=0.02, metrics_listen=metrics_listen)
 
 
 async def run_cli(capsys, *argv) -> tuple[int, str, str]:
@@ -99,10 +98,6 @@ async def http_get(host: str, port: int, path: str, method: str = "GET") -> byte
             data += chunk
         await s.aclose()
     return data
-
-
-async def advance(clock, until, step=200):
-    await helpers.advance(clock, until, step)
 
 
 async def post_and_label(capsys, dd: Path, items=6) -> str:
@@ -307,11 +302,11 @@ async def test_no_key_or_payload_in_any_log_line(short_dir, capsys, restore_logg
     g = genesis()
     dd = make_data_dir(short_dir / "dd", g)
     clock = FakeClock()
-    node = await start_node(nursery, dd, g, clock)
+    node = await start_ops_node(nursery, dd, g, clock)
     tid = await post_and_label(capsys, dd)
     await run_cli(capsys, "rpc", "annotations_submit", json.dumps({"raw": "00" * 300}), "--data-dir", dd)
     await run_cli(capsys, "account", "export", "ann1", "--data-dir", dd)
-    await advance(clock, node.tasks[bytes.fromhex(tid)].deadline + 5_000)
+    await helpers.advance(clock, node.tasks[bytes.fromhex(tid)].deadline + 5_000, step=200)
     await wait_for(lambda: node.finality.is_certified(bytes.fromhex(tid)), 20)
     raws = [r.hex() for r in node.store.get_many(node.store.task_message_ids(bytes.fromhex(tid)))]
     # a library that logs message bytes at DEBUG (py-libp2p does) is scrubbed too
@@ -336,8 +331,8 @@ async def test_metrics_and_status_of_a_running_node(short_dir, capsys, nursery):
     g = genesis()
     dd = make_data_dir(short_dir / "dd", g)
     clock = FakeClock()
-    node = await start_node(nursery, dd, g, clock)
-    other = await start_node(nursery, make_data_dir(short_dir / "o", g), g, clock, rpc=False)
+    node = await start_ops_node(nursery, dd, g, clock)
+    other = await start_ops_node(nursery, make_data_dir(short_dir / "o", g), g, clock, rpc=False)
     assert node.metrics.url and other.metrics.url and node.metrics.url != other.metrics.url
 
     m = await scrape(node.metrics.url)
@@ -355,7 +350,7 @@ async def test_metrics_and_status_of_a_running_node(short_dir, capsys, nursery):
     assert code == 0 and s["tasks_by_state"] == {"open": 1, "closed": 0, "certified": 0}
     assert s["metrics_url"] == node.metrics.url and s["store"]["schema_version"] == 1
 
-    await advance(clock, node.tasks[bytes.fromhex(tid)].deadline + 5_000)
+    await helpers.advance(clock, node.tasks[bytes.fromhex(tid)].deadline + 5_000, step=200)
     await wait_for(lambda: node.finality.is_certified(bytes.fromhex(tid)), 20)
     code, out, err = await run_cli(capsys, "consensus", tid, "--data-dir", dd)
     assert code == 0, err
@@ -437,7 +432,7 @@ async def test_hot_backup_while_writing_then_restore(short_dir, capsys, nursery)
     g = genesis()
     dd = make_data_dir(short_dir / "dd", g)
     clock = FakeClock()
-    node = await start_node(nursery, dd, g, clock, metrics_listen="")
+    node = await start_ops_node(nursery, dd, g, clock, metrics_listen="")
     tid = bytes.fromhex(await post_and_label(capsys, dd))
     stop = trio.Event()
     written = []
@@ -502,7 +497,7 @@ async def test_hot_backup_while_writing_then_restore(short_dir, capsys, nursery)
 async def test_backup_and_restore_refusals(short_dir, capsys, nursery):
     g = genesis()
     dd = make_data_dir(short_dir / "dd", g)
-    node = await start_node(nursery, dd, g, FakeClock(), metrics_listen="")
+    node = await start_ops_node(nursery, dd, g, FakeClock(), metrics_listen="")
     (short_dir / "full").mkdir()
     (short_dir / "full" / "x").write_text("x")
     for dest, words in ((short_dir / "full", "not empty"), (dd / "bk", "inside the data dir")):
@@ -529,7 +524,7 @@ async def test_backup_of_a_stopped_node(short_dir, capsys):
     g = genesis()
     dd = make_data_dir(short_dir / "dd", g)
     async with trio.open_nursery() as n:
-        node = await start_node(n, dd, g, FakeClock(), metrics_listen="")
+        node = await start_ops_node(n, dd, g, FakeClock(), metrics_listen="")
         await post_and_label(capsys, dd)
         count = node.store.count()
         n.cancel_scope.cancel()

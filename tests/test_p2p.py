@@ -1,4 +1,4 @@
-"""Real py-libp2p hosts on 127.0.0.1 in one process (node/p2p.py).
+"""Real py-libp2p hosts on 127.0.0.1 in one process (node/net/host.py).
 
 Every wait is a condition with a bound; nothing sleeps to synchronise.
 Each test starts its nodes in pytest-trio's ``nursery`` fixture, which is

@@ -1,4 +1,4 @@
-"""Tests of node/store.py: the LMDB store and its group-commit writer.
+"""Tests of node/storage/store.py: the LMDB store and its group-commit writer.
 
 Durability is tested for real: a child process writes, says ACK, and is killed with
 SIGKILL; out-of-space is tested on a real 4 MiB tmpfs (when user namespaces allow mounting

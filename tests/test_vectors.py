@@ -345,7 +345,7 @@ def test_sync_bad_requests(case):
 
 
 def test_stream_framing():
-    from libp2p.utils.varint import encode_uvarint   # what node/p2p.py frames with
+    from libp2p.utils.varint import encode_uvarint   # what node/net/host.py frames with
     for f in SYNC["framing"]:
         if "body_len" in f:
             assert encode_uvarint(f["body_len"]).hex() == f["prefix_hex"]

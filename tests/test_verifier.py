@@ -1,4 +1,4 @@
-"""node/verifier.py: big groups' signatures checked in helper processes give exactly
+"""node/core/verifier.py: big groups' signatures checked in helper processes give exactly
 ``verify_signature``'s answers, and any helper failure falls back to threads."""
 from __future__ import annotations
 

@@ -126,12 +126,12 @@ def run(quick: bool, limits: dict) -> list[dict]:
         have = 0
         results = []
         for size in sizes:
-            net.devnet.stop_node(net.root, 0)
+            net.processes.stop_node(net.root, 0)
             t = time.monotonic()
             stored = _write_history(net, task_ids, have, size)
             have = size
             log(f"catch-up: history of {size:,} labels ({stored:,} messages) written in {time.monotonic() - t:.0f} s")
-            net.devnet.start_node(net.root, 0)
+            net.processes.start_node(net.root, 0)
             wait_until(lambda: _stored(net) == stored, 120, "node 0 to restart", interval=0.2)
             r = _join(net, f"join-{size}", stored, timeout=60 + size / 2_000)
             rate = size / r["seconds"]

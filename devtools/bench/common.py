@@ -86,7 +86,7 @@ def cpu_s(pid: int) -> float:
 
 
 def children_pids(pid: int) -> list[int]:
-    """Live child processes of ``pid`` (e.g. a node's signature helpers, node/verifier.py)."""
+    """Live child processes of ``pid`` (e.g. a node's signature helpers, node/core/verifier.py)."""
     out = []
     try:
         tids = os.listdir(f"/proc/{pid}/task")
@@ -132,7 +132,7 @@ class CpuMeter:
     """CPU % of one core used by a set of processes between start() and stop().
 
     With ``children=True`` a process's figure includes its child processes (a node's
-    signature helpers, node/verifier.py): live children, children born during the
+    signature helpers, node/core/verifier.py): live children, children born during the
     window (all of their CPU) and children reaped during it."""
 
     def __init__(self, pids, children: bool = False):
@@ -182,9 +182,10 @@ class Devnet:
     short temporary directory; ``close()`` stops exactly its processes and removes it."""
 
     def __init__(self, n: int, prefix: str = "lmb"):
-        from devtools import devnet
+        from devtools import devnet, processes
 
         self.devnet = devnet
+        self.processes = processes
         self.root = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
         self.n = n
         try:
@@ -199,7 +200,7 @@ class Devnet:
         return self.root / f"node-{i}" / "node.sock"
 
     def rpc(self, i: int, method: str, params=None, timeout: float = 60.0):
-        return self.devnet.rpc(self.root, i, method, params or {}, timeout=timeout)
+        return self.processes.rpc(self.root, i, method, params or {}, timeout=timeout)
 
     def client(self, i: int) -> RpcClient:
         c = self.clients.get(i)
@@ -208,7 +209,7 @@ class Devnet:
         return c
 
     def pid(self, i: int) -> int:
-        return self.devnet.read_pids(self.root)[str(i)]["pid"]
+        return self.processes.read_pids(self.root)[str(i)]["pid"]
 
     def pids(self) -> list[int]:
         return [self.pid(i) for i in range(self.n)]

@@ -7,7 +7,7 @@ built beforehand too; ``CONNECTIONS`` client threads then send them, up to 1,000
 batches per call, and the clock stops when the last reply is in. A label counts only
 if the node answered ``accepted`` -- i.e. decoded, verified, validated against the
 task and durably group-committed (LMDB ``sync=True``) before replying. The node's CPU
-figure includes its signature-helper processes (``node/verifier.py``), which are
+figure includes its signature-helper processes (``node/core/verifier.py``), which are
 started by the node on demand like any other part of it.
 
 The limit of each figure is the binding single-core ceiling for that batch size:

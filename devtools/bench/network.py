@@ -41,7 +41,7 @@ SENDERS = 8
 def _idle_footprint(net: Devnet, window_s: float) -> dict:
     time.sleep(3.0)  # let start-up sync sessions and mesh grafting finish
     pids = net.pids()
-    cpu = CpuMeter(pids, children=True).start()  # a node's signature helpers (node/verifier.py) count
+    cpu = CpuMeter(pids, children=True).start()  # a node's signature helpers (node/core/verifier.py) count
     time.sleep(window_s)
     cpus = cpu.stop()
     rss = {p: rss_mb(p) + children_rss_mb(p) for p in pids}

@@ -82,7 +82,7 @@ class Counters:
     published_envelopes: int = 0  # accepted messages gossiped (each envelope of a bundle counts)
     over_batch_cap: int = 0  # batches IGNOREd by the per-annotator, per-task cap
     votes_not_stored: int = 0  # attestations IGNOREd by the finality storage bound (storage_verdict)
-    rate_limited: int = 0  # gossip messages IGNOREd (or REJECTed as abuse) by node/ratelimit.py
+    rate_limited: int = 0  # gossip messages IGNOREd (or REJECTed as abuse) by node/policy/ratelimit.py
     publish_dropped: int = 0  # accepted messages not gossiped because the publish queue was full
 
 
@@ -219,7 +219,7 @@ class NodeCore(GoldSecrets, Results):
                 continue
             checked.append((k, mid, msg, validate_basic(msg, self.params)))
         # Verify signatures in one go; a big group off the event loop (a helper process, see
-        # node/verifier.py) while the event loop decodes the next request (two cores busy).
+        # node/core/verifier.py) while the event loop decodes the next request (two cores busy).
         # Gossip bundles are verified in a thread, never in a helper: there latency is what
         # counts, and on a small machine running many nodes, helper start-ups and pipe hops
         # made whole bundles late (10 nodes at 100 batches/s: p99 ~0.6-0.76 s with helpers,
@@ -373,7 +373,7 @@ class NodeCore(GoldSecrets, Results):
         """Validator for every gossip message: ACCEPT forwards it, REJECT penalises
         the forwarder, IGNORE drops it quietly. ``origin``: the peer that published
         it (libp2p ``from``), if the transport knows it (enables the abuse rule of
-        node/ratelimit.py). A message carries one envelope or a bundle of them
+        node/policy/ratelimit.py). A message carries one envelope or a bundle of them
         (protocol/bundle.py); rate limits count envelopes, not messages.
 
         Order, cheapest first: forwarder's rate limit -> split the bundle and decode

@@ -18,7 +18,7 @@ How it works
 ``Verifier.verify(msgs)`` sends one request per group -- for each message the
 (public key, signature || signed bytes) that ``protocol.messages.verify_signature``
 checks (``signature_check_input``: the same function, so the same answer) -- over a
-pipe to ``node/verify_worker.py`` and awaits one byte per message, without blocking
+pipe to ``node/core/verify_worker.py`` and awaits one byte per message, without blocking
 the event loop (trio pipes). Requests are pipelined: a group is written as soon as it
 is decoded (the pipe is enlarged to hold several), so the helper goes from one group
 to the next without waiting for the busy event loop to read an answer and send the

@@ -1,4 +1,4 @@
-"""A signature-verification helper process (started by ``node/verifier.py``; not a CLI).
+"""A signature-verification helper process (started by ``node/core/verifier.py``; not a CLI).
 
 Run as a script (``python -P verify_worker.py IDLE_S``), so it imports nothing but the
 standard library and pynacl: no project code, no trio. It reads requests from stdin

@@ -102,7 +102,7 @@ class P2PNode:
     ``validator(topic, data, forwarder_peer_id)`` decides ACCEPT / REJECT /
     IGNORE for every gossip message from another peer (sync or async); a
     validator that takes a fourth argument also gets the publishing peer's id
-    (libp2p ``from``, or None), which node/ratelimit.py uses to tell a flooding
+    (libp2p ``from``, or None), which node/policy/ratelimit.py uses to tell a flooding
     peer from its honest relayers.
     ``on_message(topic, data, forwarder_peer_id)`` is awaited for every
     accepted message originated by another peer, one at a time per topic, from
@@ -682,7 +682,7 @@ class P2PNode:
     async def wait_publish_slot(self) -> None:
         """Wait until ``publish`` could send at once (a token in the pacing bucket). A
         publisher that gathers what to send *after* this wait sends the freshest data
-        (node/daemon.py bundles everything queued meanwhile)."""
+        (node/core/node.py bundles everything queued meanwhile)."""
         await self._bucket.wait_available()
 
     def _publish_targets(self, topic: str) -> set[ID]:

@@ -6,7 +6,7 @@ and the connection notifee of a P2PNode."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import multiaddr
 import trio
@@ -23,8 +23,18 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 
 from .config import GossipOutcome
 
-if TYPE_CHECKING:
-    from .host import P2PNode
+
+
+class GossipHost(Protocol):
+    """What these parts call back on their P2PNode (node/net/host.py), which imports them."""
+
+    async def validate_gossip_message(self, forwarder: ID, msg: rpc_pb2.Message) -> GossipOutcome: ...
+
+    def deliver_gossip_message(self, msg: rpc_pb2.Message, forwarder: ID | None) -> None: ...
+
+    def note_connected(self, pid: ID) -> None: ...
+
+    def note_disconnected(self, pid: ID) -> None: ...
 
 
 class GatedNoiseTransport(NoiseTransport):
@@ -89,7 +99,7 @@ class LabelmeshGossipSub(GossipSub):
 class LabelmeshPubsub(Pubsub):
     """Pubsub with three-way validation and a direct hand-off of accepted messages."""
 
-    def __init__(self, host: Any, router: LabelmeshGossipSub, *, node: P2PNode, **kwargs: Any) -> None:
+    def __init__(self, host: Any, router: LabelmeshGossipSub, *, node: GossipHost, **kwargs: Any) -> None:
         super().__init__(host, router, **kwargs)
         self._lm_node = node
         self._lm_scorer: LabelmeshScorer = router.scorer  # type: ignore[assignment]
@@ -132,7 +142,7 @@ class LabelmeshPubsub(Pubsub):
 
 
 class NodeNotifee(INotifee):
-    def __init__(self, node: P2PNode) -> None:
+    def __init__(self, node: GossipHost) -> None:
         self._node = node
 
     async def connected(self, network: INetwork, conn: INetConn) -> None:

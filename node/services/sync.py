@@ -343,7 +343,7 @@ class SyncService:
                 continue
             try:
                 # "pinned": ids named by attestations/certificates, stored even past the
-                # per-annotator cap (node/daemon.py UNCAPPED_SOURCES) so finality can converge.
+                # per-annotator cap (node/core/node.py UNCAPPED_SOURCES) so finality can converge.
                 stored += await self._fetch(p, want, st, _Budget(), source="pinned")
             except _Banned:
                 continue

@@ -34,7 +34,7 @@ async def node_info(node, params):
             "duplicates": c.duplicates, "published": c.published,
             "published_envelopes": c.published_envelopes,
             "orphans": len(node._orphans),
-            # hostile-peer defences (node/ratelimit.py, the per-annotator cap, p2p offender bans)
+            # hostile-peer defences (node/policy/ratelimit.py, the per-annotator cap, p2p offender bans)
             "rate_limited": c.rate_limited, "over_batch_cap": c.over_batch_cap,
             "votes_not_stored": c.votes_not_stored,
             "offenders_banned": (node.p2p.stats().get("offenders_banned", 0)

@@ -54,7 +54,7 @@ def _parse_items(raw_items) -> tuple[Item, ...]:
 
 
 async def _import_files(node, items):
-    """{"file": "/abs/path"} items -> blob items, after copying the file into the blob store (node/blobs.py)."""
+    """{"file": "/abs/path"} items -> blob items, after copying the file into the blob store (node/services/blobs.py)."""
     try:
         return await node.blobs.import_items(items)
     except BlobInputError as e:
