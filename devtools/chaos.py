@@ -355,6 +355,18 @@ class Report:
 
 
 def run(root: Path, *, duration: float, seed: int, rate: float, settle: float, out=print) -> Report:
+    """One chaos run on the devnet in ``root`` (see the module docstring); the report."""
+    n, network_id, rep = _check_devnet(root, duration, seed, rate)
+    task_id, deadline_ms, subs, schedule = _post_task_and_load(root, n, network_id, rep, duration, seed, rate, out)
+    last_fault_end = _run_faults(root, n, subs, schedule, duration, rate, seed, out)
+    acked, doubt, invalid = _classify_load(rep, subs, out)
+    views, errors = _converge(root, n, task_id, deadline_ms, acked, rep, settle, last_fault_end, out)
+    _check_sets(rep, n, views, errors, acked, doubt, invalid, settle)
+    return rep
+
+
+def _check_devnet(root: Path, duration: float, seed: int, rate: float) -> tuple[int, bytes, Report]:
+    """(nodes, network id, an empty report) of a running devnet fit for chaos; DevnetError if not."""
     meta_path = root / "devnet.json"
     if not meta_path.exists():
         raise DevnetError(f"no devnet in {root}: start one with `scripts/devnet up` (add --netns for partitions)")
@@ -375,7 +387,13 @@ def run(root: Path, *, duration: float, seed: int, rate: float, settle: float, o
                  network="network namespaces" if has_netns else "loopback (no partitions: `up --netns` enables them)")
     network_id = bytes.fromhex(meta["network_id"])
 
-    # --- the task and the pre-signed load
+    return n, network_id, rep
+
+
+def _post_task_and_load(root: Path, n: int, network_id: bytes, rep: Report, duration: float, seed: int,
+                        rate: float, out) -> tuple[str, int, list[Submission], list[Fault]]:
+    """Post the chaos task (deadline after the fault window), sign the load and plan the
+    faults: (task id, deadline ms, submissions, schedule)."""
     poll(lambda: all(rpc(root, i, "node_info", timeout=5)["peer_count"] >= 1 for i in range(n)), 60,
           "every node to have a peer")
     deadline_s = duration + DEADLINE_MARGIN_S
@@ -388,14 +406,19 @@ def run(root: Path, *, duration: float, seed: int, rate: float, settle: float, o
     poll(lambda: all(any(x["task_id"] == task_id for x in rpc(root, i, "tasks_list", timeout=5)["tasks"])
                       for i in range(n)), 30, "the chaos task to reach every node")
     subs = sign_batches(seed, network_id, bytes.fromhex(task_id), max(1, int(rate * duration)))
-    schedule = make_schedule(seed, duration, n, has_netns)
+    schedule = make_schedule(seed, duration, n, rep.partitions_enabled)
     rep.faults = schedule
     out(f"chaos: {n} nodes, seed {seed}, {duration:.0f} s of faults on {rep.network}; "
         f"task {task_id[:16]}…, {len(subs)} pre-signed batches at {rate:g}/s")
     for f in schedule:
         out(f"  planned: {f.describe(n)}")
+    return task_id, deadline_ms, subs, schedule
 
-    # --- faults under load
+
+def _run_faults(root: Path, n: int, subs: list[Submission], schedule: list[Fault], duration: float, rate: float,
+                seed: int, out) -> float:
+    """The faults of ``schedule`` under the load, always undone at the end; the monotonic
+    time the last fault ended."""
     load = LoadGenerator(root, n, subs, rate, seed)
     runner = FaultRunner(root, n, load, out)
     t0 = time.monotonic()
@@ -418,8 +441,11 @@ def run(root: Path, *, duration: float, seed: int, rate: float, settle: float, o
         load.join()
     if not schedule:
         last_fault_end = time.monotonic()
+    return last_fault_end
 
-    # --- classify the load
+
+def _classify_load(rep: Report, subs: list[Submission], out) -> tuple[set, set, set]:
+    """Count the submissions by outcome into ``rep``; (acknowledged, in doubt, invalid) batch ids."""
     acked = {s.batch_id for s in subs if s.outcome == "acked"}
     doubt = {s.batch_id for s in subs if s.outcome == "in_doubt"}
     invalid = {s.batch_id for s in subs if not s.valid}
@@ -434,8 +460,13 @@ def run(root: Path, *, duration: float, seed: int, rate: float, settle: float, o
         out(f"  note: {len(refused_valid)} valid batches refused, e.g. {refused_valid[0].detail}")
     out(f"load: {rep.submitted} submitted, {rep.acked} acknowledged, {rep.in_doubt} in doubt, "
         f"{rep.refused} refused ({rep.invalid_submitted} invalid), {rep.not_sent} not sent")
+    return acked, doubt, invalid
 
-    # --- converge and check
+
+def _converge(root: Path, n: int, task_id: str, deadline_ms: int, acked: set, rep: Report, settle: float,
+              last_fault_end: float, out) -> tuple[dict, dict]:
+    """Poll every node until they hold the same set and roots, then the same certificate,
+    within ``settle`` s; (last view of each node, last error of each unreachable node)."""
     views: dict[int, dict] = {}
     errors: dict[int, str] = {}
     next_progress = time.monotonic() + 5.0
@@ -469,8 +500,12 @@ def run(root: Path, *, duration: float, seed: int, rate: float, settle: float, o
                 rep.certified_after_s = round(time.monotonic() - last_fault_end, 1)
                 break
         time.sleep(0.5)
+    return views, errors
 
-    # --- the set checker, on the last view of every node
+
+def _check_sets(rep: Report, n: int, views: dict, errors: dict, acked: set, doubt: set, invalid: set,
+                settle: float) -> None:
+    """The set checker, on the last view of every node: lost, phantom, violations."""
     missing: set[str] = set()
     phantom: set[str] = set()
     for i in range(n):
@@ -499,7 +534,6 @@ def run(root: Path, *, duration: float, seed: int, rate: float, settle: float, o
         rep.violations.append(f"nodes did not converge within {settle:.0f} s after the last fault")
     elif not rep.certified:
         rep.violations.append(f"nodes did not all report the task certified within {settle:.0f} s after the last fault")
-    return rep
 
 
 def _sleep_until(t: float) -> None:

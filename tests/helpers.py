@@ -139,7 +139,9 @@ def fake_node(net, name: str, path, genesis, **node_kwargs):
 
 
 class RpcConn:
-    """A line-delimited JSON-RPC client on a node's Unix socket (tests only)."""
+    """The async side of node.rpc.client for in-process tests (the node runs in the same
+    trio loop, so the blocking RpcClient would stall it): the same request lines
+    (``request_line``), raw lines for hostile input, replies decoded as they are."""
 
     def __init__(self, stream):
         self.stream, self.buf = stream, b""
@@ -163,6 +165,7 @@ class RpcConn:
         return json.loads(line)
 
     async def call(self, method, params=None, id_=1):
-        await self.send(json.dumps({"jsonrpc": "2.0", "id": id_, "method": method, "params": params or {}}).encode()
-                        + b"\n")
+        from node.rpc.client import request_line
+
+        await self.send(request_line(method, params, id_))
         return await self.recv()

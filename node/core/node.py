@@ -195,11 +195,19 @@ class NodeCore(GoldSecrets, Results):
         return results
 
     async def _ingest_group(self, group, source: str, publish: bool, results: list) -> None:
+        """The pipeline for ``group`` [(k, id, msg)]: screen, verify signatures, decide,
+        commit; ``results[k]`` gets each message's (verdict, id)."""
         now = self.clock()
-        records, accepted, seen = [], [], set()
-        checked = []  # (k, mid, msg, validate_basic verdict) of messages not stored yet
-        pending_batches: Counter = Counter()  # (task, annotator) -> batches admitted in this group
-        pending_votes: dict = {}  # (task, validator, round, phase) -> values admitted in this group
+        checked = await self._screen(group, source, results)
+        sig_ok = await self._verify_signatures([msg for _, _, msg, v in checked if v.ok], source)
+        records, accepted = self._decide(checked, sig_ok, source, now, results)
+        if records:
+            await self._commit(records, accepted, publish, results)
+
+    async def _screen(self, group, source: str, results: list) -> list:
+        """Drop what is stored already (waiting for writes in flight) and what the storage
+        policy declined before; (k, id, msg, validate_basic verdict) of the rest."""
+        checked = []
         for k, mid, msg in group:
             ev = self._inflight.get(mid)
             if ev is not None:  # being written by another caller right now
@@ -218,19 +226,30 @@ class NodeCore(GoldSecrets, Results):
                 results[k] = (DECLINED_BEFORE, mid)
                 continue
             checked.append((k, mid, msg, validate_basic(msg, self.params)))
-        # Verify signatures in one go; a big group off the event loop (a helper process, see
-        # node/core/verifier.py) while the event loop decodes the next request (two cores busy).
-        # Gossip bundles are verified in a thread, never in a helper: there latency is what
-        # counts, and on a small machine running many nodes, helper start-ups and pipe hops
-        # made whole bundles late (10 nodes at 100 batches/s: p99 ~0.6-0.76 s with helpers,
-        # 0.24-0.43 s without; BENCHMARKS.md). Bulk paths (RPC, sync) use the helpers.
-        to_verify = [msg for _, _, msg, v in checked if v.ok]
-        if len(to_verify) >= VERIFY_OFFLOAD_MIN and source == "gossip":
-            sig_ok = iter(await trio.to_thread.run_sync(verify_all, to_verify, self.network_id))
-        elif len(to_verify) >= VERIFY_OFFLOAD_MIN:
-            sig_ok = iter(await self.verifier.verify(to_verify))
-        else:
-            sig_ok = iter(verify_all(to_verify, self.network_id))
+        return checked
+
+    async def _verify_signatures(self, msgs: list[SignedMessage], source: str):
+        """An iterator of each message's signature check, in order.
+
+        Verified in one go; a big group off the event loop (a helper process, see
+        node/core/verifier.py) while the event loop decodes the next request (two cores busy).
+        Gossip bundles are verified in a thread, never in a helper: there latency is what
+        counts, and on a small machine running many nodes, helper start-ups and pipe hops
+        made whole bundles late (10 nodes at 100 batches/s: p99 ~0.6-0.76 s with helpers,
+        0.24-0.43 s without; BENCHMARKS.md). Bulk paths (RPC, sync) use the helpers."""
+        if len(msgs) >= VERIFY_OFFLOAD_MIN and source == "gossip":
+            return iter(await trio.to_thread.run_sync(verify_all, msgs, self.network_id))
+        if len(msgs) >= VERIFY_OFFLOAD_MIN:
+            return iter(await self.verifier.verify(msgs))
+        return iter(verify_all(msgs, self.network_id))
+
+    def _decide(self, checked: list, sig_ok, source: str, now: int, results: list) -> tuple[list, list]:
+        """Signature, then state (validate_in_context), then the storage policy (the
+        per-annotator batch cap, the finality storage bound): the records to write and
+        their (k, id, msg); every other message gets its verdict in ``results``."""
+        records, accepted, seen = [], [], set()
+        pending_batches: Counter = Counter()  # (task, annotator) -> batches admitted in this group
+        pending_votes: dict = {}  # (task, validator, round, phase) -> values admitted in this group
         for k, mid, msg, v in checked:
             if mid in seen:
                 self.counters.duplicates += 1
@@ -261,8 +280,11 @@ class NodeCore(GoldSecrets, Results):
             task_id = mid if msg.kind == KIND_TASK else msg.body.task_id
             records.append(Record(msg_id=mid, kind=msg.kind, task_id=task_id, raw=msg.raw))
             accepted.append((k, mid, msg))
-        if not records:
-            return
+        return records, accepted
+
+    async def _commit(self, records: list[Record], accepted: list, publish: bool, results: list) -> None:
+        """One group commit; then the accepted messages update the indexes, are queued for
+        gossip (``publish``) and adopt the orphans waiting for a new task."""
         written = trio.Event()  # one for the group: set when its commit is done (or failed)
         for _, mid, _ in accepted:
             self._inflight[mid] = written
@@ -400,30 +422,16 @@ class NodeCore(GoldSecrets, Results):
         limited = rl.on_message(from_peer, origin, now_s, len(raws))
         if limited is not None:
             return self._rate_limited(limited)
-        want = self._kind_of_topic.get(topic)
-        fresh, fresh_msgs = [], []
-        for raw in raws:
-            try:
-                msg = decode_message(raw, self.params)
-            except DecodeError:
-                self.counters.rejected += 1
-                return Outcome.REJECT
-            if msg.kind != want:
-                self.counters.rejected += 1
-                return Outcome.REJECT
-            mid = msg.compute_id(self.network_id)
-            if mid in self._inflight or self.store.has(mid):
-                self.counters.duplicates += 1
-                continue
-            fresh.append(raw)
-            fresh_msgs.append(msg)
+        fresh = self._fresh_envelopes(raws, topic)
+        if fresh is None:
+            return Outcome.REJECT
         if not fresh:
             return Outcome.IGNORE
         limited = rl.on_new_message(from_peer, origin, now_s, len(fresh))
         if limited is not None:
             return self._rate_limited(limited)
         allowed, allowed_msgs = [], []
-        for raw, msg in zip(fresh, fresh_msgs):
+        for raw, msg in fresh:
             if rl.account_allows(msg.body.signer, now_s):
                 allowed.append(raw)
                 allowed_msgs.append(msg)
@@ -436,11 +444,37 @@ class NodeCore(GoldSecrets, Results):
         except StoreError as e:  # e.g. disk full: drop quietly, sync repairs once space is back
             log.warning("cannot store gossip message: %s", e)
             return Outcome.IGNORE
-        outcome = Outcome.ACCEPT if len(allowed) == len(fresh) else Outcome.IGNORE
+        return self._gossip_outcome(verdicts, allowed_msgs, all_allowed=len(allowed) == len(fresh), now_s=now_s)
+
+    def _fresh_envelopes(self, raws: list[bytes], topic: str) -> list[tuple[bytes, SignedMessage]] | None:
+        """(raw, decoded) of the envelopes of a gossip message that this node does not hold
+        yet; None (REJECT, counted) if one does not decode or is not of the topic's kind."""
+        want = self._kind_of_topic.get(topic)
+        fresh = []
+        for raw in raws:
+            try:
+                msg = decode_message(raw, self.params)
+            except DecodeError:
+                self.counters.rejected += 1
+                return None
+            if msg.kind != want:
+                self.counters.rejected += 1
+                return None
+            mid = msg.compute_id(self.network_id)
+            if mid in self._inflight or self.store.has(mid):
+                self.counters.duplicates += 1
+                continue
+            fresh.append((raw, msg))
+        return fresh
+
+    def _gossip_outcome(self, verdicts, msgs: list[SignedMessage], *, all_allowed: bool, now_s: float) -> Outcome:
+        """A gossip message's outcome from its envelopes' verdicts (see gossip_validate);
+        each envelope verified and kept takes its signer's rate-limit token."""
+        outcome = Outcome.ACCEPT if all_allowed else Outcome.IGNORE
         new = 0
-        for (v, _), msg in zip(verdicts, allowed_msgs):
+        for (v, _), msg in zip(verdicts, msgs):
             if v.ok or (v.outcome is Outcome.IGNORE and v != DUPLICATE):
-                rl.on_account_used(msg.body.signer, now_s)  # verified and stored (or parked): it costs a token
+                self.ratelimit.on_account_used(msg.body.signer, now_s)  # verified and stored (or parked): it costs a token
             if v.outcome is Outcome.REJECT:
                 return Outcome.REJECT
             if v.ok:

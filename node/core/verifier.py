@@ -49,6 +49,8 @@ import trio
 
 from protocol.messages import SignedMessage, signature_check_input, verify_signature
 
+from ..errors import NodeError
+
 log = logging.getLogger("labelmesh.node")
 
 WORKER_SCRIPT = str(Path(__file__).with_name("verify_worker.py"))
@@ -87,7 +89,7 @@ def verify_all(msgs: list[SignedMessage], network_id: bytes) -> list[bool]:
     return [verify_signature(m, network_id) for m in msgs]
 
 
-class WorkerError(Exception):
+class WorkerError(NodeError):
     """The helper failed (exited, answered nonsense, could not start) or was stopped."""
 
 

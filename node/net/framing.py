@@ -17,6 +17,8 @@ from libp2p.abc import INetStream
 from libp2p.network.stream.exceptions import StreamEOF
 from libp2p.utils.varint import encode_uvarint
 
+from .errors import P2PError
+
 logger = logging.getLogger("node.p2p")
 
 STATUS_OK = 0
@@ -24,7 +26,7 @@ STATUS_ERROR = 1
 MAX_ERROR_REASON_BYTES = 256
 
 
-class FrameTooLarge(Exception):
+class FrameTooLarge(P2PError):
     """A length prefix announced more bytes than allowed (internal to the adapter)."""
 
 
