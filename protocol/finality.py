@@ -73,6 +73,10 @@ from .messages import (
 )
 from .params import Params
 
+#: IGNORE: an attestation for a round beyond what the local clock allows yet (retry
+#: later); callers compare verdicts with this name, not with its reason text.
+ROUND_AHEAD = ignore("round too far ahead of the local clock")
+
 Value = tuple[bytes, bytes]          # (set_root, result_root)
 Weight = int
 Proposal = tuple[bytes, bytes, tuple[bytes, ...]]   # (set_root, result_root, sorted batch ids)
@@ -340,7 +344,7 @@ class TaskFinality:
         if not _is_consistent(msg):
             return reject("attestation fields do not match the signed bytes")
         if att.validator != self.me and att.round > self._round_horizon():
-            return ignore("round too far ahead of the local clock")
+            return ROUND_AHEAD
         slot = (att.round, att.phase)
         value = _value(att)
         theirs = self._votes.setdefault(slot, {}).setdefault(att.validator, {})

@@ -3,7 +3,8 @@
 Code that branches on an outcome compares with these (``v == DUPLICATE``), never with
 the text of a reason, like go-libp2p-pubsub's named rejection reasons; the text is what
 clients and logs read (unchanged on the wire and in RPC errors). Validation verdicts of
-the protocol have their own names in ``protocol.messages`` (e.g. ``UNKNOWN_TASK``).
+the protocol have their own names (``protocol.messages.UNKNOWN_TASK``,
+``protocol.finality.ROUND_AHEAD``).
 """
 from __future__ import annotations
 

@@ -68,8 +68,9 @@ Repeat offenders
 
 py-libp2p scoring only drops an offender's messages; it never prunes or
 disconnects it and it forgets the peer's score on disconnect. We keep our own
-decayed REJECT counter per peer (the node's one penalty policy, node/policy/penalties.py) (half-life ``invalid_message_half_life_s``,
-kept across reconnects). When it reaches ``offender_reject_threshold`` the peer
+decayed REJECT counter per peer (the node's one penalty policy,
+node/policy/penalties.py; half-life ``invalid_message_half_life_s``, kept across
+reconnects). When it reaches ``offender_reject_threshold`` the peer
 is disconnected, put on the pubsub blacklist, and refused for
 ``offender_ban_s``: the Noise transport is wrapped (``GatedNoiseTransport``)
 so that a handshake with a banned peer id fails in both directions (and the
@@ -80,14 +81,8 @@ threshold is reached before the library's publish threshold silences the peer
 Wire format of the request/response protocols
 ---------------------------------------------
 
-One request and one response per stream::
-
-    request  = uvarint(len(body)) || body                 (len <= max_request_bytes)
-    response = uvarint(1 + len(body)) || status || body   (len(body) <= max_response_bytes)
-    status   = 0x00 ok (body = handler result) | 0x01 error (body = short UTF-8 reason)
-
-Both sides read the length prefix first and reset the stream if it announces
-more than their limit, before reading the body.
+One request and one response per stream, each a length-prefixed frame with a limit
+checked before the body is read: ``node/net/framing.py``.
 
 py-libp2p 0.8.1 defaults we override (verified in site-packages/libp2p)
 ----------------------------------------------------------------------

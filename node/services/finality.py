@@ -32,9 +32,9 @@ import logging
 import trio
 
 from protocol.errors import ValidationError
-from protocol.finality import TaskFinality, compute_round_start
+from protocol.finality import ROUND_AHEAD, TaskFinality, compute_round_start
 from protocol.messages import (
-    ACCEPT, KIND_ATTESTATION, PHASE_PREVOTE, Attestation, Outcome, SignedMessage, Verdict, decode_message,
+    ACCEPT, KIND_ATTESTATION, PHASE_PREVOTE, Attestation, SignedMessage, Verdict, decode_message,
     sign_message,
 )
 
@@ -82,7 +82,7 @@ class FinalityService:
         if fin is None:
             return
         v = fin.on_attestation(msg)
-        if v.outcome is Outcome.IGNORE and "ahead" in v.reason:
+        if v == ROUND_AHEAD:
             self._pending.setdefault(msg.body.task_id, []).append(msg)
 
     def storage_verdict(self, msg: SignedMessage, pending: dict) -> Verdict:

@@ -10,7 +10,8 @@ waits ``SETTLE_S`` before fetching and leaves *hot* tasks (new messages in the l
 flight. What it fetches goes through ``Node.ingest_many``, exactly like gossip. Bounds: a session with one peer makes at most
 ``MAX_REQUESTS_PER_SESSION`` requests and recurses at most ``MAX_DEPTH`` levels;
 responses are size-limited by the transport and by the decoders. A peer whose
-responses are malformed or carry invalid messages collects penalty points and is
+responses are malformed or carry invalid messages collects penalty points (the node's one
+penalty policy, node/policy/penalties.py) and is
 disconnected (and skipped for ``BAN_S`` seconds) past ``PENALTY_LIMIT``.
 """
 from __future__ import annotations
