@@ -81,3 +81,20 @@ def test_the_check_sees_private_imports(tmp_path):
                  "v = os._exit\nw = mod._z\nz = self._own\n")
     got = [f.split(": ", 1)[1] for f in private_names_used_across_modules(p)]
     assert got == ["from node import _x", "from node._b", "import devtools._d", "from . import _rel", "mod._z"]
+
+
+def test_readme_map_names_every_package_and_module():
+    """README's "How it is built" draws the tree as it is: every subpackage of node/ and
+    devtools/ (as ``name/``) and every module of devtools/ and node/'s subpackages."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("## How it is built", 1)[1].split("```", 2)[1]
+    missing = []
+    for pkg in PACKAGES:
+        for init in sorted((ROOT / pkg).rglob("__init__.py")):
+            d = init.parent
+            if d != ROOT / pkg and f"{d.name}/" not in block:
+                missing.append(str(d.relative_to(ROOT)) + "/")
+            for mod in sorted(d.glob("*.py")):
+                if mod.stem not in ("__init__", "__main__") and mod.stem not in block:
+                    missing.append(str(mod.relative_to(ROOT)))
+    assert missing == [], f"README's map lacks {missing}"
