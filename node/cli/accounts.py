@@ -9,15 +9,14 @@ import os
 import sys
 from pathlib import Path
 
-import nacl.signing
-
-from ..keystore import ENV_PASSPHRASE, Keystore, write_private
 from .common import EXIT_UNAVAILABLE, CliError, call, out
 
 EXPORT_FORMAT = 1
 
 
 def _keystore(args):
+    from ..keystore import Keystore
+
     return Keystore(Path(args.data_dir))
 
 
@@ -31,6 +30,8 @@ def _account_entry(ks, name: str) -> dict:
 def _new_passphrase(args) -> str | None:
     """The passphrase to encrypt a new key with: None lets the keystore use
     $LABELMESH_PASSPHRASE (if set); --encrypt without it asks on the terminal."""
+    from ..keystore import ENV_PASSPHRASE
+
     if os.environ.get(ENV_PASSPHRASE) or not getattr(args, "encrypt", False):
         return None
     if not sys.stdin.isatty():
@@ -43,6 +44,8 @@ def _new_passphrase(args) -> str | None:
 
 def _unlock_passphrase(ks, name: str) -> str | None:
     """For an encrypted account without $LABELMESH_PASSPHRASE: ask on the terminal."""
+    from ..keystore import ENV_PASSPHRASE
+
     if os.environ.get(ENV_PASSPHRASE) or not ks.is_encrypted(name) or not sys.stdin.isatty():
         return None  # the keystore says what is missing
     return getpass.getpass(f"passphrase of account {name}: ")
@@ -111,6 +114,8 @@ def _account_standing(args, public_key: str) -> dict:
 
 
 def cmd_account_export(args) -> int:
+    from ..keystore import write_private
+
     ks = _keystore(args)
     _account_entry(ks, args.name)
     sk = ks.signing_key(args.name, passphrase=_unlock_passphrase(ks, args.name))
@@ -154,6 +159,8 @@ def _parse_export(text: str) -> tuple[bytes, str | None]:
 
 
 def cmd_account_import(args) -> int:
+    import nacl.signing
+
     src = args.file or "-"
     passphrase = _new_passphrase(args)
     try:

@@ -11,15 +11,17 @@ import time
 from pathlib import Path
 
 from protocol.errors import LabelmeshError
-from protocol.genesis import genesis_from_json, make_genesis
-from protocol.reputation import ONE
 
 from ..config import CONFIG_FILE, NodeConfig
-from ..keystore import Keystore, write_private
 from .common import CliError, effective_config, out, override_parser
 
 
 def cmd_init(args) -> int:
+    from protocol.genesis import genesis_from_json, make_genesis
+    from protocol.reputation import ONE
+
+    from ..keystore import Keystore, write_private
+
     dd = Path(args.data_dir)
     if (dd / CONFIG_FILE).exists() and not args.force:
         raise CliError(f"{dd} is already initialised (use --force to overwrite config and genesis; keys are kept)")

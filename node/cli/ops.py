@@ -10,14 +10,9 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-from protocol.genesis import genesis_from_json
-
 from ..config import CONFIG_FILE, FIELD_DOCS, load_config
 from ..rpc.client import RpcClient
 from ..rpc.errors import RpcCallError
-from ..storage.backup import BackupError, create_backup, restore_backup
-from ..storage.errors import StoreError
-from ..storage.store import Store
 from . import accounts, status
 from .common import EXIT_UNAVAILABLE, CliError, client, effective_config, out, override_parser
 from .status import fmt_bytes
@@ -83,6 +78,12 @@ def cmd_backup(args) -> int:
 def _backup_stopped(dd: Path, dest: str) -> dict:
     """Back up a data dir whose node is not running: open its store here (the store's
     lock keeps a node from starting on it meanwhile)."""
+    from protocol.genesis import genesis_from_json
+
+    from ..storage.backup import BackupError, create_backup
+    from ..storage.errors import StoreError
+    from ..storage.store import Store
+
     if not (dd / "store" / "data.mdb").exists():
         raise CliError(f"{dd} has no store to back up (is --data-dir right?)")
     try:
@@ -97,6 +98,8 @@ def _backup_stopped(dd: Path, dest: str) -> dict:
 
 
 def cmd_restore(args) -> int:
+    from ..storage.backup import restore_backup
+
     r = restore_backup(Path(args.src).expanduser(), Path(args.data_dir).expanduser())
     out(args, r, f"restored {r['messages']} messages of network {r['network_name']} into {r['data_dir']}"
                   + (f" (store migrated from schema {r['migrated_from_schema']})" if r["migrated_from_schema"] is not None else "")
