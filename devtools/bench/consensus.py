@@ -339,7 +339,7 @@ async def _loop_stall(n_items: int) -> list[dict]:
             await node.reveal_due_gold()
             gaps = {}
             for mode in ("inline", "thread"):
-                node._result_cache.clear()
+                node.clear_result_cache()
                 node.result_thread_min_messages = 0 if mode == "thread" else 1 << 62
                 seen, done = [], trio.Event()
 

@@ -151,6 +151,11 @@ class NodeCore(GoldSecrets, Results):
         self.store.close()
 
     @property
+    def orphan_count(self) -> int:
+        """Messages parked until the task they name arrives."""
+        return len(self._orphans)
+
+    @property
     def peer_id(self) -> str:
         return self.p2p.peer_id if self.p2p is not None else ""
 

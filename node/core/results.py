@@ -64,6 +64,10 @@ class ResultCache:
 class Results:
     """Results, rewards and reputation of the node's tasks."""
 
+    def clear_result_cache(self) -> None:
+        """Forget every computed result (benchmarks measure the computation itself)."""
+        self._result_cache.clear()
+
     def _init_results(self) -> None:
         self._result_cache = ResultCache(RESULT_CACHE_ITEMS)
         #: prepare_result aggregates sets of at least this many messages in a worker thread

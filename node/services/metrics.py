@@ -216,7 +216,7 @@ class NodeCollector:
                 ev.add_metric([f.name], getattr(c, f.name))
         yield ev
         yield GaugeMetricFamily("labelmesh_orphans", "Messages waiting for their task to arrive",
-                                value=len(self.node._orphans))
+                                value=self.node.orphan_count)
 
     def _gossip(self):
         n = self.node

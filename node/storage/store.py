@@ -460,10 +460,11 @@ class Store:
         the call is stored.  Raises BadInputError (before touching the store),
         StoreFullError (no room), StoreError.
         """
-        return self._put_valid(check_records(records))
+        return self.put_checked(check_records(records))
 
-    def _put_valid(self, recs: list[Record]) -> list[bool]:
-        """put_records for records already checked by check_records."""
+    def put_checked(self, recs: list[Record]) -> list[bool]:
+        """put_records for records already checked by ``layout.check_records`` (the group
+        commit of StoreWriter, which checks each caller's records as they come)."""
         if not recs:
             return []
         first: dict[bytes, int] = {}  # msg_id -> index of its first occurrence, in call order

@@ -159,7 +159,7 @@ class StoreWriter:
         try:
             # abandon_on_cancel=False (the default): once the thread runs, a cancelled
             # worker still waits for the commit, so every caller learns the real outcome.
-            flags = await trio.to_thread.run_sync(self._store._put_valid, records, limiter=self._limiter)
+            flags = await trio.to_thread.run_sync(self._store.put_checked, records, limiter=self._limiter)
         except Exception as exc:
             self.failed_commits += 1
             for request in group:

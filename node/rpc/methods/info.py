@@ -33,7 +33,7 @@ async def node_info(node, params):
             "accepted": c.accepted, "rejected": c.rejected, "ignored": c.ignored,
             "duplicates": c.duplicates, "published": c.published,
             "published_envelopes": c.published_envelopes,
-            "orphans": len(node._orphans),
+            "orphans": node.orphan_count,
             # hostile-peer defences (node/policy/ratelimit.py, the per-annotator cap, p2p offender bans)
             "rate_limited": c.rate_limited, "over_batch_cap": c.over_batch_cap,
             "votes_not_stored": c.votes_not_stored,
