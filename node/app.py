@@ -2,8 +2,8 @@
 
 ``Node`` is the core (``node/core``: ingest pipeline, gossip validation, indexes, gold,
 results) plus what runs around it: metrics, anti-entropy sync, finality and blob transfer
-(``node/services``) and the JSON-RPC server (``node/rpc``), which is handed its method
-table here. ``build_node`` makes the Node of a data dir: config, genesis, node key,
+(``node/services``), the JSON-RPC server (``node/rpc``), which is handed its method
+table here, and the web UI (``node/web``) when ``http_listen`` is set. ``build_node`` makes the Node of a data dir: config, genesis, node key,
 keystore, the libp2p adapter (``node/net``), rate limits and signature helpers.
 
 The layers below never import this module: the core sees its services only as the
@@ -32,6 +32,7 @@ from .services.blobs import BlobService
 from .services.finality import FinalityService
 from .services.metrics import NodeMetrics
 from .services.sync import SyncService
+from .web import WebServer
 
 log = logging.getLogger("labelmesh.node")
 
@@ -44,7 +45,8 @@ class Node(NodeCore):
                  keystore=None, clock: Callable[[], int] = wall_clock_ms,
                  rpc_socket: Path | None = None, validator_account: str = "", sync_interval_s: float = 3.0,
                  validator_key=None, finality_tick_s: float = 0.25, metrics_listen: str = "",
-                 rate_limits=None, verify_processes: int = 0):
+                 rate_limits=None, verify_processes: int = 0, http_listen: str = "",
+                 http_allow_remote: bool = False):
         super().__init__(data_dir, genesis, p2p_factory=p2p_factory, keystore=keystore, clock=clock,
                          rate_limits=rate_limits, verify_processes=verify_processes)
         self.rpc_socket = rpc_socket
@@ -57,6 +59,8 @@ class Node(NodeCore):
             validator_key = keystore.signing_key(validator_account)
         self.finality = FinalityService(self, validator_key, tick_s=finality_tick_s)
         self.blobs = BlobService(self)
+        # checked here, before anything starts: a refused address stops nothing half-way
+        self.web = WebServer(self, http_listen, allow_remote=http_allow_remote) if http_listen else None
         self.load_tasks()
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -72,6 +76,8 @@ class Node(NodeCore):
                 if self.rpc_socket is not None:
                     self.rpc = RpcServer(self, self.rpc_socket, METHODS)
                     await nursery.start(self.rpc.run)
+                if self.web is not None:
+                    await nursery.start(self.web.run)
                 log.info("node ready", extra={"peer_id": self.peer_id, "network_id": self.network_id.hex(),
                                               "tasks": len(self.tasks), "messages": self.store.count()})
                 task_status.started(self)
@@ -79,8 +85,10 @@ class Node(NodeCore):
             await self.close_core()
 
 
-def build_node(data_dir: Path, *, listen_override=None, cfg: NodeConfig | None = None) -> tuple[NodeConfig, Node]:
-    """(config, Node) for a data dir; ``cfg`` is the effective config (default: the file's).
+def build_node(data_dir: Path, *, listen_override=None, cfg: NodeConfig | None = None,
+               http_allow_remote: bool = False) -> tuple[NodeConfig, Node]:
+    """(config, Node) for a data dir; ``cfg`` is the effective config (default: the file's);
+    ``http_allow_remote`` lets ``cfg.http_listen`` be a non-loopback address.
     Raises ConfigError (genesis or node key unreadable) and StoreError (e.g. a store of a
     newer labelmesh, or one already open)."""
     cfg = cfg or load_config(data_dir)
@@ -113,4 +121,5 @@ def build_node(data_dir: Path, *, listen_override=None, cfg: NodeConfig | None =
     return cfg, Node(data_dir, genesis, p2p_factory=p2p_factory, keystore=Keystore(data_dir),
                      rpc_socket=data_dir / cfg.rpc_socket, validator_account=cfg.validator_account,
                      metrics_listen=cfg.metrics_listen, rate_limits=RateLimitConfig.from_env(os.environ),
-                     verify_processes=auto_processes())
+                     verify_processes=auto_processes(), http_listen=cfg.http_listen,
+                     http_allow_remote=http_allow_remote)

@@ -11,6 +11,7 @@ Fields (``labelmesh init`` writes the file, with a comment above each field)::
     log_format = "text"                # text | json (one JSON object per line)
     log_levels = {}                    # per component, e.g. {sync = "debug", libp2p = "info"}
     metrics_listen = ""                # Prometheus /metrics on HOST:PORT (loopback only), "" = off
+    http_listen = ""                   # the web UI on HOST:PORT (loopback unless --http-allow-remote), "" = off
     validator_account = ""             # local account that attests as a genesis validator ("" = none)
 
 Where a value comes from, highest first: a command-line flag (``labelmesh run
@@ -56,6 +57,7 @@ FIELD_DOCS = {
     "log_levels": 'levels per component, e.g. {sync = "debug", libp2p = "info"}',
     "metrics_listen": 'Prometheus /metrics on HOST:PORT, loopback only (e.g. "127.0.0.1:9464"); "" = off',
     "validator_account": 'local account that attests as a genesis validator ("" = none)',
+    "http_listen": 'web UI on HOST:PORT, e.g. "127.0.0.1:8080" (loopback unless run with --http-allow-remote); "" = off',
 }
 
 
@@ -70,6 +72,7 @@ class NodeConfig:
     log_levels: dict[str, str] = field(default_factory=dict)
     metrics_listen: str = ""
     validator_account: str = ""
+    http_listen: str = ""
 
     def validate(self) -> "NodeConfig":
         """Check every field; raise ConfigError naming the field (``.field``) and the fix."""
@@ -98,6 +101,10 @@ class NodeConfig:
             raise _bad("metrics_listen", "must be a string: \"\" (off) or HOST:PORT like \"127.0.0.1:9464\"")
         if self.metrics_listen:
             parse_metrics_listen(self.metrics_listen)
+        if not isinstance(self.http_listen, str):
+            raise _bad("http_listen", "must be a string: \"\" (off) or HOST:PORT like \"127.0.0.1:8080\"")
+        if self.http_listen:
+            parse_http_listen(self.http_listen)
         if not isinstance(self.validator_account, str) or (self.validator_account and not _ACCOUNT_RE.match(self.validator_account)):
             raise _bad("validator_account", "must be \"\" or a local account name (see `labelmesh account list`)")
         return self
@@ -151,9 +158,27 @@ def parse_metrics_listen(value: str) -> tuple[str, int]:
     return "127.0.0.1", int(port)
 
 
+def parse_http_listen(value: str) -> tuple[str, int]:
+    """``"127.0.0.1:8080"`` / ``"[::1]:8080"`` / ``"localhost:8080"`` -> (host, port); port 0
+    picks a free port. Any IP address parses: whether a non-loopback one may be bound is
+    the web server's decision (node/web/server.py, --http-allow-remote)."""
+    host, sep, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise _bad("http_listen", f"must be HOST:PORT like \"127.0.0.1:8080\" (or \"\" for no web UI), not {value!r}")
+    if host == "localhost":
+        return "127.0.0.1", int(port)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise _bad("http_listen", f"needs an IP address (or localhost), not the name {host!r}") from None
+    return host, int(port)
+
+
 COMPONENTS = {"node": "labelmesh.node", "rpc": "labelmesh.rpc", "sync": "labelmesh.sync",
               "finality": "labelmesh.finality", "store": "labelmesh.store", "blobs": "labelmesh.blobs",
-              "metrics": "labelmesh.metrics", "p2p": "node.p2p", "libp2p": "libp2p"}
+              "metrics": "labelmesh.metrics", "web": "labelmesh.web", "p2p": "node.p2p", "libp2p": "libp2p"}
 """Short component names for ``log_levels`` / ``--log-level COMPONENT=LEVEL`` and their loggers."""
 
 
@@ -246,7 +271,7 @@ def resolve_config(data_dir: Path, flags: Mapping[str, Any] | None = None,
             if layer == "env":
                 label = f"env {ENV_PREFIX}{k.upper()}"
             elif layer == "flag":
-                label = "flag --" + ("log-level" if k == "log_levels" else k.replace("_", "-"))
+                label = "flag --" + {"log_levels": "log-level", "http_listen": "http"}.get(k, k.replace("_", "-"))
             else:
                 label = layer
             if k == "log_levels" and isinstance(v, dict) and isinstance(values[k], dict):

@@ -82,6 +82,10 @@ def override_parser() -> argparse.ArgumentParser:
     g.add_argument("--metrics-listen", metavar="HOST:PORT",
                    help="serve Prometheus /metrics on a loopback HOST:PORT (port 0 = any free port); \"\" = off")
     g.add_argument("--validator-account", metavar="NAME", help="local account that attests as a validator")
+    g.add_argument("--http", metavar="HOST:PORT", dest="http_listen",
+                   help="serve the web UI on HOST:PORT, e.g. 127.0.0.1:8080 (`labelmesh ui` prints its URL); \"\" = off")
+    g.add_argument("--http-allow-remote", action="store_true",
+                   help="let --http bind a non-loopback address (refused otherwise: no TLS, the token is the only lock)")
     return p
 
 
@@ -96,7 +100,8 @@ def flags_from_args(args) -> dict:
     return {"listen": getattr(args, "listen", None), "bootstrap": getattr(args, "bootstrap", None),
             "log_level": level, "log_levels": levels or None, "log_format": getattr(args, "log_format", None),
             "metrics_listen": getattr(args, "metrics_listen", None),
-            "validator_account": getattr(args, "validator_account", None)}
+            "validator_account": getattr(args, "validator_account", None),
+            "http_listen": getattr(args, "http_listen", None)}
 
 
 def effective_config(args):

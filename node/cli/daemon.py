@@ -62,7 +62,7 @@ def cmd_run(args) -> int:
     dd = Path(args.data_dir)
     cfg, _ = effective_config(args)  # flags > LABELMESH_* > config.toml > defaults
     setup_logging(cfg.log_level, cfg.log_format, levels=cfg.log_levels)
-    _, node = build_node(dd, cfg=cfg)
+    _, node = build_node(dd, cfg=cfg, http_allow_remote=args.http_allow_remote)
 
     async def main():
         async with trio.open_nursery() as nursery:
@@ -76,7 +76,8 @@ def cmd_run(args) -> int:
             await nursery.start(node.run)
             if node.p2p is not None:
                 print(json.dumps({"event": "ready", "peer_id": node.peer_id, "listen": node.p2p.listen_addrs(),
-                                  "pid": os.getpid(), "metrics": node.metrics.url}), flush=True)
+                                  "pid": os.getpid(), "metrics": node.metrics.url,
+                                  "ui": node.web.url if node.web is not None else None}), flush=True)
 
     try:
         trio.run(main)

@@ -11,7 +11,7 @@ import sys
 
 from protocol.errors import LabelmeshError
 
-from . import daemon, ops, results, tasks
+from . import daemon, ops, results, tasks, ui
 from .common import EXIT_USER, CliError, common_parser, default_data_dir
 
 
@@ -30,6 +30,7 @@ def build_parser(with_offline: bool = True) -> argparse.ArgumentParser:
         s = aggregate.add_parser(sub)
         s.set_defaults(fn=aggregate.run_aggregate, json=False, data_dir=default_data_dir())
     results.add_parsers(sub, common)  # rewards, reputation, export, certificate, blob
+    ui.add_parsers(sub, common)  # ui (the web UI's URL)
     add_plugin_verbs(sub, common)  # e.g. `devnet`, from the devtools package
     return p
 

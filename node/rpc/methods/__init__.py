@@ -1,5 +1,5 @@
 """The JSON-RPC methods of a node, by topic (info, tasks, annotations, consensus, blobs,
-ops), and the one table of them that the server is handed (``METHODS``). Each takes the Node and a params object and
+ops, labeling), and the one table of them that the server is handed (``METHODS``). Each takes the Node and a params object and
 returns a JSON-able result or raises RpcError with a message that says what to fix.
 
 Conventions: ids, keys and raw messages are lowercase hex strings; times are
@@ -33,22 +33,27 @@ messages_arrival {ids: [hex, ...]}   when this node stored each message (ms), fo
 backup_create {dest}                 consistent hot backup of the node (store, config, genesis, keys) into dest
 blob_get {task_id, item} | {sha256}  make sure a blob is stored here (fetched from peers if needed)
 blob_read {sha256, [offset], [length]}  a chunk (<= 1 MiB, hex) of a locally stored blob
+task_items {task_id, [offset], [limit], [account], [todo]}  items a page at a time, with an account's labels
+worklist {account, [limit], [offset]}  open tasks with the items an account has left to label
+blob_put {data, [media_type]}        store bytes as a blob here (for a task_post item)
+ui_url {}                            the web UI's URL with its access token (node/web/)
 """
 from __future__ import annotations
 
-from . import annotations, blobs, consensus, info, ops, tasks
+from . import annotations, blobs, consensus, info, labeling, ops, tasks
 from .annotations import annotations_list, annotations_submit
 from .blobs import blob_get, blob_read
 from .common import ONE
 from .consensus import certificate_get, consensus_get, reputation_get, rewards_get
 from .info import account_list, messages_arrival, node_info, peers_list, sync_status
+from .labeling import blob_put, task_items, ui_url, worklist
 from .ops import backup_create
 from .tasks import gold_reveal, task_export, task_get, task_post, tasks_list
 
 
 def build_method_table() -> dict:
     """Every RPC method by name, ``rpc_methods`` included (it lists this very table)."""
-    table = {f.__name__: f for module in (info, tasks, annotations, consensus, ops, blobs) for f in module.METHODS}
+    table = {f.__name__: f for module in (info, tasks, annotations, consensus, ops, blobs, labeling) for f in module.METHODS}
 
     async def rpc_methods(node, params):
         """Names and one-line descriptions of every RPC method."""
@@ -64,5 +69,5 @@ __all__ = [
     "METHODS", "ONE", "account_list", "annotations_list", "annotations_submit", "backup_create", "blob_get",
     "blob_read", "build_method_table", "certificate_get", "consensus_get", "gold_reveal", "messages_arrival",
     "node_info", "peers_list", "reputation_get", "rewards_get", "sync_status", "task_export", "task_get",
-    "task_post", "tasks_list",
+    "task_post", "tasks_list", "task_items", "worklist", "blob_put", "ui_url",
 ]

@@ -124,7 +124,7 @@ async def task_post(node, params):
     return {"task_id": mid.hex(), "status": status, "items": len(task.items), "deadline_ms": deadline}
 
 
-def _task_summary(node, tid: bytes, t: TaskAnnouncement) -> dict:
+def task_summary(node, tid: bytes, t: TaskAnnouncement) -> dict:
     return {"task_id": tid.hex(), "title": t.title, "requester": t.requester.hex(),
             "created_at": t.created_at, "deadline_ms": t.deadline, "items": len(t.items),
             "labels": list(t.schema.labels), "domain": t.schema.domain, "bounty": t.bounty,
@@ -136,7 +136,7 @@ async def task_get(node, params):
     """A task announcement, decoded, with its items."""
     tid = task_id_param(node, params)
     t = node.tasks[tid]
-    d = _task_summary(node, tid, t)
+    d = task_summary(node, tid, t)
     d["items"] = [item_json(it) for it in t.items]
     d["batches"] = len(node.store.task_message_ids(tid, KIND_BATCH))
     return d
@@ -146,7 +146,7 @@ async def tasks_list(node, params):
     """Known tasks, newest first: {"tasks": [{task_id, title, status, items, deadline_ms, ...}]}."""
     limit, offset = page_param(params)
     ordered = sorted(node.tasks.items(), key=lambda kv: (-kv[1].created_at, kv[0]))
-    return {"tasks": [_task_summary(node, tid, t) for tid, t in ordered[offset: offset + limit]],
+    return {"tasks": [task_summary(node, tid, t) for tid, t in ordered[offset: offset + limit]],
             "total": len(ordered)}
 
 
