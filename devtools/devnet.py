@@ -77,17 +77,19 @@ def up(root: Path, n: int, netns: bool = False) -> dict:
         write_private(dd / "node.key", os.urandom(32).hex().encode())
         ks = Keystore(dd)
         validators.append(ks.create("validator"))
+        ks.create("annotator")  # for a person labelling in the node's web UI
         keystores.append(ks)
     requester = keystores[0].create("requester")
     genesis = make_genesis("devnet", int(time.time() * 1000), [(v, 1) for v in validators], [],
                            [(requester, 10**9)], {"grace_period_ms": 3000, "round_timeout_ms": 4000,
                                                    "reputation_lag_ms": 5000})
     ports = [free_port() for _ in range(n)]
+    http = [f"127.0.0.1:{free_port()}" for _ in range(n)]  # each node's web UI (`labelmesh ui`)
     listen = [nns.listen_addr(layout, i) if layout else f"/ip4/127.0.0.1/tcp/{ports[i]}" for i in range(n)]
     for i in range(n):
         dd = root / f"node-{i}"
         (dd / "genesis.json").write_text(genesis.to_json())
-        cfg = NodeConfig(listen=[listen[i]], validator_account="validator")
+        cfg = NodeConfig(listen=[listen[i]], validator_account="validator", http_listen=http[i])
         (dd / "config.toml").write_text(cfg.to_toml())
     t0 = time.monotonic()
     start_node(root, 0)
@@ -98,7 +100,7 @@ def up(root: Path, n: int, netns: bool = False) -> dict:
     # each can also be a bootstrap peer for later ones.
     for i in range(1, n):
         boot = [addrs[0]] + [addrs[j] for j in sorted(addrs) if j != 0][-2:]
-        cfg = NodeConfig(listen=[listen[i]], bootstrap=boot, validator_account="validator")
+        cfg = NodeConfig(listen=[listen[i]], bootstrap=boot, validator_account="validator", http_listen=http[i])
         (root / f"node-{i}" / "config.toml").write_text(cfg.to_toml())
         start_node(root, i)
         info = poll(lambda: rpc(root, i, "node_info"), WAIT_S, f"node {i} to start")
@@ -108,7 +110,7 @@ def up(root: Path, n: int, netns: bool = False) -> dict:
     # peers whose redial backoff (up to a minute) grew while it was down (found by `chaos`).
     for i in range(n):
         cfg = NodeConfig(listen=[listen[i]], bootstrap=[addrs[j] for j in sorted(addrs) if j != i],
-                         validator_account="validator")
+                         validator_account="validator", http_listen=http[i])
         (root / f"node-{i}" / "config.toml").write_text(cfg.to_toml())
     want = min(2, n - 1)
     poll(lambda: all(rpc(root, i, "node_info")["peer_count"] >= want for i in range(n)), WAIT_S,
@@ -250,6 +252,24 @@ def demo(root: Path, n_items: int, deadline_s: float, seed: int) -> dict:
     return summary
 
 
+_DESCRIPTIONS = [
+    "it purrs on the sofa and ignores you", "it fetches the ball and wags its tail", "it sings on a branch at dawn",
+    "it chases a laser dot across the floor", "it barks at the postman", "it builds a nest of twigs",
+    "it sleeps sixteen hours a day in a sunbeam", "it guards the garden gate", "it flies south for the winter",
+    "it knocks a glass off the table, slowly", "it rolls over for a belly rub", "it has bright feathers and a curved beak",
+]
+
+
+def invite(root: Path, n_items: int = 24, hours: float = 1.0) -> str:
+    """Post an open task on node 0 for a person to label in the browser; return node 0's
+    web UI URL (with its access token) on the labeling page."""
+    items = [f"picture #{i + 1}: {_DESCRIPTIONS[i % len(_DESCRIPTIONS)]}" for i in range(n_items)]
+    rpc(root, 0, "task_post", {"account": "requester", "title": "your turn: what animal is it?",
+                                "labels": ["cat", "dog", "bird"], "domain": "animals", "items": items,
+                                "duration_s": int(hours * 3600), "bounty": 10_000, "redundancy": 3})
+    return rpc(root, 0, "ui_url")["login_url"] + "#/label"
+
+
 def print_summary(s: dict) -> None:
     print()
     print("=" * 72)
@@ -275,6 +295,23 @@ def print_summary(s: dict) -> None:
     print(f"\ndemo finished in {s['seconds']} s")
 
 
+def _demo_and_invite(root: Path, args) -> None:
+    s = demo(root, args.items, args.deadline, args.seed)
+    try:
+        s["ui_url"] = invite(root)
+    except Exception as e:  # e.g. nodes in network namespaces: their UI is not reachable from here
+        s["ui_url"] = None
+        print(f"(no web UI link: {e})", file=sys.stderr)
+    if args.json:
+        print(json.dumps(s))
+        return
+    print_summary(s)
+    if s["ui_url"]:
+        print("\nNow label in your browser (node 0's web UI, account \"annotator\"; a task of 24 items is open for 1 h):")
+        print(f"  {s['ui_url']}")
+        print("Any node's UI: `labelmesh ui --data-dir .devnet/node-<i>`.")
+
+
 def main(args) -> int:
     root = Path(args.root)
     try:
@@ -283,16 +320,9 @@ def main(args) -> int:
             print(f"devnet up: {meta['nodes']} nodes meshed in {meta['started_in_s']} s; data in {root}/node-<i>/ "
                   f"(RPC socket node.sock); stop with `scripts/devnet down`", flush=True)
             if args.demo:
-                s = demo(root, args.items, args.deadline, args.seed)
-                if args.json:
-                    print(json.dumps(s))
-                else:
-                    print_summary(s)
+                _demo_and_invite(root, args)
         elif args.action == "demo":
-            s = demo(root, args.items, args.deadline, args.seed)
-            print(json.dumps(s) if args.json else "", end="")
-            if not args.json:
-                print_summary(s)
+            _demo_and_invite(root, args)
         elif args.action == "chaos":
             from .chaos import main as chaos_main
             return chaos_main(root, args)

@@ -312,3 +312,32 @@ def test_config_http_listen(short_dir, monkeypatch):
     assert cfg.http_listen == "127.0.0.1:9000" and src["http_listen"] == "flag --http"
     with pytest.raises(ConfigError, match="http_listen"):
         resolve_config(short_dir, {"http_listen": "example.com:80"}, env={})
+
+
+# ------------------------------------------------------------------ the assets
+
+def test_assets_are_local_and_shipped():
+    """Every asset is in the package (pyproject's package-data), every reference points
+    at one, and nothing is fetched from elsewhere (works offline, no CDN)."""
+    import fnmatch
+    import re
+    import tomllib
+    from pathlib import Path
+
+    from node.web.server import STATIC
+
+    root = Path(__file__).resolve().parents[1]
+    project = tomllib.loads((root / "pyproject.toml").read_text())
+    assert "node.*" in project["tool"]["setuptools"]["packages"]["find"]["include"]
+    patterns = project["tool"]["setuptools"]["package-data"]["node.web"]
+    files = sorted(p for p in STATIC.rglob("*") if p.is_file())
+    assert {p.name for p in files} >= {"index.html", "app.js", "lib.js", "label.js", "requester.js", "dashboard.js",
+                                       "charts.js", "style.css"}
+    for p in files:
+        rel = str(p.relative_to(STATIC.parent))
+        assert any(fnmatch.fnmatch(rel, pat) for pat in patterns), f"{rel} is not in the wheel's package-data"
+        text = p.read_text()
+        for url in re.findall(r"https?://[^\s'\"`)]+", text):
+            assert url.startswith("http://www.w3.org/2000/svg"), f"{p.name} refers to {url}: assets must be local"
+        for ref in re.findall(r"""(?:from |import\(|href=|src=)['"](?:/static/|\./)([\w.-]+)['"]""", text):
+            assert (STATIC / ref).is_file(), f"{p.name} refers to a missing asset {ref}"

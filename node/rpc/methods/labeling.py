@@ -141,7 +141,8 @@ async def task_items(node, params):
             out.append({"item": i, "data": _item_view(task.items[i]), "annotators": st.annotators_per_item[i],
                         "mine": None if lab is None else (names[lab] if 0 <= lab < len(names) else "(two labels)")})
         i += 1
-    result = {"task_id": tid.hex(), "total": n, "labels": list(names), "redundancy": task.redundancy,
+    result = {"task_id": tid.hex(), "title": task.title, "domain": task.schema.domain, "bounty": task.bounty,
+              "total": n, "labels": list(names), "redundancy": task.redundancy,
               "status": node.task_status(tid), "deadline_ms": task.deadline, "items": out,
               "next_offset": i if i < n else None}
     if who is not None:
@@ -234,12 +235,14 @@ async def blob_put(node, params):
 
 async def ui_url(node, params):
     """The URL of this node's web UI with its access token (only over this owner-only socket):
-    {url, login_url, listen}. -32004 when the node serves no web UI (start it with --http)."""
+    {url, login_url, listen, event_clients, refused: {host, token, csrf}}. -32004 when the node
+    serves no web UI (start it with --http)."""
     web = getattr(node, "web", None)
     if web is None or web.url is None:
         raise RpcError(UNAVAILABLE, "this node serves no web UI: start it with `labelmesh run --http 127.0.0.1:8080` "
                                     "or set http_listen in config.toml")
-    return {"url": web.url, "login_url": web.login_url, "listen": web.listen}
+    return {"url": web.url, "login_url": web.login_url, "listen": web.listen, "event_clients": web.event_clients,
+            "refused": dict(web.guard.refused)}
 
 
 METHODS = [task_items, worklist, blob_put, ui_url]
