@@ -27,6 +27,7 @@ SECTIONS = [
     ("Consensus", "consensus_"),
     ("Finality", "finality_"),
     ("Footprint", ("idle_", "rss_", "cpu_")),
+    ("Web UI (headless Chromium, 3-node devnet)", "ui_"),
 ]
 
 
@@ -88,9 +89,9 @@ def write(path: Path, result: dict, names: list[str]) -> None:
             runs[name] = {"figures": figs, "mode": result["mode"], "date": result["date"],
                           "command": result["command"], "machine": result["machine"],
                           "details": result.get("details", {}).get(name, {})}
-    figures = [f for name in ["limits", "ingest", "network", "catchup", "consensus"] if name in runs
+    figures = [f for name in ["limits", "ingest", "network", "catchup", "consensus", "ui"] if name in runs
                for f in runs[name]["figures"]]
-    details = {t: b for name in ["ingest", "network", "catchup", "consensus"] if name in runs
+    details = {t: b for name in ["ingest", "network", "catchup", "consensus", "ui"] if name in runs
                for t, b in runs[name].get("details", {}).items()}
     mach = result["machine"]
     lines = [BEGIN, "",

@@ -227,6 +227,7 @@ class Labeler {
     this.card.replaceChildren(h('div', { class: 'item-no' }, `item ${i + 1} of ${fmt.int(this.meta.total)}`,
       h('span', { class: 'muted' }, ` · labelled by ${it.annotators} so far`)), renderItem(this.taskId, it));
     this.markButtons(this.pending.get(i) ?? this.sent.get(i) ?? null);
+    if (!this.painted) { this.painted = true; performance.mark('labelmesh:first-item'); } // scripts/bench ui
   }
 
   markButtons(current) {
