@@ -7,7 +7,9 @@ then the others with node 0 (and up to two more) as bootstrap peers, and waits
 hundred items, lets simulated annotators of known accuracy (experts, average
 workers, spammers) sign labels and submit them through different nodes, waits
 for the deadline and for every node to hold the same annotation set, and prints
-a summary a person can read. ``down`` stops exactly the processes ``up`` started
+a summary a person can read, then posts a task open for an hour and prints the URL of
+node 0's web UI (every node serves one on a loopback port; an account ``annotator`` on
+each node is there for a person). ``down`` stops exactly the processes ``up`` started
 (by PID, checked against their command line).
 
 ``up --netns`` puts every node in its own network namespace (``devtools/netns.py``;
@@ -40,7 +42,7 @@ def add_arguments(p) -> None:
                    help="chaos: bound in seconds on convergence after the last fault (default 90)")
     p.add_argument("--rate", type=float, default=20.0, help="chaos: signed batches submitted per second (default 20)")
     p.add_argument("-n", "--nodes", type=int, default=5, help="number of nodes for `up` (default 5, max 20)")
-    p.add_argument("--demo", action="store_true", help="with `up`: run the demo task once the devnet is meshed")
+    p.add_argument("--demo", action="store_true", help="with `up`: run the demo task once the devnet is meshed, then post a task for you and print node 0's web UI URL")
     p.add_argument("--root", default=".devnet", help="devnet directory (default .devnet)")
     p.add_argument("--node", type=int, help="with `logs`: only this node index")
     p.add_argument("--lines", type=int, default=20, help="with `logs`: lines per node (default 20)")

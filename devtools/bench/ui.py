@@ -5,8 +5,9 @@
   start to the first item drawn and ready for a key (the page's performance mark
   ``labelmesh:first-item``). ``ui_fcp_ms`` is Chromium's first contentful paint of the
   same loads. Median of the repeats.
-* ``ui_items_fetched``: how many items the page fetched for that first paint (it pages
-  them: 50 at a time; never the 10,000).
+* ``ui_items_fetched``: how many items the page asked the node for before that first
+  paint (the sum of its ``task_items`` limits: a page of 50 and the first item still to
+  label); never the 10,000.
 * ``ui_next_item_ms``: a number key to the next item drawn (a MutationObserver on the
   item card, then one animation frame), over the first 200 items of the 10,000-item task,
   which crosses 4 page fetches; median and p95.
@@ -47,8 +48,9 @@ def run(quick: bool) -> list[dict]:
             page.goto(ui["login_url"] + "#/label")  # log in (cookie), choose the account
             page.select_option("#account", "annotator")
             page.wait_for_selector(f'[data-task="{tid}"]')
-            fetched: list[int] = []
-            page.on("response", lambda r: fetched.append(r.url) if "/api/task_items" in r.url else None)
+            fetched: list[int] = []  # the 'limit' of every task_items call: items asked for at most
+            page.on("request", lambda r: fetched.append((r.post_data_json or {}).get("limit", 50))
+                    if "/api/task_items" in r.url else None)
             paints, fcps, items_fetched = [], [], []
             for k in range(reps + 1):  # the first load warms the assets up
                 fetched.clear()
@@ -64,7 +66,7 @@ def run(quick: bool) -> list[dict]:
                 if k:
                     paints.append(t[0])
                     fcps.append(t[1])
-                    items_fetched.append(len(fetched) * 50)
+                    items_fetched.append(sum(fetched))
                 assert n_items == 1
             log(f"ui: first item drawn in {statistics.median(paints):.0f} ms (median of {reps}), "
                 f"{max(items_fetched)} items fetched")
