@@ -47,6 +47,8 @@ class Node(NodeCore):
                  validator_key=None, finality_tick_s: float = 0.25, metrics_listen: str = "",
                  rate_limits=None, verify_processes: int = 0, http_listen: str = "",
                  http_allow_remote: bool = False):
+        # checked first, before the store opens: a refused web address stops nothing half-way
+        self.web = WebServer(self, http_listen, allow_remote=http_allow_remote) if http_listen else None
         super().__init__(data_dir, genesis, p2p_factory=p2p_factory, keystore=keystore, clock=clock,
                          rate_limits=rate_limits, verify_processes=verify_processes)
         self.rpc_socket = rpc_socket
@@ -59,8 +61,6 @@ class Node(NodeCore):
             validator_key = keystore.signing_key(validator_account)
         self.finality = FinalityService(self, validator_key, tick_s=finality_tick_s)
         self.blobs = BlobService(self)
-        # checked here, before anything starts: a refused address stops nothing half-way
-        self.web = WebServer(self, http_listen, allow_remote=http_allow_remote) if http_listen else None
         self.load_tasks()
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:

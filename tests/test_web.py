@@ -341,3 +341,11 @@ def test_assets_are_local_and_shipped():
             assert url.startswith("http://www.w3.org/2000/svg"), f"{p.name} refers to {url}: assets must be local"
         for ref in re.findall(r"""(?:from |import\(|href=|src=)['"](?:/static/|\./)([\w.-]+)['"]""", text):
             assert (STATIC / ref).is_file(), f"{p.name} refers to a missing asset {ref}"
+
+
+def test_refused_address_opens_nothing(short_dir):
+    """A non-loopback --http is refused before the node opens its store."""
+    g = make_genesis("web", T0, [(pk(1000), 1)], [], [(pk(1), 10**9)])
+    with pytest.raises(WebError, match="--http-allow-remote"):
+        Node(short_dir, g, p2p_factory=None, http_listen="192.0.2.1:8080")
+    assert not (short_dir / "store").exists()
