@@ -16,9 +16,11 @@ PACKAGES = ("protocol", "node", "devtools")
 
 
 def _source_files() -> set[str]:
-    """Every .py file of the packages, relative to the repository (as in a wheel)."""
-    return {str(p.relative_to(ROOT)) for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")
-            if "__pycache__" not in p.parts}
+    """Every .py file of the packages and every asset of the web UI (node/web/static/),
+    relative to the repository (as in a wheel)."""
+    return ({str(p.relative_to(ROOT)) for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")
+             if "__pycache__" not in p.parts}
+            | {str(p.relative_to(ROOT)) for p in (ROOT / "node" / "web" / "static").rglob("*") if p.is_file()})
 
 
 def test_wheel_holds_every_package_and_its_labelmesh_runs(tmp_path):
