@@ -26,8 +26,16 @@ def run(cfg: SimConfig, workload=None, checks: bool = True) -> dict:
     from .report import build_report, final_checks
     from .workload import SteadyLoad
 
+    import time
+
+    t0 = time.perf_counter()
     sim = Sim(cfg, workload if workload is not None else SteadyLoad()).run()
-    return build_report(sim, final_checks(sim) if checks else {})
+    t1 = time.perf_counter()
+    result = final_checks(sim) if checks else {}
+    sim.wall["checks_s"] = time.perf_counter() - t1
+    rep = build_report(sim, result)
+    rep["wall_total_s"] = round(time.perf_counter() - t0, 2)
+    return rep
 
 
 __all__ = ["LINKS", "SimConfig", "SimConfigError", "run"]

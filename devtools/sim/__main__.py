@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--links", choices=sorted(LINKS), help="link preset (sets delays, jitter, loss, bandwidth)")
     p.add_argument("--bench-load", action="store_true",
-                   help="replay node/bench/network.py (propagation through node 0, then a finality task) "
+                   help="replay devtools/bench/network.py (propagation through node 0, then a finality task) "
                         "instead of the steady load")
     p.add_argument("--bench-rate", type=float, default=100.0, help="with --bench-load: batches/s (default 100)")
     p.add_argument("--bench-seconds", type=float, default=10.0, help="with --bench-load: seconds of load (default 10)")
@@ -48,7 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
         flag = ALIASES.get(f.name, "--" + f.name.replace("_", "-"))
         kind = type(f.default)
         h = helps.get(f.name, "") + f" (default {f.default})"
-        if kind is bool:
+        if kind is tuple:
+            p.add_argument(flag, dest=f.name, metavar="X,Y,...", help=h,
+                           type=lambda s: tuple(float(x) for x in s.split(",") if x.strip()))
+        elif kind is bool:
             p.add_argument(flag, dest=f.name, type=lambda s: s.lower() in ("1", "true", "yes", "on"),
                            metavar="BOOL", help=h)
         else:

@@ -31,6 +31,7 @@ class SimConfig:
     peers: int = 8                      # outbound connections per node (random topology); ~2x that in total
     delay_min_ms: float = 20.0          # one-way egress delay of a node's link (netem delay), uniform in
     delay_max_ms: float = 100.0         # [min, max]; a pair's RTT is the sum of the two nodes' delays
+    delays_ms: tuple = ()               # per-node egress delays instead (a real devnet's, to compare)
     jitter_ms: float = 5.0              # per-transmission jitter (normal, sd), never below zero delay
     loss: float = 0.01                  # packet loss per packet (netem loss): TCP retransmits, so a loss
                                         # delays a message (by RTT + rto_min_ms), it does not drop it
@@ -44,7 +45,7 @@ class SimConfig:
     per_envelope_ms: float = 0.08       # extra validation time per envelope of a bundle (decode + verify)
     clock_offset_ms: float = 50.0       # node clocks are off by uniform(-x, x) ms
 
-    # ---- GossipSub (node/p2p.py P2PConfig) ----
+    # ---- GossipSub (node/net/config.py P2PConfig) ----
     d: int = 6                          # mesh degree target
     d_low: int = 4                      # graft below
     d_high: int = 12                    # prune above
@@ -67,7 +68,7 @@ class SimConfig:
     ihave_id_bytes: int = 94            # per message id in IHAVE / IWANT / IDONTWANT (hex of from || seqno)
     stream_overhead: int = 220          # per sync request/response: new stream, multistream-select, framing
 
-    # ---- anti-entropy sync (node/sync.py) ----
+    # ---- anti-entropy sync (node/services/sync.py) ----
     sync: bool = True
     sync_interval_s: float = 3.0
     sync_backoff: int = 4               # an idle peer is synced with up to this many times less often
@@ -115,6 +116,8 @@ class SimConfig:
         need(self.topology in ("random", "devnet"), "topology", "must be 'random' or 'devnet'")
         need(self.peers >= 1, "peers", "must be >= 1 (at most nodes-1 are dialed)")
         need(0 <= self.delay_min_ms <= self.delay_max_ms, "delay_max_ms", "must be >= delay_min_ms >= 0")
+        need(not self.delays_ms or (len(self.delays_ms) == self.nodes and min(self.delays_ms) >= 0), "delays_ms",
+             "must be empty or one delay >= 0 per node")
         need(self.jitter_ms >= 0, "jitter_ms", "must be >= 0")
         need(0 <= self.loss < 0.5, "loss", "must be in [0, 0.5)")
         need(0 <= self.drop < 1, "drop", "must be in [0, 1)")

@@ -16,7 +16,7 @@ function of its seed):
   node), whose ``protocol.finality.TaskFinality`` takes it (``on_attestation``);
 * ``vtick``: a validator ticks a task's finality machine (``on_tick``) on its 0.25 s tick
   grid at round boundaries and after each delivery; what it returns is signed, stored,
-  fed back and published, exactly as node/finality.py does;
+  fed back and published, exactly as node/services/finality.py does;
 * sync sessions, GETs and landings (``syncsim``); workload callbacks (``call``).
 
 Nodes hold no per-node copies of messages (``state.Holdings``); validators hold real
@@ -382,7 +382,7 @@ class Sim:
             msg = w.msgs[m]
             self.unpublished.discard(m)
             # a copy that arrives before its task is parked and stored (not forwarded) when the
-            # task arrives (node/daemon.py _park_orphan / _adopt_orphans)
+            # task arrives (node/core/node.py _park_orphan / _adopt_orphans)
             stored = np.where(rdy <= fl.received, fl.received,
                               np.where(np.isfinite(fl.received), rdy, INF))
             if msg.kind != KIND_TASK:
@@ -516,7 +516,7 @@ class Sim:
             signed = sign_message(att, w.validator_keys[v], w.network_id)
             self.submit(v, signed, k, t)
             had = f.certificate is not None
-            f.on_attestation(signed)           # stored, then fed back (node/finality.py)
+            f.on_attestation(signed)           # stored, then fed back (node/services/finality.py)
             if not had and f.certificate is not None:
                 self._certified(v, k, t)
         if f.certificate is None:
@@ -555,7 +555,7 @@ class Sim:
         return mask
 
     def _fetch_missing(self, v: int, k: int, f: TaskFinality, t: float) -> None:
-        """node/finality.py _fetch_missing: batches a polka, the certificate or the leader
+        """node/services/finality.py _fetch_missing: batches a polka, the certificate or the leader
         lists that v lacks are fetched from a peer that holds them."""
         w = self.world
         holds = lambda i: i in w.by_mid and self.hold.holds(w.by_mid[i], v, t)

@@ -51,6 +51,8 @@ class Topology:
         n = self.n = cfg.nodes
         self.cfg = cfg
         self.delay = rng.uniform(cfg.delay_min_ms, cfg.delay_max_ms, n) / 1000.0
+        if cfg.delays_ms:
+            self.delay = np.asarray(cfg.delays_ms, dtype=float) / 1000.0
         self.clock_offset = rng.uniform(-cfg.clock_offset_ms, cfg.clock_offset_ms, n) / 1000.0
         self.hb_phase = rng.uniform(0.0, cfg.heartbeat_s, n)
         self.bytes_per_s = cfg.bandwidth_mbit * 1e6 / 8 if cfg.bandwidth_mbit > 0 else INF

@@ -205,6 +205,7 @@ def build_report(sim, checks: dict | None = None) -> dict:
         "load_s": cfg.duration_s,
         "finished": sim.finished,
         "wall_s": round(sim.wall.get("run_s", 0.0), 2),
+        "wall_checks_s": round(sim.wall.get("checks_s", 0.0), 2),
         "events": sim.events,
         "counts": {
             "tasks": len(w.tasks), "messages": len(w.msgs), **{f"{k}_messages": v for k, v in kinds.items()},
@@ -265,7 +266,8 @@ def format_report(rep: dict) -> str:
     lines = [
         f"labelmesh simulation: {c['nodes']} nodes, {c['validators']} validators, {rep['load_s']:.0f} s of load "
         f"(+{rep['simulated_s'] - rep['load_s']:.0f} s drain), seed {c['seed']}",
-        f"wall time {rep['wall_s']:.1f} s, {rep['events']:,} events",
+        f"wall time {rep.get('wall_total_s', rep['wall_s']):.1f} s (events {rep['wall_s']:.1f} s, checks "
+        f"{rep['wall_checks_s']:.1f} s), {rep['events']:,} events",
         f"messages {rep['counts']['messages']:,} ({rep['counts']['batch_messages']:,} batches = "
         f"{rep['counts']['labels']:,} labels, {rep['counts']['attestation_messages']:,} attestations, "
         f"{rep['counts']['tasks']} tasks) in {rep['counts']['pubsub_messages']:,} pubsub messages",

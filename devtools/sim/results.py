@@ -7,7 +7,7 @@ that asks for it. A node's snapshot for task T is the set of certified tasks in 
 window that the node holds a certificate for and reproduces; it is keyed by a bitmask of
 task indices (nodes that know the same certificates share it).
 
-``compute_proposal`` is the value a validator can vouch for, as ``node/finality.py``
+``compute_proposal`` is the value a validator can vouch for, as ``node/services/finality.py``
 (``FinalityService._proposal``) chooses it: the result over its own set, unless the round
 leader prevoted a set that contains the validator's snapshot (what it held at grace end),
 all of which it holds, and whose recomputed result root matches the leader's.
@@ -134,7 +134,7 @@ class _Deadline:
 
 def compute_proposal(results: Results, k: int, fin, snapshot: frozenset, held_ids: list[bytes],
                      holds, snap: int):
-    """(set_root, result_root, sorted ids) a validator vouches for (node/finality.py rules)."""
+    """(set_root, result_root, sorted ids) a validator vouches for (node/services/finality.py rules)."""
     if fin.round >= 0:
         lv = fin.get_leader_value(fin.round)
         if lv is not None:

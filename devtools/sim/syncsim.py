@@ -3,7 +3,7 @@
 How it works
 ------------
 Every live connection is synced in both directions on the reference node's schedule
-(``node/sync.py``): a session every ``sync_interval_s`` per peer, backing off x2 up to
+(``node/services/sync.py``): a session every ``sync_interval_s`` per peer, backing off x2 up to
 ``sync_backoff`` times that while sessions find nothing; at once (no settle wait, no
 deferral) when a peer connects. A periodic session leaves *hot* tasks (a new message in
 the last ``sync_hot_s``) for later, at most ``sync_max_defer_s``, and waits
@@ -58,7 +58,7 @@ def summary_costs(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
 
 def reconcile(task_id: bytes, theirs: list[bytes], ours: list[bytes]) -> tuple[list[bytes], int, int, int]:
-    """The puller's side of one task's reconciliation (node/sync.py ``_reconcile_task``)
+    """The puller's side of one task's reconciliation (node/services/sync.py ``_reconcile_task``)
     against a responder holding ``theirs``: (ids to fetch, requests, request bytes,
     response bytes). Both lists are sorted."""
     stack = [(b"", None, 0)]

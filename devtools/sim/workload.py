@@ -4,7 +4,7 @@
 (exponential gaps) posted by a random requester through a random node, annotation batches
 as a Poisson process over the open tasks, each submitted through a random live node that
 holds its task (as a client retries another node). ``BenchLoad`` replays
-``node/bench/network.py`` on a simulated devnet (everything through node 0) so the
+``devtools/bench/network.py`` on a simulated devnet (everything through node 0) so the
 simulation can be compared with a real devnet figure for figure.
 """
 from __future__ import annotations
@@ -88,7 +88,7 @@ class SteadyLoad:
 
 
 class BenchLoad:
-    """``node/bench/network.py`` on a simulated devnet: a 10,000-item task posted on node 0;
+    """``devtools/bench/network.py`` on a simulated devnet: a 10,000-item task posted on node 0;
     ``rate`` batches of 100 labels per second for ``seconds`` s through node 0, signed one
     second before; then a finality task (50 items, 3 classes, 8 s deadline) with 2 batches
     of 10 labels per node, through node 0. Figures: propagation = submission -> the last
@@ -122,7 +122,7 @@ class BenchLoad:
         return add_task(sim, 0, t, signed, truth, None, 0)
 
     def _batch(self, task: Task, k: int, per: int, created_ms: int):
-        """Batch k as node/bench/common.py make_batches signs it: annotator k % A, ``per``
+        """Batch k as devtools/bench/common.py make_batches signs it: annotator k % A, ``per``
         consecutive items, created_at base + k // A (so every batch is distinct)."""
         w = self.sim.world
         a = k % len(w.annotator_pk)
