@@ -14,8 +14,12 @@ each node is there for a person). ``down`` stops exactly the processes ``up`` st
 
 ``up --netns`` puts every node in its own network namespace (``devtools/netns.py``;
 root needed) so that ``chaos`` (``devtools/chaos.py``, docs/chaos.md) can partition the
-network; ``down`` deletes the namespaces. After start-up every node's config lists
-all the others as bootstrap peers, for its next start (a restart after a crash).
+network; ``down`` deletes the namespaces. ``up --netns --wan`` also shapes every node's
+link like a wide-area network (RTT 40-200 ms between any two nodes, 1% packet loss,
+20 Mbit/s; ``--delay-ms``, ``--jitter-ms``, ``--loss``, ``--rate-mbit`` change it), through
+the userspace relay of ``devtools/linkemu.py`` (this kernel has no ``tc netem``). After
+start-up every node's config lists all the others as bootstrap peers, for its next start
+(a restart after a crash).
 """
 from __future__ import annotations
 
@@ -31,6 +35,24 @@ import nacl.signing
 from .processes import DevnetError, free_port, is_alive, poll, read_pids, rpc, start_node, stop_node
 
 WAIT_S = 90
+MAX_NODES = 50
+
+
+def shaping_from_args(args):
+    """The link shaping ``--wan`` and its options ask for (None without ``--wan``)."""
+    if not getattr(args, "wan", False):
+        return None
+    from .linkemu import Shaping
+
+    try:
+        lo, _, hi = str(args.delay_ms).partition("-")
+        lo, hi = float(lo), float(hi or lo)
+    except ValueError:
+        raise DevnetError(f"--delay-ms must be MIN-MAX in ms, e.g. 20-100 (got {args.delay_ms!r})") from None
+    if not (0 <= lo <= hi <= 10_000 and 0 <= args.loss < 0.5 and args.jitter_ms >= 0 and args.rate_mbit >= 0):
+        raise DevnetError("--wan: delays 0..10000 ms with MIN <= MAX, loss in [0, 0.5), jitter and rate >= 0")
+    return Shaping(delay_min_ms=lo, delay_max_ms=hi, jitter_ms=args.jitter_ms, loss=args.loss,
+                   rate_mbit=args.rate_mbit, seed=args.seed)
 
 
 def add_arguments(p) -> None:
@@ -41,7 +63,14 @@ def add_arguments(p) -> None:
     p.add_argument("--settle", type=float, default=90.0,
                    help="chaos: bound in seconds on convergence after the last fault (default 90)")
     p.add_argument("--rate", type=float, default=20.0, help="chaos: signed batches submitted per second (default 20)")
-    p.add_argument("-n", "--nodes", type=int, default=5, help="number of nodes for `up` (default 5, max 20)")
+    p.add_argument("--wan", action="store_true",
+                   help="with `up --netns`: shape every node's link like a WAN (RTT 40-200 ms, 1%% loss, 20 Mbit/s)")
+    p.add_argument("--delay-ms", default="20-100",
+                   help="with --wan: one-way egress delay per node, drawn from MIN-MAX ms (default 20-100)")
+    p.add_argument("--jitter-ms", type=float, default=5.0, help="with --wan: jitter, ms (default 5)")
+    p.add_argument("--loss", type=float, default=0.01, help="with --wan: packet loss probability (default 0.01)")
+    p.add_argument("--rate-mbit", type=float, default=20.0, help="with --wan: egress rate, Mbit/s (default 20; 0 = none)")
+    p.add_argument("-n", "--nodes", type=int, default=5, help=f"number of nodes for `up` (default 5, max {MAX_NODES})")
     p.add_argument("--demo", action="store_true", help="with `up`: run the demo task once the devnet is meshed, then post a task for you and print node 0's web UI URL")
     p.add_argument("--root", default=".devnet", help="devnet directory (default .devnet)")
     p.add_argument("--node", type=int, help="with `logs`: only this node index")
@@ -51,15 +80,17 @@ def add_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=7, help="demo / chaos: random seed of the simulation or fault schedule (default 7)")
 
 
-def up(root: Path, n: int, netns: bool = False) -> dict:
+def up(root: Path, n: int, netns: bool = False, shaping=None) -> dict:
     from node.config import NodeConfig
     from node.keystore import Keystore, write_private
     from protocol.genesis import make_genesis
 
     from . import netns as nns
 
-    if not 1 <= n <= 20:
-        raise DevnetError("a devnet has 1..20 nodes")
+    if not 1 <= n <= MAX_NODES:
+        raise DevnetError(f"a devnet has 1..{MAX_NODES} nodes")
+    if shaping is not None and not netns:
+        raise DevnetError("shaped links (--wan) need --netns")
     if any(is_alive(e["pid"], e["data_dir"]) for e in read_pids(root).values()):
         raise DevnetError(f"a devnet is already running in {root}; run `scripts/devnet down` first")
     if netns:
@@ -71,7 +102,7 @@ def up(root: Path, n: int, netns: bool = False) -> dict:
         nns.teardown(root)  # namespaces left by an earlier `up --netns` in this directory
         shutil.rmtree(root)
     root.mkdir(parents=True)
-    layout = nns.setup(root, n) if netns else None
+    layout = nns.setup(root, n, shaping) if netns else None
     validators, keystores = [], []
     for i in range(n):
         dd = root / f"node-{i}"
@@ -118,6 +149,8 @@ def up(root: Path, n: int, netns: bool = False) -> dict:
     poll(lambda: all(rpc(root, i, "node_info")["peer_count"] >= want for i in range(n)), WAIT_S,
           f"every node to have at least {want} peers")
     meta = {"nodes": n, "network_id": genesis.network_id.hex(), "addrs": addrs, "netns": bool(layout),
+            "shaping": shaping.as_dict() if shaping else None,
+            "delays_ms": layout.get("delays_ms") if layout else None,
             "started_in_s": round(time.monotonic() - t0, 1)}
     (root / "devnet.json").write_text(json.dumps(meta, indent=1))
     return meta
@@ -318,7 +351,7 @@ def main(args) -> int:
     root = Path(args.root)
     try:
         if args.action == "up":
-            meta = up(root, args.nodes, netns=args.netns)
+            meta = up(root, args.nodes, netns=args.netns or args.wan, shaping=shaping_from_args(args))
             print(f"devnet up: {meta['nodes']} nodes meshed in {meta['started_in_s']} s; data in {root}/node-<i>/ "
                   f"(RPC socket node.sock); stop with `scripts/devnet down`", flush=True)
             if args.demo:

@@ -21,6 +21,14 @@ namespaces (which deletes their interfaces). The layout is recorded in
 
 Requires root (or CAP_NET_ADMIN) and iproute2. ``available()`` probes both and
 says why not, so callers can fall back to loopback.
+
+**Shaped links** (``setup(..., shaping=WAN)``, ``scripts/devnet up --netns --wan``): this
+machine's kernels have no ``sch_netem``, so instead of the hub and its bridge the node
+namespaces are wired through one relay process (``devtools/linkemu.py``) that applies each
+node's egress delay, jitter, loss and rate, and drops packets across a partition while
+``partition.json`` lists a cut set. Everything else is the same: addresses, ports,
+``exec_prefix``, ``partition``/``heal``, ``teardown`` (which also stops the relay).
+``link_bytes`` reads every node's ``eth0`` counters in both modes.
 """
 from __future__ import annotations
 
@@ -28,7 +36,10 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 from .errors import DevtoolsError
@@ -68,8 +79,11 @@ def load(root: Path) -> dict | None:
     return json.loads(p.read_text()) if p.exists() else None
 
 
-def setup(root: Path, n: int) -> dict:
-    """Create the hub and ``n`` node namespaces; record and return the layout."""
+def setup(root: Path, n: int, shaping=None) -> dict:
+    """Create the hub and ``n`` node namespaces (or, with ``shaping``, the namespaces and
+    the link relay); record and return the layout."""
+    if shaping is not None:
+        return _setup_relay(Path(root), n, shaping)
     token = secrets.token_hex(3)
     hub = f"lm{token}-hub"
     layout = {"token": token, "hub": hub, "nodes": {}, "partitioned": []}
@@ -105,6 +119,59 @@ def setup(root: Path, n: int) -> dict:
     return layout
 
 
+def _setup_relay(root: Path, n: int, shaping) -> dict:
+    from . import linkemu
+
+    if not os.path.exists("/dev/net/tun"):
+        raise NetnsError("shaped links need /dev/net/tun (the link relay's TUN devices)")
+    token = secrets.token_hex(3)
+    layout = {"token": token, "nodes": {}, "partitioned": [], "relay": None, "subnet": SUBNET,
+              "shaping": shaping.as_dict(), "delays_ms": shaping.delays_ms(n), "namespaces": []}
+    path = Path(root) / _FILE
+    try:
+        for i in range(n):
+            ns = f"lm{token}-{i}"
+            _ip("netns", "add", ns)
+            layout["namespaces"].append(ns)
+            layout["nodes"][str(i)] = {"ns": ns, "addr": f"{SUBNET}.{i + 1}", "port": PORT}
+            path.write_text(json.dumps(layout, indent=1))
+        ready = Path(root) / linkemu.READY_FILE
+        ready.unlink(missing_ok=True)
+        log = open(Path(root) / "linkemu.log", "ab")
+        proc = subprocess.Popen([sys.executable, "-m", "devtools.linkemu", "--root", str(Path(root).resolve())],
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        layout["relay"] = proc.pid
+        path.write_text(json.dumps(layout, indent=1))
+        end = time.monotonic() + 30
+        while not ready.exists():
+            if proc.poll() is not None or time.monotonic() > end:
+                raise NetnsError(f"the link relay did not start (see {Path(root) / 'linkemu.log'})")
+            time.sleep(0.05)
+    except BaseException:
+        teardown(root)
+        raise
+    return layout
+
+
+def _relay_alive(pid: int) -> bool:
+    try:
+        return b"devtools.linkemu" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def link_bytes(root: Path) -> dict[int, tuple[int, int]]:
+    """Per node, (bytes sent, bytes received) on its ``eth0`` so far (IP bytes through the
+    relay; Ethernet frames on the bridge)."""
+    layout = load(root)
+    out = {}
+    for i, e in (layout or {}).get("nodes", {}).items():
+        r = _ip("-n", e["ns"], "-s", "-j", "link", "show", "dev", "eth0")
+        st = json.loads(r.stdout)[0]["stats64"]
+        out[int(i)] = (int(st["tx"]["bytes"]), int(st["rx"]["bytes"]))
+    return out
+
+
 def listen_addr(layout: dict, i: int) -> str:
     e = layout["nodes"][str(i)]
     return f"/ip4/{e['addr']}/tcp/{e['port']}"
@@ -123,6 +190,11 @@ def partition(root: Path, side: list[int]) -> None:
     layout = load(root)
     if not layout:
         raise NetnsError("this devnet has no network namespaces (start it with `up --netns`)")
+    if layout.get("relay"):
+        layout["partitioned"] = sorted(set(layout["partitioned"]) | set(side))
+        _write_cut(root, layout["partitioned"])
+        (Path(root) / _FILE).write_text(json.dumps(layout, indent=1))
+        return
     for i in side:
         _ip("-n", layout["hub"], "link", "set", f"n{i}", "master", "br1")
     layout["partitioned"] = sorted(set(layout["partitioned"]) | set(side))
@@ -134,17 +206,40 @@ def heal(root: Path) -> None:
     layout = load(root)
     if not layout:
         return
-    for i in layout["nodes"]:
+    if layout.get("relay"):
+        _write_cut(root, [])
+    for i in ([] if layout.get("relay") else layout["nodes"]):
         _ip("-n", layout["hub"], "link", "set", f"n{i}", "master", "br0", check=False)
     layout["partitioned"] = []
     (Path(root) / _FILE).write_text(json.dumps(layout, indent=1))
 
 
+def _write_cut(root: Path, cut: list[int]) -> None:
+    from .linkemu import PARTITION_FILE
+
+    tmp = Path(root) / (PARTITION_FILE + ".tmp")
+    tmp.write_text(json.dumps({"cut": sorted(cut)}))
+    tmp.replace(Path(root) / PARTITION_FILE)
+
+
 def teardown(root: Path) -> int:
-    """Delete every namespace this devnet created; return how many."""
+    """Stop the link relay (if any) and delete every namespace this devnet created;
+    return how many."""
     layout = load(root)
     if not layout:
         return 0
+    pid = layout.get("relay")
+    if pid and _relay_alive(pid):
+        os.kill(pid, signal.SIGTERM)
+        end = time.monotonic() + 10
+        while _relay_alive(pid) and time.monotonic() < end:
+            time.sleep(0.05)
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+        if _relay_alive(pid):
+            os.kill(pid, signal.SIGKILL)
     k = 0
     for ns in layout.get("namespaces", []):
         if _ip("netns", "del", ns, check=False).returncode == 0:

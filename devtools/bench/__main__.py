@@ -1,6 +1,6 @@
 """scripts/bench [--quick] [--json] [--no-write] [NAME ...]
 
-NAME is any of: limits, consensus, ingest, catchup, network, ui, sim (default: all).
+NAME is any of: limits, consensus, ingest, catchup, network, wan, ui, sim (default: all).
 ``limits`` always runs (every ratio needs it). Progress goes to stderr; ``--json``
 prints one JSON object ``{"figures": [...], ...}`` on stdout. A full run (no
 ``--quick``) writes BENCHMARKS.md (figures of the benchmarks that ran replace their
@@ -19,7 +19,7 @@ from pathlib import Path
 from . import report
 from .common import log
 
-NAMES = ["limits", "consensus", "ingest", "catchup", "network", "ui", "sim"]
+NAMES = ["limits", "consensus", "ingest", "catchup", "network", "wan", "ui", "sim"]
 
 
 def machine() -> dict:
@@ -92,6 +92,9 @@ def main(argv=None) -> int:
             elif name == "network":
                 from . import network
                 figures += network.run(args.quick)
+            elif name == "wan":
+                from . import wan
+                figures += wan.run(args.quick)
             elif name == "ui":
                 from . import ui
                 figures += ui.run(args.quick)

@@ -181,7 +181,7 @@ class Devnet:
     """A throw-away devnet of ``n`` real node processes (``devtools.devnet.up``) in a
     short temporary directory; ``close()`` stops exactly its processes and removes it."""
 
-    def __init__(self, n: int, prefix: str = "lmb"):
+    def __init__(self, n: int, prefix: str = "lmb", shaping=None):
         from devtools import devnet, processes
 
         self.devnet = devnet
@@ -189,7 +189,7 @@ class Devnet:
         self.root = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
         self.n = n
         try:
-            self.meta = devnet.up(self.root, n)
+            self.meta = devnet.up(self.root, n, netns=shaping is not None, shaping=shaping)
         except BaseException:
             self.close()
             raise

@@ -103,7 +103,8 @@ def propagate(net: Devnet, task_id: bytes, rate: float, duration_s: float, first
         q.put(None)
     for t in threads:
         t.join()
-    offered_s = time.monotonic() - t0
+    ended = time.monotonic()
+    offered_s = ended - t0
     cpus = meter.stop()
     rss = max(rss_mb(p) + children_rss_mb(p) for p in net.pids())
     if errors:
@@ -125,7 +126,7 @@ def propagate(net: Devnet, task_id: bytes, rate: float, duration_s: float, first
             lost += 1
             continue
         lat.append(max(last) - sent_ms[k])
-    return {"rate": rate, "achieved_rate": n_msgs / offered_s, "batches": n_msgs,
+    return {"rate": rate, "achieved_rate": n_msgs / offered_s, "batches": n_msgs, "ended": ended,
             "p50": percentile(lat, 50), "p99": percentile(lat, 99), "max": max(lat) if lat else None,
             "via_sync": sum(fetched1) - sum(fetched0), "missing": lost,
             "cpu_median": median(list(cpus.values())), "cpu_max": max(cpus.values()), "rss_max": rss}

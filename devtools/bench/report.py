@@ -19,7 +19,13 @@ Figures measured by `scripts/bench` on real node processes over libp2p on
 the same run. Tests never assert timings; this file is where the numbers live.
 """
 
+def _is_wan(name: str) -> bool:
+    return name.endswith("_wan") or name.startswith(("bytes_per_label_per_node", "wan_"))
+
+
 SECTIONS = [
+    ("WAN devnets (network namespaces, link relay) and their simulation", _is_wan),
+    ("Network simulation (devtools/sim)", "sim_"),
     ("Limits of the building blocks (one core, this run)", "limit_"),
     ("Ingest through `annotations_submit`", ("ingest_", "lmdb_bytes")),
     ("Propagation (devnets on loopback)", ("propagation_", "max_lossless")),
@@ -57,7 +63,8 @@ def table(figures: list[dict]) -> str:
 def _sectioned(figures: list[dict]) -> str:
     out, used = [], set()
     for title, prefix in SECTIONS:
-        fs = [f for f in figures if f["name"].startswith(prefix) and f["name"] not in used]
+        match = prefix if callable(prefix) else (lambda name, p=prefix: name.startswith(p))
+        fs = [f for f in figures if match(f["name"]) and f["name"] not in used]
         if not fs:
             continue
         used.update(f["name"] for f in fs)
@@ -89,9 +96,9 @@ def write(path: Path, result: dict, names: list[str]) -> None:
             runs[name] = {"figures": figs, "mode": result["mode"], "date": result["date"],
                           "command": result["command"], "machine": result["machine"],
                           "details": result.get("details", {}).get(name, {})}
-    figures = [f for name in ["limits", "ingest", "network", "catchup", "consensus", "ui"] if name in runs
-               for f in runs[name]["figures"]]
-    details = {t: b for name in ["ingest", "network", "catchup", "consensus", "ui"] if name in runs
+    figures = [f for name in ["limits", "ingest", "network", "wan", "sim", "catchup", "consensus", "ui"]
+               if name in runs for f in runs[name]["figures"]]
+    details = {t: b for name in ["ingest", "network", "wan", "catchup", "consensus", "ui"] if name in runs
                for t, b in runs[name].get("details", {}).items()}
     mach = result["machine"]
     lines = [BEGIN, "",

@@ -226,6 +226,8 @@ def build_report(sim, checks: dict | None = None) -> dict:
             "duplicates_per_message_per_node": round((sim.copies - sim.first_receipts) / max(sim.first_receipts, 1), 3),
             "first_copies_via_ihave_iwant": sim.via_gossip,
             "deliveries_missed_by_gossip": sim.missed_by_gossip,
+            "mesh_degree_mean": round(float(np.mean([len(p) for v, p in enumerate(sim.meshes[1].peers)
+                                                     if sim.up[v]])), 3),
         },
         "bytes_per_node": {
             "sent_mean": round(float(sent.mean())), "recv_mean": round(float(recv.mean())),

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
+
 from protocol.messages import AnnotationBatch, Item, LabelSchema, TaskAnnouncement, sign_message
 
 from .world import Task
@@ -94,10 +96,12 @@ class BenchLoad:
     of 10 labels per node, through node 0. Figures: propagation = submission -> the last
     node storing a batch; finality = deadline -> certificate on every node."""
 
-    def __init__(self, rate: float = 100.0, seconds: float = 10.0, finality: bool = True):
+    def __init__(self, rate: float = 100.0, seconds: float = 10.0, finality: bool = True, window_s: float = 15.0):
         self.rate = rate
         self.seconds = seconds
         self.finality = finality
+        self.window_s = window_s          # bytes are counted from the first batch to this long after the last
+        self.bytes_at: list[tuple[np.ndarray, np.ndarray]] = []
         self.prop_task = None
         self.fin_task = None
         self.prop_msgs: list[int] = []
@@ -140,10 +144,22 @@ class BenchLoad:
         task = self.sim.world.tasks[self.prop_task]
         start = t + 5.0
         base = self.sim.node_ms(0, start) - 1000
+        self.sim.call(start - 1e-6, self._bytes)
+        self.sim.call(start + self.seconds + self.window_s, self._bytes)
         for j in range(n):
             self.sim.call(start + j / self.rate, self._submit, (task.k, self._batch(task, j, 100, base)))
         if self.finality:
             self.sim.call(start + self.seconds + 20.0, self._post_fin)
+
+    def _bytes(self, t: float, _arg) -> None:
+        s = self.sim
+        self.bytes_at.append(((s.gossip_sent + s.sync.sent).copy(), (s.gossip_recv + s.sync.recv).copy()))
+
+    def window_bytes_per_label(self) -> float:
+        """Mean node's bytes sent + received from the first batch to ``window_s`` after the
+        last, per label submitted (the devnet benchmark's bytes_per_label_per_node)."""
+        (s0, r0), (s1, r1) = self.bytes_at[:2]
+        return float(((s1 - s0) + (r1 - r0)).mean()) / max(1, 100 * len(self.prop_msgs))
 
     def _submit(self, t: float, arg) -> None:
         k, signed = arg

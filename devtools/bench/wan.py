@@ -1,0 +1,132 @@
+"""``scripts/bench wan``: devnets on WAN links (``devnet up --netns --wan``) and the
+simulation of the very same network, side by side.
+
+For n in 10, 25, 50 (``--quick``: 10): a devnet whose nodes sit in their own network
+namespaces behind the link relay (one-way egress delay 20-100 ms per node, so RTTs of
+40-200 ms; 1% loss; 20 Mbit/s; devtools/linkemu.py), the ``network`` benchmark's
+propagation run (100 batches/s of 100 labels through node 0 for 10 s; latency = submission
+-> the last node storing the batch) and finality run (deadline -> certificate on every
+node), and the bytes every node's ``eth0`` sent and received from the first batch until
+15 s after the last, per label. Then ``devtools.sim`` simulates the same devnet — same
+node count, bootstrap topology, per-node delays, loss, rate, genesis, load — and each
+figure's ratio sim / devnet says how far the simulation is from the real thing.
+
+Targets (issue #21): ``propagation_p99_ms_n50_wan`` <= 2 x the largest RTT (200 ms) +
+300 ms; ``finality_s_n50_wan`` <= grace (3 s) + 5 s; ``bytes_per_label_per_node_n50``
+within 3x of the gossip fan-out lower bound d x (w + o) / L (docs/scaling.md), with d
+the mesh degree the simulation sees on the same topology.
+"""
+from __future__ import annotations
+
+import time
+
+from .common import Devnet, figure, log, wait_until
+
+RATE = 100.0
+WINDOW_S = 15.0
+
+
+def _devnet_run(n: int, duration: float, bound: float) -> dict:
+    from devtools import netns
+    from devtools.linkemu import WAN
+
+    from . import network
+
+    t_up = time.monotonic()
+    with Devnet(n, prefix="lmbw", shaping=WAN) as net:
+        log(f"wan: {n} nodes up and meshed in {time.monotonic() - t_up:.0f} s")
+        delays = net.meta["delays_ms"]
+        task = network.post_task(net, 0, network.N_ITEMS, 5, 3600, "propagation bench")
+        tid = task["task_id"]
+        wait_until(lambda: all(any(t["task_id"] == tid for t in net.client(i).call("tasks_list")["tasks"])
+                               for i in range(n)), 60, "the task on every node")
+        time.sleep(3.0)                      # the 10,000-item task's own bytes settle first
+        b0 = netns.link_bytes(net.root)
+        r = network.propagate(net, bytes.fromhex(tid), RATE, duration, 0, bound)
+        rest = WINDOW_S - (time.monotonic() - r["ended"])
+        if rest > 0:
+            time.sleep(rest)
+        b1 = netns.link_bytes(net.root)
+        labels = r["batches"] * network.LABELS_PER_BATCH
+        per_node = [(b1[i][0] - b0[i][0] + b1[i][1] - b0[i][1]) for i in range(n)]
+        r["bytes_per_label"] = sum(per_node) / n / labels
+        r["bytes_per_label_max"] = max(per_node) / labels
+        f = network.finality(net)
+        relay = (net.root / "linkemu.json").read_text() if (net.root / "linkemu.json").exists() else "{}"
+        return {"prop": r, "fin": f, "delays_ms": delays, "relay": relay}
+
+
+def _sim_run(n: int, duration: float, delays_ms: list[float]) -> dict:
+    from devtools.linkemu import WAN
+    from devtools.sim import SimConfig
+    from devtools.sim import run as run_sim
+    from devtools.sim.workload import BenchLoad
+
+    cfg = SimConfig(nodes=n, validators=n, topology="devnet", delays_ms=tuple(delays_ms), jitter_ms=WAN.jitter_ms,
+                    loss=WAN.loss, bandwidth_mbit=WAN.rate_mbit, grace_period_ms=3000, round_timeout_ms=4000,
+                    reputation_lag_ms=5000, duration_s=duration + 40.0, drain_s=60.0, seed=1).validate()
+    load = BenchLoad(RATE, duration, window_s=WINDOW_S)
+    rep = run_sim(cfg, load)
+    rep["window_bytes_per_label"] = load.window_bytes_per_label()
+    return rep
+
+
+def run(quick: bool) -> list[dict]:
+    from devtools import netns
+
+    ok, why = netns.available()
+    if not ok:
+        log(f"wan: skipped: {why}")
+        return [figure("wan_skipped", 1, "bool", note=why)]
+    sizes = [10] if quick else [10, 25, 50]
+    duration = 5.0 if quick else 10.0
+    bound = 30.0
+    figs, rows = [], []
+    for n in sizes:
+        try:
+            d = _devnet_run(n, duration, bound)
+        except Exception as e:  # 50 py-libp2p nodes may not fit 2 shared cores: say so, go on
+            log(f"wan: n={n} failed: {type(e).__name__}: {e}")
+            figs.append(figure(f"wan_failed_n{n}", 1, "bool", note=f"{type(e).__name__}: {e}"[:300]))
+            continue
+        s = _sim_run(n, duration, d["delays_ms"])
+        p, f = d["prop"], d["fin"]
+        sp = s["propagation_all_nodes_ms"]["batches"]
+        sf = s["finality_s"]["all_nodes"]["max"]
+        mesh_d = s["gossip"]["mesh_degree_mean"]
+        wire = 516 + 420 + 66        # a batch of 100 labels as one pubsub copy (docs/scaling.md)
+        bound_fanout = mesh_d * wire / 100
+        max_rtt = 2 * max(d["delays_ms"])
+        note = (f"{RATE:.0f} batches/s x 100 labels through node 0 for {duration:.0f} s; {p['via_sync']} via sync, "
+                f"{p['missing']} missing; RTTs up to {max_rtt:.0f} ms, 1% loss, 20 Mbit/s")
+        figs += [
+            figure(f"propagation_p50_ms_n{n}_wan", p["p50"], "ms", note=note),
+            figure(f"propagation_p99_ms_n{n}_wan", p["p99"], "ms", note=note,
+                   target=2 * 200 + 300 if n == 50 else None, higher_is_better=False),
+            figure(f"finality_s_n{n}_wan", f["all_s"], "s", note=f"deadline -> certificate on every node "
+                   f"(first {f['first_s']:.2f} s); grace 3 s", target=3 + 5 if n == 50 else None,
+                   higher_is_better=False),
+            figure(f"bytes_per_label_per_node_n{n}", p["bytes_per_label"], "bytes", limit=bound_fanout,
+                   target=round(3 * bound_fanout, 1) if n == 50 else None, higher_is_better=False,
+                   note=f"eth0 sent + received, mean node (max {p['bytes_per_label_max']:.0f}); limit = gossip "
+                        f"fan-out bound d (w + o) / L with d = {mesh_d:.1f} (the simulated mesh)"),
+            figure(f"sim_vs_devnet_p50_n{n}_wan", sp["p50"] / p["p50"] if p["p50"] else None, "ratio",
+                   note=f"simulated {sp['p50']:.0f} ms vs {p['p50']:.0f} ms"),
+            figure(f"sim_vs_devnet_p99_n{n}_wan", sp["p99"] / p["p99"] if p["p99"] else None, "ratio",
+                   note=f"simulated {sp['p99']:.0f} ms vs {p['p99']:.0f} ms"),
+            figure(f"sim_vs_devnet_finality_n{n}_wan", sf / f["all_s"] if sf and f["all_s"] else None, "ratio",
+                   note=f"simulated {sf} s vs {f['all_s']:.2f} s"),
+            figure(f"sim_vs_devnet_bytes_n{n}_wan", s["window_bytes_per_label"] / p["bytes_per_label"], "ratio",
+                   note=f"simulated {s['window_bytes_per_label']:.1f} vs {p['bytes_per_label']:.1f} bytes/label"),
+        ]
+        rows.append(f"| {n} | {p['p50']:.0f} / {sp['p50']:.0f} | {p['p99']:.0f} / {sp['p99']:.0f} | "
+                    f"{f['all_s']:.2f} / {sf:.2f} | {p['bytes_per_label']:.1f} / {s['window_bytes_per_label']:.1f} | "
+                    f"{p['via_sync']} | {p['cpu_median']:.0f} / {p['cpu_max']:.0f} | {d['relay']} |")
+        log(f"wan: n={n}: devnet p50 {p['p50']:.0f} p99 {p['p99']:.0f} ms, finality {f['all_s']:.2f} s, "
+            f"{p['bytes_per_label']:.1f} B/label; sim p50 {sp['p50']:.0f} p99 {sp['p99']:.0f} ms, finality {sf} s, "
+            f"{s['window_bytes_per_label']:.1f} B/label")
+    from .common import DETAILS
+    DETAILS["WAN devnets and their simulation (devnet / sim)"] = "\n".join(
+        ["| nodes | p50 ms | p99 ms | finality s | bytes/label/node | via sync | CPU median / max (% core) | relay |",
+         "|---:|---:|---:|---:|---:|---:|---:|---|"] + rows)
+    return figs
