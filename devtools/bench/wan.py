@@ -24,6 +24,8 @@ from .common import Devnet, figure, log, wait_until
 
 RATE = 100.0
 WINDOW_S = 15.0
+CHAOS_S = 40.0          # seconds of faults of the chaos run (devtools/chaos.py) on the WAN devnet
+CHAOS_MAX_NODES = 10    # chaos runs on the smallest devnet only (its checker polls every node)
 
 
 def _devnet_run(n: int, duration: float, bound: float) -> dict:
@@ -52,8 +54,14 @@ def _devnet_run(n: int, duration: float, bound: float) -> dict:
         r["bytes_per_label"] = sum(per_node) / n / labels
         r["bytes_per_label_max"] = max(per_node) / labels
         f = network.finality(net)
+        chaos_rep = None
+        if n <= CHAOS_MAX_NODES:
+            from devtools import chaos
+
+            chaos_rep = chaos.run(net.root, duration=CHAOS_S, seed=7, rate=20.0, settle=120.0,
+                                  out=lambda *a: log("wan chaos: " + " ".join(str(x) for x in a)))
         relay = (net.root / "linkemu.json").read_text() if (net.root / "linkemu.json").exists() else "{}"
-        return {"prop": r, "fin": f, "delays_ms": delays, "relay": relay}
+        return {"prop": r, "fin": f, "delays_ms": delays, "relay": relay, "chaos": chaos_rep}
 
 
 def _sim_run(n: int, duration: float, delays_ms: list[float]) -> dict:
@@ -119,6 +127,16 @@ def run(quick: bool) -> list[dict]:
             figure(f"sim_vs_devnet_bytes_n{n}_wan", s["window_bytes_per_label"] / p["bytes_per_label"], "ratio",
                    note=f"simulated {s['window_bytes_per_label']:.1f} vs {p['bytes_per_label']:.1f} bytes/label"),
         ]
+        c = d["chaos"]
+        if c is not None:
+            ok = not c.violations and c.converged and c.certified
+            figs += [
+                figure(f"chaos_converged_after_s_n{n}_wan", c.converged_after_s, "s", target=30, higher_is_better=False,
+                       note=f"{CHAOS_S:.0f} s of kills, pauses and partitions (seed 7, 20 batches/s); "
+                            f"{c.acked} acked, lost {c.lost}, phantom {c.phantom}; checks {'pass' if ok else 'FAIL'}"),
+                figure(f"chaos_certified_after_s_n{n}_wan", c.certified_after_s, "s",
+                       note="after the last fault; the task's deadline and grace are inside this"),
+            ]
         rows.append(f"| {n} | {p['p50']:.0f} / {sp['p50']:.0f} | {p['p99']:.0f} / {sp['p99']:.0f} | "
                     f"{f['all_s']:.2f} / {sf:.2f} | {p['bytes_per_label']:.1f} / {s['window_bytes_per_label']:.1f} | "
                     f"{p['via_sync']} | {p['cpu_median']:.0f} / {p['cpu_max']:.0f} | {d['relay']} |")
