@@ -63,6 +63,11 @@ def test_loss_and_churn_are_repaired_by_sync():
     assert_converged(rep)
     assert rep["sync"]["repaired_messages"] > 0
     assert rep["gossip"]["deliveries_missed_by_gossip"] > 0
+
+
+def test_ihave_iwant_repairs_mesh_losses():
+    """Half the mesh copies dropped, no sync: IHAVE/IWANT brings nodes their first copy."""
+    rep = run(small(drop=0.5, sync=False, duration_s=30.0, seed=4))
     assert rep["gossip"]["first_copies_via_ihave_iwant"] > 0
 
 

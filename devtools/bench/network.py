@@ -61,9 +61,10 @@ def _arrivals(net: Devnet, i: int, ids: list[str]) -> list:
     return out
 
 
-def propagate(net: Devnet, task_id: bytes, rate: float, duration_s: float, first: int, bound_s: float) -> dict:
+def propagate(net: Devnet, task_id: bytes, rate: float, duration_s: float, first: int, bound_s: float,
+              n_items: int = N_ITEMS) -> dict:
     n_msgs = max(1, int(rate * duration_s))
-    raws = make_batches(net.network_id, task_id, n_msgs=n_msgs, labels_per_msg=LABELS_PER_BATCH, n_items=N_ITEMS,
+    raws = make_batches(net.network_id, task_id, n_msgs=n_msgs, labels_per_msg=LABELS_PER_BATCH, n_items=n_items,
                         n_classes=5, t_base_ms=int(time.time() * 1000) - 1000, first=first, seed=3)
     from protocol.messages import decode_message
     from protocol.params import DEFAULT_PARAMS

@@ -383,8 +383,10 @@ class Sim:
             self.unpublished.discard(m)
             # a copy that arrives before its task is parked and stored (not forwarded) when the
             # task arrives (node/core/node.py _park_orphan / _adopt_orphans)
-            stored = np.where(rdy <= fl.received, fl.received,
-                              np.where(np.isfinite(fl.received), rdy, INF))
+            # (stored once validated: a node stores before it forwards)
+            took = np.subtract(fl.validated, fl.received, out=np.zeros(self.n), where=np.isfinite(fl.received))
+            stored = np.where(rdy <= fl.received, fl.validated,
+                              np.where(np.isfinite(fl.received), np.maximum(rdy, fl.received) + took, INF))
             if msg.kind != KIND_TASK:
                 for u in np.flatnonzero(np.isfinite(fl.received) & ~np.isfinite(rdy)).tolist():
                     self.parked.setdefault((u, msg.task), []).append(m)

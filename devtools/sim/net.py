@@ -196,6 +196,7 @@ class Flood:
     never by gossip; whether v could store it is the caller's ``ready`` test), plus what it cost."""
 
     received: np.ndarray
+    validated: np.ndarray       # when each receiver had validated (and stored) it: received + processing
     via_gossip: int             # nodes whose first copy came by IHAVE/IWANT, not the mesh
     copies: int                 # message copies received by all nodes (first + duplicates)
     sent_bytes: np.ndarray      # per node, this message's gossip bytes
@@ -353,4 +354,4 @@ class Network:
                     sent += np.bincount(dst[want], minlength=n) * req + np.bincount(src[want], minlength=n) * wire
                     recv += np.bincount(src[want], minlength=n) * req + np.bincount(dst[want], minlength=n) * wire
                     copies += int(want.sum())
-        return Flood(received=A, via_gossip=via_gossip, copies=copies, sent_bytes=sent, recv_bytes=recv)
+        return Flood(received=A, validated=A + proc, via_gossip=via_gossip, copies=copies, sent_bytes=sent, recv_bytes=recv)

@@ -96,8 +96,10 @@ class BenchLoad:
     of 10 labels per node, through node 0. Figures: propagation = submission -> the last
     node storing a batch; finality = deadline -> certificate on every node."""
 
-    def __init__(self, rate: float = 100.0, seconds: float = 10.0, finality: bool = True, window_s: float = 15.0):
+    def __init__(self, rate: float = 100.0, seconds: float = 10.0, finality: bool = True, window_s: float = 15.0,
+                 items: int = 10_000):
         self.rate = rate
+        self.items = items
         self.seconds = seconds
         self.finality = finality
         self.window_s = window_s          # bytes are counted from the first batch to this long after the last
@@ -138,7 +140,7 @@ class BenchLoad:
         return sign_message(b, w.annotator_keys[a], w.network_id)
 
     def _post_prop(self, t: float, _arg) -> None:
-        self.prop_task = self._post(t, 10_000, 5, 3600.0, "propagation bench")
+        self.prop_task = self._post(t, self.items, 5, 3600.0, "propagation bench")
         # the bench waits until the task is on every node; 5 s is ample in simulation
         n = max(1, int(self.rate * self.seconds))
         task = self.sim.world.tasks[self.prop_task]
