@@ -36,6 +36,10 @@ from .web import WebServer
 
 log = logging.getLogger("labelmesh.node")
 
+#: after the RPC method ``stop``, the node waits this long (s) before it shuts down, so the
+#: reply reaches the caller.
+STOP_GRACE_S = 0.2
+
 
 class Node(NodeCore):
     """A labelmesh node: the core, its services and (with ``rpc_socket``) the RPC server.
@@ -61,7 +65,20 @@ class Node(NodeCore):
             validator_key = keystore.signing_key(validator_account)
         self.finality = FinalityService(self, validator_key, tick_s=finality_tick_s)
         self.blobs = BlobService(self)
+        self._stop_requested = trio.Event()
+        self.stopped = trio.Event()  # set once ``run`` has returned
         self.load_tasks()
+
+    def request_stop(self) -> None:
+        """Stop ``run`` cleanly, as SIGTERM does for ``labelmesh run`` (the RPC method ``stop``)."""
+        self._stop_requested.set()
+
+    async def _stop_when_asked(self, scope: trio.CancelScope) -> None:
+        await self._stop_requested.wait()
+        log.info("stop requested over RPC: shutting down")
+        with trio.move_on_after(STOP_GRACE_S):  # lets the reply to `stop` go out first
+            await trio.sleep_forever()
+        scope.cancel()
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         try:
@@ -78,11 +95,15 @@ class Node(NodeCore):
                     await nursery.start(self.rpc.run)
                 if self.web is not None:
                     await nursery.start(self.web.run)
+                nursery.start_soon(self._stop_when_asked, nursery.cancel_scope)
                 log.info("node ready", extra={"peer_id": self.peer_id, "network_id": self.network_id.hex(),
                                               "tasks": len(self.tasks), "messages": self.store.count()})
                 task_status.started(self)
         finally:
-            await self.close_core()
+            try:
+                await self.close_core()
+            finally:
+                self.stopped.set()
 
 
 def build_node(data_dir: Path, *, listen_override=None, cfg: NodeConfig | None = None,

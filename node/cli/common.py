@@ -107,3 +107,75 @@ def flags_from_args(args) -> dict:
 def effective_config(args):
     """(config, sources) for ``args.data_dir``: flags > environment > file > defaults."""
     return resolve_config(Path(args.data_dir), flags_from_args(args))
+
+
+# ------------------------------------------------------------------ ids, names, times for people
+
+#: the shortest task id prefix accepted (as git: 4 hex digits)
+MIN_PREFIX = 4
+
+
+def resolve_task(args, text: str) -> str:
+    """The full task id that ``text`` (a whole id or any unique prefix of at least
+    MIN_PREFIX hex digits) names; CliError if none or several tasks match."""
+    t = (text or "").strip().lower()
+    if len(t) == 64 and all(c in "0123456789abcdef" for c in t):
+        return t
+    if not t or any(c not in "0123456789abcdef" for c in t) or len(t) > 64:
+        raise CliError(f"a task id is hex: {text!r} is not (give the id or a prefix of it; `labelmesh task list`)")
+    if len(t) < MIN_PREFIX:
+        raise CliError(f"give at least {MIN_PREFIX} hex digits of the task id (got {t!r})")
+    r = call(args, "tasks_list", {"prefix": t, "limit": 10})
+    if r["total"] == 0:
+        raise CliError(f"no task id starts with {t} on this node; `labelmesh task list` lists them")
+    if r["total"] > 1:
+        shown = "; ".join(f"{x['task_id'][:16]} {x['title']!r} ({x['status']})" for x in r["tasks"])
+        more = f"; and {r['total'] - len(r['tasks'])} more" if r["total"] > len(r["tasks"]) else ""
+        raise CliError(f"task id prefix {t} is ambiguous, {r['total']} tasks match: {shown}{more}; "
+                       "give more digits")
+    return r["tasks"][0]["task_id"]
+
+
+def account_names(args) -> dict[str, str]:
+    """{public key hex: local account name} of the running node's accounts ({} if unknown)."""
+    try:
+        return {a["public_key"]: a["name"] for a in call(args, "account_list").get("accounts", [])}
+    except CliError:
+        return {}
+
+
+def who(names: dict[str, str], public_key: str) -> str:
+    """An account for people: its local name if it is one of ours, else its hex key."""
+    return names.get(public_key, public_key)
+
+
+def fmt_duration(seconds: float) -> str:
+    s = int(abs(seconds))
+    if s < 120:
+        return f"{s} s"
+    if s < 7200:
+        return f"{s // 60} min {s % 60:02d} s" if s < 600 else f"{s // 60} min"
+    if s < 172800:
+        return f"{s // 3600} h {s % 3600 // 60:02d} min"
+    return f"{s // 86400} d {s % 86400 // 3600} h"
+
+
+def fmt_time(ms: int) -> str:
+    """Epoch milliseconds as a local date and time, e.g. '2026-12-03 11:05:00 UTC'."""
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(ms / 1000))
+
+
+def fmt_deadline(deadline_ms: int, now_ms: int | None = None) -> str:
+    """'2026-12-03 11:05:00 UTC (in 9 min 59 s)' or '(... ago)': a date and a countdown."""
+    import time
+
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    left = (deadline_ms - now_ms) / 1000
+    return f"{fmt_time(deadline_ms)} ({'in ' + fmt_duration(left) if left > 0 else fmt_duration(left) + ' ago'})"
+
+
+def fmt_share(value: int, one: int = 65536) -> str:
+    """A fixed-point share with 3 decimals, rounded down: 0.9999 shows as 0.999, never as 1.000."""
+    return f"{value * 1000 // one / 1000:.3f}"

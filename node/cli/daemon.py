@@ -1,5 +1,6 @@
-"""``labelmesh init`` (a data dir: node key, account, genesis, config) and ``labelmesh
-run`` (the daemon, built by the composition root node/app.py)."""
+"""``labelmesh init`` (a data dir: node key, account, genesis, config), ``labelmesh
+run`` (the daemon, built by the composition root node/app.py, in the foreground) and
+``labelmesh stop`` (RPC ``stop``, then wait until the node has exited)."""
 from __future__ import annotations
 
 import argparse
@@ -13,7 +14,8 @@ from pathlib import Path
 from protocol.errors import LabelmeshError
 
 from ..config import CONFIG_FILE, NodeConfig
-from .common import CliError, effective_config, out, override_parser
+from ..rpc.errors import RpcCallError
+from .common import EXIT_UNAVAILABLE, CliError, client, effective_config, out, override_parser
 
 
 def cmd_init(args) -> int:
@@ -78,6 +80,8 @@ def cmd_run(args) -> int:
                 print(json.dumps({"event": "ready", "peer_id": node.peer_id, "listen": node.p2p.listen_addrs(),
                                   "pid": os.getpid(), "metrics": node.metrics.url,
                                   "ui": node.web.url if node.web is not None else None}), flush=True)
+            await node.stopped.wait()  # `labelmesh stop` (RPC stop): the node has shut down
+            nursery.cancel_scope.cancel()
 
     try:
         trio.run(main)
@@ -92,8 +96,50 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _process_gone(pid: int) -> bool:
+    """Whether ``pid`` has exited (a zombie waiting for its parent counts as exited)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state in ("Z", "X")
+
+
+def _socket_closed(c) -> bool:
+    try:
+        c.close()
+        c.connect()
+    except OSError:
+        return True
+    c.close()
+    return False
+
+
+def cmd_stop(args) -> int:
+    """Ask the node to stop (RPC ``stop``) and wait, up to --timeout s, until it has."""
+    if not args.timeout > 0:
+        raise CliError("--timeout takes seconds > 0, e.g. --timeout 60")
+    c = client(args)
+    try:
+        with c:
+            r = c.call("stop")
+    except RpcCallError as e:
+        raise CliError(f"stop: {e.message} (code {e.code})") from None
+    except (ConnectionError, OSError) as e:
+        raise CliError(f"cannot reach the node's RPC socket: {e}", EXIT_UNAVAILABLE) from None
+    pid, end = r["pid"], time.monotonic() + args.timeout
+    ours = pid == os.getpid()  # a node running inside this process (tests): wait for its socket only
+    while not (_socket_closed(c) and (ours or _process_gone(pid))):
+        if time.monotonic() > end:
+            raise CliError(f"the node (pid {pid}) is still running {args.timeout:g} s after it was asked to stop; "
+                           f"see its log, or `kill {pid}`", 1)
+        time.sleep(0.05)
+    out(args, {"stopped": True, "pid": pid}, f"node stopped (pid {pid})")
+    return 0
+
+
 def add_parsers(sub, common: argparse.ArgumentParser) -> None:
-    """Register init and run on ``sub``."""
+    """Register init, run and stop on ``sub``."""
     s = sub.add_parser("init", parents=[common], help="create a data dir: node key, account, genesis, config")
     s.add_argument("--genesis", help="genesis JSON file of the network to join (default: a new one-node network)")
     s.add_argument("--network-name", default="localnet", help="name of the new network when --genesis is not given")
@@ -104,6 +150,11 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     s.set_defaults(fn=cmd_init)
 
     s = sub.add_parser("run", parents=[common, override_parser()],
-                       help="run the node daemon (SIGINT/SIGTERM stop it cleanly)")
+                       help="run the node daemon in the foreground (SIGINT/SIGTERM or `labelmesh stop` stop it "
+                            "cleanly; as a service: docs/labelmesh.service)")
     s.set_defaults(fn=cmd_run)
+
+    s = sub.add_parser("stop", parents=[common], help="stop the running node cleanly and wait until it has exited")
+    s.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the node to exit (default 60)")
+    s.set_defaults(fn=cmd_stop)
 

@@ -7,6 +7,7 @@ line on stderr and exit non-zero; tracebacks are only for bugs.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from protocol.errors import LabelmeshError
@@ -20,6 +21,9 @@ def build_parser(with_offline: bool = True) -> argparse.ArgumentParser:
     common = common_parser()
     p = argparse.ArgumentParser(prog="labelmesh", parents=[common],
                                 description="labelmesh: a peer-to-peer node for a decentralized data-annotation marketplace.")
+    from .. import __version__
+    p.add_argument("--version", action="version", version=f"labelmesh {__version__}",
+                   help="print the version and exit")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
     sub.required = True
     daemon.add_parsers(sub, common)  # init, run
@@ -54,7 +58,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     args.cli_parser = parser  # for `completion`, which describes it
     try:
-        return args.fn(args) or 0
+        code = args.fn(args) or 0
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return code
     except CliError as e:
         print(f"labelmesh: {e}", file=sys.stderr)
         return e.code
@@ -63,3 +69,9 @@ def main(argv=None) -> int:
         return EXIT_USER
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # the reader went away (`labelmesh ... | head`): no traceback, and no second error when
+        # Python flushes stdout at exit; 141 = 128 + SIGPIPE, as a shell reports it
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141

@@ -15,6 +15,7 @@ from ..rpc.client import RpcClient
 from ..rpc.errors import RpcCallError
 from . import accounts, status
 from .common import EXIT_UNAVAILABLE, CliError, client, effective_config, out, override_parser
+from .progress import Working
 from .status import fmt_bytes
 
 
@@ -55,7 +56,7 @@ def cmd_backup(args) -> int:
     r = None
     if sock is not None:
         try:
-            with RpcClient(sock, timeout=args.timeout) as rc:
+            with RpcClient(sock, timeout=args.timeout) as rc, Working(args, "backing up"):
                 r = rc.call("backup_create", {"dest": dest})
             how = "hot copy of the running node"
         except RpcCallError as e:
@@ -108,40 +109,104 @@ def cmd_restore(args) -> int:
     return 0
 
 
-def cmd_completion(args) -> int:
-    """A bash completion script for the verbs and flags of this parser."""
-    def subcommands(p):
+#: options whose value is a directory or a file, completed as such
+DIR_OPTIONS = {"--data-dir", "--root"}
+FILE_OPTIONS = {"--out", "--gold", "--answers", "--reputation", "--workers-out", "--genesis"}
+
+
+def _subcommands(p) -> dict:
+    for a in p._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            return a.choices
+    return {}
+
+
+def completion_table(top) -> list[tuple[str, list[str], dict[str, list[str]], list[str] | None]]:
+    """(verb path, words, {option: its values}, values of the first positional or None) for
+    the top parser and each verb and sub-verb: what the completion scripts offer."""
+    from ..rpc.methods import METHODS
+
+    rows = []
+
+    def walk(path: str, p) -> None:
+        subs = _subcommands(p)
+        opts = sorted({o for a in p._actions for o in a.option_strings if a.help != argparse.SUPPRESS})
+        values = {}
         for a in p._actions:
-            if isinstance(a, argparse._SubParsersAction):
-                return a.choices
-        return {}
+            for o in a.option_strings:
+                if a.choices:
+                    values[o] = [str(c) for c in a.choices]
+                elif o in DIR_OPTIONS:
+                    values[o] = ["<dir>"]
+                elif o in FILE_OPTIONS:
+                    values[o] = ["<file>"]
+        positional = sorted(METHODS) if path == "rpc" else None
+        for a in p._actions:
+            if not a.option_strings and a.choices and not isinstance(a, argparse._SubParsersAction):
+                positional = [str(c) for c in a.choices]
+        rows.append((path, list(subs) + opts, values, positional))
+        for name, sp in subs.items():
+            walk(f"{path} {name}".strip(), sp)
 
-    def options(p):
-        return sorted({o for a in p._actions for o in a.option_strings if a.help != argparse.SUPPRESS})
+    walk("", top)
+    return rows
 
-    top = args.cli_parser  # the whole parser, handed over by node/cli/main.py
-    cases = []
-    for name, sp in sorted(subcommands(top).items()):
-        words = list(subcommands(sp)) + options(sp)
-        cases.append(f'        {name}) words="{" ".join(words)}" ;;')
-    script = f"""# bash completion for labelmesh: `eval "$(labelmesh completion bash)"` (or save it in
-# ~/.local/share/bash-completion/completions/labelmesh)
-_labelmesh() {{
-    local cur="${{COMP_WORDS[COMP_CWORD]}}" verb="" words i
+
+def completion_script(top, shell: str) -> str:
+    """A completion script for bash, or for zsh (the same function through zsh's
+    bashcompinit): verbs and sub-verbs, their flags, the values of flags with fixed choices
+    (and directories / files where a flag takes one), and RPC method names after `rpc`."""
+    table = completion_table(top)
+    verb_cases, value_cases, pos_cases = [], [], []
+    for path, words, values, positional in table:
+        verb_cases.append(f'        "{path}") words="{" ".join(words)}" ;;')
+        for opt, vals in sorted(values.items()):
+            action = ('COMPREPLY=($(compgen -d -- "$cur"))' if vals == ["<dir>"] else
+                      'COMPREPLY=($(compgen -f -- "$cur"))' if vals == ["<file>"] else
+                      f'COMPREPLY=($(compgen -W "{" ".join(vals)}" -- "$cur"))')
+            value_cases.append(f'        "{path}|{opt}") {action}; return 0 ;;')
+        if positional:
+            pos_cases.append(f'        "{path}") words="$words {" ".join(positional)}" ;;')
+    subs = sorted({p for p, *_ in table if p})
+    head = ("#compdef labelmesh\n# zsh completion for labelmesh: `eval \"$(labelmesh completion zsh)\"` in ~/.zshrc "
+            "(after compinit)\nautoload -U +X bashcompinit && bashcompinit\n" if shell == "zsh" else
+            "# bash completion for labelmesh: `eval \"$(labelmesh completion bash)\"` (or save it in\n"
+            "# ~/.local/share/bash-completion/completions/labelmesh)\n")
+    return head + f"""_labelmesh() {{
+    local cur="${{COMP_WORDS[COMP_CWORD]}}" prev="" path="" npos=0 words="" i w
+    [ "$COMP_CWORD" -gt 0 ] && prev="${{COMP_WORDS[COMP_CWORD-1]}}"
+    # the verb path (e.g. "task post"): leading words that name a verb or sub-verb
     for ((i = 1; i < COMP_CWORD; i++)); do
-        case "${{COMP_WORDS[i]}}" in -*) ;; *) verb="${{COMP_WORDS[i]}}"; break ;; esac
+        w="${{COMP_WORDS[i]}}"
+        case "$w" in -*) continue ;; esac
+        case "${{path:+$path }}$w" in
+{chr(10).join(f'            "{p}") path="{p}"; continue ;;' for p in subs)}
+        esac
+        case "${{COMP_WORDS[i-1]}}" in -*) ;; *) npos=$((npos + 1)) ;; esac
     done
-    case "$verb" in
-        "") words="{' '.join(sorted(subcommands(top)))} {' '.join(options(top))}" ;;
-{chr(10).join(cases)}
+    case "$path|$prev" in
+{chr(10).join(value_cases)}
+    esac
+    case "$path" in
+{chr(10).join(verb_cases)}
         *) words="" ;;
     esac
+    if [ "$npos" -eq 0 ]; then
+        case "$path" in
+{chr(10).join(pos_cases) or '        __none__) ;;'}
+        esac
+    fi
     COMPREPLY=($(compgen -W "$words" -- "$cur"))
     [ ${{#COMPREPLY[@]}} -eq 0 ] && COMPREPLY=($(compgen -f -- "$cur"))
+    return 0
 }}
 complete -F _labelmesh labelmesh
 """
-    sys.stdout.write(script)
+
+
+def cmd_completion(args) -> int:
+    """A completion script for bash or zsh, from this very parser (handed over by main)."""
+    sys.stdout.write(completion_script(args.cli_parser, args.shell))
     return 0
 
 
@@ -169,6 +234,7 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     s.add_argument("src", help="a directory made by `labelmesh backup`")
     s.set_defaults(fn=cmd_restore)
 
-    s = sub.add_parser("completion", help="print a shell completion script: eval \"$(labelmesh completion bash)\"")
-    s.add_argument("shell", choices=["bash"])
+    s = sub.add_parser("completion", help="print a shell completion script: eval \"$(labelmesh completion bash)\" "
+                                           "(or zsh): verbs, flags, flag values, RPC method names")
+    s.add_argument("shell", choices=["bash", "zsh"])
     s.set_defaults(fn=cmd_completion, json=False, data_dir="")

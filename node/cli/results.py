@@ -11,7 +11,8 @@ from pathlib import Path
 from protocol.reputation import ONE
 
 from ..rpc.errors import UNAVAILABLE, RpcCallError
-from .common import EXIT_UNAVAILABLE, EXIT_USER, CliError, call, client, out
+from .common import EXIT_UNAVAILABLE, EXIT_USER, CliError, account_names, call, client, out, resolve_task, who
+from .progress import Working
 
 
 def cmd_rewards(args) -> int:
@@ -19,10 +20,16 @@ def cmd_rewards(args) -> int:
     if args.account:
         params["account"] = args.account
     if args.task:
-        params["task_id"] = args.task
+        params["task_id"] = resolve_task(args, args.task)
     r = call(args, "rewards_get", params)
-    lines = ["account                                                            reward (credits)"]
-    lines += [f"{t['account']}  {t['reward']:>14,}" for t in r["totals"]]
+    if args.json:
+        out(args, r)
+        return 0
+    names = account_names(args)
+    lines = [f"{'account':<64}  {'reward (credits)':>16}"]
+    lines += [f"{who(names, t['account']):<64}  {t['reward']:>16,}" for t in r["totals"]]
+    if not r["totals"]:
+        lines.append("(no rewards yet)")
     lines.append(f"refunded to requesters: {r['refunded']:,}; tasks not yet certified: {r['pending_tasks']}")
     out(args, r, "\n".join(lines))
     return 0
@@ -35,15 +42,22 @@ def cmd_reputation(args) -> int:
     if args.domain is not None:
         params["domain"] = args.domain
     r = call(args, "reputation_get", params)
+    if args.json:
+        out(args, r)
+        return 0
+    names = account_names(args)
     lines = [f"{'account':<64}  {'domain':<12} {'weight':>8} {'labels':>7}"]
-    lines += [f"{x['account']}  {x['domain'] or '*':<12} {x['weight_f']:>8.4f} {x['labels']:>7}" for x in r["reputation"]]
+    lines += [f"{who(names, x['account']):<64}  {x['domain'] or '*':<12} {x['weight_f']:>8.4f} {x['labels']:>7}"
+              for x in r["reputation"]]
     lines.append(f"from {r['certified_tasks']} certified tasks; a fresh account weighs {r['fresh_weight'] / ONE:.4f}")
     out(args, r, "\n".join(lines))
     return 0
 
 
 def cmd_export(args) -> int:
-    r = call(args, "task_export", {"task_id": args.task_id, "format": args.format})
+    tid = resolve_task(args, args.task_id)
+    with Working(args, "exporting"):
+        r = call(args, "task_export", {"task_id": tid, "format": args.format})
     if args.out:
         try:
             Path(args.out).write_text(r["content"])
@@ -57,7 +71,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_certificate(args) -> int:
-    r = call(args, "certificate_get", {"task_id": args.task_id})
+    r = call(args, "certificate_get", {"task_id": resolve_task(args, args.task_id)})
     if r["certified"]:
         c = r["certificate"]
         human = (f"task {r['task_id']} certified in round {c['round']}\n"
@@ -74,7 +88,7 @@ def cmd_blob_get(args) -> int:
     if args.sha256:
         params = {"sha256": args.sha256}
     elif args.task_id is not None and args.item is not None:
-        params = {"task_id": args.task_id, "item": args.item}
+        params = {"task_id": resolve_task(args, args.task_id), "item": args.item}
     else:
         raise CliError("give TASK_ID ITEM, or --sha256 HEX")
     try:
@@ -110,7 +124,7 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     """Register rewards, reputation, export, certificate and blob on ``sub``."""
     s = sub.add_parser("rewards", parents=[common], help="rewards earned in certified tasks")
     s.add_argument("--account", help="only this account (local name or hex public key)")
-    s.add_argument("--task", help="only this task id")
+    s.add_argument("--task", help="only this task (id or any unique prefix)")
     s.set_defaults(fn=cmd_rewards)
 
     s = sub.add_parser("reputation", parents=[common], help="reputation per account and domain")
@@ -119,20 +133,20 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     s.set_defaults(fn=cmd_reputation)
 
     s = sub.add_parser("export", parents=[common], help="export a task's consensus dataset")
-    s.add_argument("task_id")
+    s.add_argument("task_id", help="task id or any unique prefix of it")
     s.add_argument("--format", choices=["jsonl", "csv", "labelstudio"], default="jsonl")
     s.add_argument("--out", help="write to this file (default: stdout)")
     s.set_defaults(fn=cmd_export)
 
     s = sub.add_parser("certificate", parents=[common], help="a task's finality certificate")
-    s.add_argument("task_id")
+    s.add_argument("task_id", help="task id or any unique prefix of it")
     s.set_defaults(fn=cmd_certificate)
 
     s = sub.add_parser("blob", parents=[common], help="blob verbs (item payloads stored by content hash)")
     bsub = s.add_subparsers(dest="blob_cmd", metavar="VERB")
     bsub.required = True
     b = bsub.add_parser("get", parents=[common], help="fetch a task item's blob (from peers if needed) into a file")
-    b.add_argument("task_id", nargs="?", help="task id")
+    b.add_argument("task_id", nargs="?", help="task id or any unique prefix of it")
     b.add_argument("item", nargs="?", type=int, help="item index in the task")
     b.add_argument("--sha256", help="fetch by content hash instead of TASK_ID ITEM")
     b.add_argument("--out", required=True, help="file to write (replaced atomically once verified)")

@@ -31,24 +31,32 @@ task_export {task_id, [format]}      consensus dataset: jsonl | csv | labelstudi
 account_list {}                      local accounts (public keys only)
 messages_arrival {ids: [hex, ...]}   when this node stored each message (ms), for benchmarks
 backup_create {dest}                 consistent hot backup of the node (store, config, genesis, keys) into dest
+stop {}                              stop the node cleanly (like SIGTERM), after replying
 blob_get {task_id, item} | {sha256}  make sure a blob is stored here (fetched from peers if needed)
 blob_read {sha256, [offset], [length]}  a chunk (<= 1 MiB, hex) of a locally stored blob
 task_items {task_id, [offset], [limit], [account], [todo]}  items a page at a time, with an account's labels
 worklist {account, [limit], [offset]}  open tasks with the items an account has left to label
 blob_put {data, [media_type]}        store bytes as a blob here (for a task_post item)
 ui_url {}                            the web UI's URL with its access token (node/web/)
+blob_import {files: [{file}, ...]}   copy local files into the blob store (task_post items by hash)
 """
 from __future__ import annotations
 
 from . import annotations, blobs, consensus, info, labeling, ops, tasks
 from .annotations import annotations_list, annotations_submit
-from .blobs import blob_get, blob_read
+from .blobs import blob_get, blob_import, blob_read
 from .common import ONE
 from .consensus import certificate_get, consensus_get, reputation_get, rewards_get
 from .info import account_list, messages_arrival, node_info, peers_list, sync_status
 from .labeling import blob_put, task_items, ui_url, worklist
-from .ops import backup_create
+from .ops import backup_create, stop
 from .tasks import gold_reveal, task_export, task_get, task_post, tasks_list
+
+
+def describe(fn) -> str:
+    """The first paragraph of ``fn``'s docstring on one line (never cut mid-sentence)."""
+    para = (fn.__doc__ or "").strip().split("\n\n")[0]
+    return " ".join(para.split())
 
 
 def build_method_table() -> dict:
@@ -56,8 +64,9 @@ def build_method_table() -> dict:
     table = {f.__name__: f for module in (info, tasks, annotations, consensus, ops, blobs, labeling) for f in module.METHODS}
 
     async def rpc_methods(node, params):
-        """Names and one-line descriptions of every RPC method."""
-        return {"methods": {name: (fn.__doc__ or "").strip().split("\n")[0] for name, fn in sorted(table.items())}}
+        """Names and descriptions of every RPC method (the first paragraph of each one's
+        documentation, whole sentences)."""
+        return {"methods": {name: describe(fn) for name, fn in sorted(table.items())}}
 
     table["rpc_methods"] = rpc_methods
     return table
@@ -69,5 +78,5 @@ __all__ = [
     "METHODS", "ONE", "account_list", "annotations_list", "annotations_submit", "backup_create", "blob_get",
     "blob_read", "build_method_table", "certificate_get", "consensus_get", "gold_reveal", "messages_arrival",
     "node_info", "peers_list", "reputation_get", "rewards_get", "sync_status", "task_export", "task_get",
-    "task_post", "tasks_list", "task_items", "worklist", "blob_put", "ui_url",
+    "task_post", "tasks_list", "task_items", "worklist", "blob_put", "ui_url", "stop", "blob_import",
 ]

@@ -1,4 +1,5 @@
-"""RPC methods of blobs: make sure one is stored here (fetched from peers if needed), read it."""
+"""RPC methods of blobs: make sure one is stored here (fetched from peers if needed), read it,
+import local files."""
 from __future__ import annotations
 
 import logging
@@ -67,4 +68,26 @@ async def blob_read(node, params):
     return {"sha256": digest.hex(), "size": size, "offset": offset, "data": data.hex()}
 
 
-METHODS = [blob_get, blob_read]
+#: files per blob_import call
+MAX_IMPORT_FILES = 64
+
+
+async def blob_import(node, params):
+    """Copy local files into this node's blob store, as task_post does with {"file": path}
+    items: {files: [{"file": "/absolute/path", "media_type"?}, ...] (1..64)} ->
+    {blobs: [{sha256, size, media_type}, ...]}, usable as task_post items. `labelmesh task post`
+    imports a task's files with it a few at a time, to show progress."""
+    files = get_param(params, "files", list)
+    if not 0 < len(files) <= MAX_IMPORT_FILES or not all(isinstance(f, dict) and "file" in f for f in files):
+        raise RpcError(INVALID_PARAMS, f"param 'files' must be a list of 1..{MAX_IMPORT_FILES} "
+                                       "{\"file\": \"/absolute/path\"} objects")
+    try:
+        return {"blobs": await node.blobs.import_items(files)}
+    except BlobInputError as e:
+        raise RpcError(INVALID_PARAMS, str(e)) from None
+    except StoreFullError as e:
+        log.error("cannot store an imported file: %s", e)
+        raise RpcError(STORE_FULL, f"{e}. Free disk space; the node resumes by itself.") from None
+
+
+METHODS = [blob_get, blob_read, blob_import]

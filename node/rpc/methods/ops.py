@@ -1,4 +1,4 @@
-"""RPC methods of operations: hot backups."""
+"""RPC methods of operations: hot backups, stopping the node."""
 from __future__ import annotations
 
 import os
@@ -29,4 +29,13 @@ async def backup_create(node, params):
 
 
 
-METHODS = [backup_create]
+async def stop(node, params):
+    """Stop the node cleanly, as SIGTERM does: {} -> {stopping: true, pid}. The reply is sent
+    first; the node then closes its store and exits (`labelmesh stop` waits for that)."""
+    if params:
+        raise RpcError(INVALID_PARAMS, f"stop takes no params (got {sorted(params)[:5]})")
+    node.request_stop()
+    return {"stopping": True, "pid": os.getpid()}
+
+
+METHODS = [backup_create, stop]

@@ -18,7 +18,7 @@ from protocol.messages import (
 from ...core.verdicts import DUPLICATE
 from ...storage.blobstore import BlobInputError
 from ...storage.errors import StoreFullError
-from ..errors import INVALID_PARAMS, REJECTED, STORE_FULL, RpcError
+from ..errors import APP_ERROR, INVALID_PARAMS, REJECTED, STORE_FULL, RpcError
 from ..params import get_param, hex_param, page_param, signing_key_param, task_id_param
 from .common import ONE, ingest_or_raise, item_json, store_full_error
 from .consensus import current_result
@@ -109,6 +109,8 @@ async def task_post(node, params):
         msg = sign_message(task, sk, node.network_id)
     except Exception as e:
         raise RpcError(INVALID_PARAMS, f"cannot encode task: {e}") from None
+    if not get_param(params, "allow_duplicate", bool, True):
+        _refuse_duplicate(node, task, msg.compute_id(node.network_id))
     if gold is not None:
         # The secret is on disk before the commitment is published: the node can always reveal.
         try:
@@ -121,7 +123,20 @@ async def task_post(node, params):
         if gold is not None:  # refused, so never stored nor published: its secret is no use
             await node.forget_gold([msg.compute_id(node.network_id)])
         raise
-    return {"task_id": mid.hex(), "status": status, "items": len(task.items), "deadline_ms": deadline}
+    return {"task_id": mid.hex(), "status": status, "items": len(task.items), "deadline_ms": deadline,
+            "time_ms": node.clock()}
+
+
+def _refuse_duplicate(node, task: TaskAnnouncement, tid: bytes) -> None:
+    """With allow_duplicate false: refuse a task whose requester already posted the same
+    items with the same labels (another task id; re-sending the same message is fine)."""
+    for other_id, other in node.tasks.items():
+        if (other_id != tid and other.requester == task.requester and other.schema.labels == task.schema.labels
+                and len(other.items) == len(task.items) and other.items == task.items):
+            raise RpcError(APP_ERROR, f"task {other_id.hex()} of this requester has the same items and labels; "
+                                      "pass allow_duplicate: true to post a second one",
+                           {"duplicate_of": other_id.hex(), "title": other.title, "created_at": other.created_at,
+                            "status": node.task_status(other_id)})
 
 
 def task_summary(node, tid: bytes, t: TaskAnnouncement) -> dict:
@@ -143,11 +158,19 @@ async def task_get(node, params):
 
 
 async def tasks_list(node, params):
-    """Known tasks, newest first: {"tasks": [{task_id, title, status, items, deadline_ms, ...}]}."""
+    """Known tasks, newest first: {"tasks": [{task_id, title, status, items, deadline_ms, ...}], total,
+    time_ms (the node's clock)}.
+    With 'prefix' (1-64 hex digits), only the tasks whose id starts with it."""
     limit, offset = page_param(params)
-    ordered = sorted(node.tasks.items(), key=lambda kv: (-kv[1].created_at, kv[0]))
+    prefix = get_param(params, "prefix", str, "").lower()
+    if len(prefix) > 64 or any(c not in "0123456789abcdef" for c in prefix):
+        raise RpcError(INVALID_PARAMS, "param 'prefix' must be 0-64 hex digits of a task id")
+    tasks = node.tasks.items()
+    if prefix:
+        tasks = [(tid, t) for tid, t in tasks if tid.hex().startswith(prefix)]
+    ordered = sorted(tasks, key=lambda kv: (-kv[1].created_at, kv[0]))
     return {"tasks": [task_summary(node, tid, t) for tid, t in ordered[offset: offset + limit]],
-            "total": len(ordered)}
+            "total": len(ordered), "time_ms": node.clock()}
 
 
 
