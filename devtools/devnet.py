@@ -72,6 +72,8 @@ def add_arguments(p) -> None:
     p.add_argument("--rate-mbit", type=float, default=20.0, help="with --wan: egress rate, Mbit/s (default 20; 0 = none)")
     p.add_argument("-n", "--nodes", type=int, default=5, help=f"number of nodes for `up` (default 5, max {MAX_NODES})")
     p.add_argument("--demo", action="store_true", help="with `up`: run the demo task once the devnet is meshed, then post a task for you and print node 0's web UI URL")
+    p.add_argument("--fresh", action="store_true",
+                   help="with `up`: delete an existing devnet directory (accounts, tasks, logs) first")
     p.add_argument("--root", default=".devnet", help="devnet directory (default .devnet)")
     p.add_argument("--node", type=int, help="with `logs`: only this node index")
     p.add_argument("--lines", type=int, default=20, help="with `logs`: lines per node (default 20)")
@@ -80,7 +82,33 @@ def add_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=7, help="demo / chaos: random seed of the simulation or fault schedule (default 7)")
 
 
-def up(root: Path, n: int, netns: bool = False, shaping=None) -> dict:
+def clear_root(root: Path, fresh: bool) -> None:
+    """A devnet directory that holds anything (accounts, tasks, logs) is deleted only with
+    ``fresh`` (``up --fresh``); otherwise DevnetError says how to go on."""
+    if not root.exists() or not any(root.iterdir()):
+        return
+    if not fresh:
+        raise DevnetError(f"{root} already holds a devnet (its accounts, tasks and logs); `scripts/devnet up --fresh` "
+                          f"deletes it and starts a new one, or pass --root DIR for another directory")
+    import shutil
+
+    from . import netns as nns
+    nns.teardown(root)  # namespaces left by an earlier `up --netns` in this directory
+    shutil.rmtree(root)
+
+
+#: the annotator account every devnet node has: README's examples use it (no --account needed)
+ANNOTATOR = "default"
+#: credits each node's annotator account starts with (it can post small tasks too)
+ANNOTATOR_BALANCE = 10**6
+
+
+def add_annotators(keystores: list) -> list:
+    """Create the account ANNOTATOR on every node; returns their public keys."""
+    return [ks.create(ANNOTATOR) for ks in keystores]
+
+
+def up(root: Path, n: int, netns: bool = False, shaping=None, fresh: bool = False) -> dict:
     from node.config import NodeConfig
     from node.keystore import Keystore, write_private
     from protocol.genesis import make_genesis
@@ -97,11 +125,8 @@ def up(root: Path, n: int, netns: bool = False, shaping=None) -> dict:
         ok, why = nns.available()
         if not ok:
             raise DevnetError(f"--netns is not possible here: {why}; run without --netns (loopback)")
-    if root.exists():
-        import shutil
-        nns.teardown(root)  # namespaces left by an earlier `up --netns` in this directory
-        shutil.rmtree(root)
-    root.mkdir(parents=True)
+    clear_root(root, fresh)
+    root.mkdir(parents=True, exist_ok=True)
     layout = nns.setup(root, n, shaping) if netns else None
     validators, keystores = [], []
     for i in range(n):
@@ -113,8 +138,9 @@ def up(root: Path, n: int, netns: bool = False, shaping=None) -> dict:
         ks.create("annotator")  # for a person labelling in the node's web UI
         keystores.append(ks)
     requester = keystores[0].create("requester")
+    annotators = add_annotators(keystores)
     genesis = make_genesis("devnet", int(time.time() * 1000), [(v, 1) for v in validators], [],
-                           [(requester, 10**9)], {"grace_period_ms": 3000, "round_timeout_ms": 4000,
+                           [(requester, 10**9)] + [(a, ANNOTATOR_BALANCE) for a in annotators], {"grace_period_ms": 3000, "round_timeout_ms": 4000,
                                                    "reputation_lag_ms": 5000})
     ports = [free_port() for _ in range(n)]
     http = [f"127.0.0.1:{free_port()}" for _ in range(n)]  # each node's web UI (`labelmesh ui`)
@@ -347,15 +373,35 @@ def _demo_and_invite(root: Path, args) -> None:
         print("Any node's UI: `labelmesh ui --data-dir .devnet/node-<i>`.")
 
 
+def how_to_use(root: Path) -> str:
+    """What to type next: labelmesh on PATH, a node's data dir, the account every node has."""
+    venv_bin = Path(sys.executable).parent
+    return (f"labelmesh is {venv_bin}/labelmesh; put it on PATH with\n"
+            f"    export PATH=\"{venv_bin}:$PATH\"\n"
+            f"talk to node 0 with --data-dir {root}/node-0 (or export LABELMESH_DATA_DIR={root}/node-0); every node "
+            f"has an annotator account '{ANNOTATOR}' for the CLI ({ANNOTATOR_BALANCE:,} credits) and 'annotator' for its "
+            "web UI; node 0 also 'requester'")
+
+
+def still_running(root: Path, n: int) -> str:
+    return (f"\nthe {n} nodes are still running (`scripts/devnet status`); try `labelmesh task list --data-dir "
+            f"{root}/node-0`; stop them with `scripts/devnet down`")
+
+
 def main(args) -> int:
     root = Path(args.root)
     try:
         if args.action == "up":
-            meta = up(root, args.nodes, netns=args.netns or args.wan, shaping=shaping_from_args(args))
+            meta = up(root, args.nodes, netns=args.netns or args.wan, shaping=shaping_from_args(args),
+                      fresh=args.fresh)
             print(f"devnet up: {meta['nodes']} nodes meshed in {meta['started_in_s']} s; data in {root}/node-<i>/ "
                   f"(RPC socket node.sock); stop with `scripts/devnet down`", flush=True)
+            if not args.json:
+                print(how_to_use(root), flush=True)
             if args.demo:
                 _demo_and_invite(root, args)
+                if not args.json:
+                    print(still_running(root, meta["nodes"]))
         elif args.action == "demo":
             _demo_and_invite(root, args)
         elif args.action == "chaos":

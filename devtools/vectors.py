@@ -597,6 +597,10 @@ def gen_aggregate() -> dict:
                   "(counted once)"),
         _agg_case("gold_clamps", 3, 2, [(0, 0, 0), (0, 1, 0), (1, 0, 1), (1, 1, 0), (2, 0, 1), (2, 1, 1)], [W, W],
                   gold={0: 1}, note="gold item 0 gets its gold label with confidence ONE"),
+        _agg_case("support_rule", 6, 2, [(i, a, 0) for i in range(5) for a in (0, 1)] + [(5, 2, 1)],
+                  [W, W, W // 1000], note="item 5's only vote (a near-fresh account) says class 1; the class prior "
+                  "favours class 0, but a label is always a class that an effective vote on the item names "
+                  "(docs/consensus.md, the support rule): class 1, with its low posterior as confidence"),
         _agg_case("synthetic_40x6", 40, 3, _synthetic_votes(1, 40, 6, 3, 4), [W, W, 2 * W, 64, 0, W // 2],
                   gold={3: 0, 17: 2}, note="pseudo-random votes (sha256-derived), mixed weights, two gold items"),
     ] + [

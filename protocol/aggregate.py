@@ -565,6 +565,25 @@ def _argmax_classes(score: np.ndarray) -> np.ndarray:
     return arg
 
 
+def _supported_argmax(votes: _Votes, plan: _Plan, log_score: np.ndarray) -> np.ndarray:
+    """The support rule: per item, the class with the highest log-score among the classes
+    that at least one effective vote (an annotator of positive weight) names on that item;
+    ties go to the lowest class index. An item's label never contradicts every vote it has:
+    with one vote of a fresh account, the class prior alone cannot turn "dog" into "cat".
+    Items without an effective vote keep the plain argmax (they get -1, or their gold label)."""
+    n_items, k = votes.n_items, votes.n_classes
+    label = _argmax_classes(log_score)
+    eff = plan.temper[votes.annotator] > 0
+    support = np.zeros(k * n_items, dtype=bool)
+    support[votes.label[eff] * n_items + votes.item[eff]] = True
+    support = support.reshape(k, n_items)
+    cut = plan.voted & ~support[label, np.arange(n_items)]
+    if cut.any():
+        floor = np.iinfo(np.int64).min
+        label[cut] = _argmax_classes(np.where(support[:, cut], log_score[:, cut], floor))
+    return label
+
+
 def _normalise(log_score: np.ndarray) -> np.ndarray:
     """Posterior shares (units 1/PROB_ONE) of class-major integer log-scores:
     floor((exp2neg(max - S) << PROB_SHIFT) / sum over classes)."""
@@ -830,7 +849,7 @@ def compute_consensus(inp: AggregateInput, *, iterations: int = CONSENSUS_ITERAT
     log_score, evidence = _fit(votes, plan, gold_item, gold_label, iterations, model, both_starts=True)
     no_evidence = np.flatnonzero(~evidence)
 
-    label = _argmax_classes(log_score)
+    label = _supported_argmax(votes, plan, log_score)
     q = _clamp(_normalise(log_score), no_evidence, gold_item, gold_label)
     label[gold_item] = gold_label
     label[no_evidence] = -1

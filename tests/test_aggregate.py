@@ -410,9 +410,12 @@ def reference_consensus(inp, iterations):
     s, evidence = _ref_fit(votes, w, t, n, k, na, gold, iterations, use_map, pooled, True)
     q = [None] * n
     label, conf = [], []
+    named = {(i, lab) for i, a, lab in votes if t[a] > 0}  # the support rule: classes an effective vote names
     for i, row in enumerate(s):
         qi = _ref_posterior(row)
         lab = row.index(max(row))
+        if evidence[i] and any(ii == i for ii, _ in named) and (i, lab) not in named:
+            lab = max((c for c in range(k) if (i, c) in named), key=lambda c: (row[c], -c))
         if i in gold:
             lab, qi = gold[i], [PROB_ONE if c == gold[i] else 0 for c in range(k)]
         if not evidence[i]:
@@ -939,7 +942,8 @@ def test_cli_numeric_labels_sort_numerically(tmp_path):
 @pytest.mark.parametrize(
     "answers, gold, rep, message",
     [
-        ("task,worker,label\nt,w,1\n", None, None, "header is"),
+        ("task,worker,lbl\nt,w,1\n", None, None, "header is"),
+        ("task,worker,worker\nt,w,1\n", None, None, "header is"),
         ("", None, None, "empty file"),
         ("worker,task,label\n", None, None, "no answers"),
         ("worker,task,label\nw,t\n", None, None, "2 fields"),
@@ -967,3 +971,18 @@ def test_cli_reports_bad_files(tmp_path, capsys, monkeypatch, answers, gold, rep
 def test_cli_missing_file(tmp_path, capsys):
     assert run_cli("--answers", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "o.csv")) == 2
     assert "cannot open" in capsys.readouterr().err
+
+
+def test_cli_reads_columns_by_header_name(tmp_path):
+    """crowd-kit writes task,worker,label; the columns are found by name, in any order."""
+    rows = [("w1", "t1", "cat"), ("w2", "t1", "cat"), ("w3", "t1", "dog"), ("w1", "t2", "dog"), ("w2", "t2", "dog")]
+    a = tmp_path / "a.csv"
+    a.write_text("worker,task,label\n" + "".join(f"{w},{t},{l}\n" for w, t, l in rows))
+    b = tmp_path / "b.csv"
+    b.write_text("task,label,worker\n" + "".join(f"{t},{l},{w}\n" for w, t, l in rows))
+    outs = []
+    for f in (a, b):
+        o = tmp_path / f"{f.stem}.out.csv"
+        assert run_cli("--answers", str(f), "--out", str(o)) == 0
+        outs.append(o.read_text())
+    assert outs[0] == outs[1] and "t1,cat" in outs[0] and "t2,dog" in outs[0]

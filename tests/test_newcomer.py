@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -317,3 +318,98 @@ async def test_blob_files_are_imported_with_progress_on_a_terminal(one_node, cap
         with pytest.raises(Exception) as e:
             await METHODS["blob_import"](node, bad)
         assert getattr(e.value, "code", None) == -32602, (bad, e.value)
+
+
+# ------------------------------------------------------------------ Label Studio, both ways
+
+
+async def test_label_studio_export_checked_by_the_sdk_and_round_trip(one_node, capsys):
+    """Export: one annotation per annotator (with its account), the labeling config next to the
+    export, checked with label-studio-sdk; blob items have a URL. Import: `task post` of the
+    export gives the same labels per annotator, `aggregate` of it the node's consensus."""
+    from label_studio_sdk.label_interface import LabelInterface  # the test extra installs it
+
+    node, dd = one_node, one_node.dd
+    work = dd.parent
+    (work / "cat.png").write_bytes(b"\x89PNG fake cat")
+    lines = ["a photo of a cat", "a photo of a dog", "a photo of a bird", "nothing", {"file": "cat.png"}]
+    code, out, err = await post(capsys, node, lines, "--json")
+    assert code == 0, err
+    tid = json.loads(out)["task_id"]
+    votes = {"default": ["0", "cat", "1", "dog", "2", "dog", "4", "cat"], "ann2": ["0", "cat", "1", "dog", "2", "cat"],
+             "ann3": ["0", "dog", "1", "dog", "4", "cat"]}
+    for name, pairs in votes.items():
+        assert (await run_cli(capsys, "label", tid, *pairs, "--account", name, "--data-dir", dd))[0] == 0
+    assert (await run_cli(capsys, "label", tid, "0", "cat", "--account", "ann3", "--data-dir", dd))[0] == 0  # equivocates
+    exp = work / "ls.json"
+    code, out, err = await run_cli(capsys, "export", tid[:10], "--format", "labelstudio", "--out", exp, "--data-dir", dd)
+    assert code == 0, err
+    cfg_file = work / "ls.label_config.xml"
+    assert cfg_file.exists() and str(cfg_file) in out and "LOCAL_FILES_DOCUMENT_ROOT=" in out
+    tasks = json.loads(exp.read_text())
+    li = LabelInterface(cfg_file.read_text())
+    assert li.get_control("label") is not None
+    assert {o.tag for o in li.objects} == {"Text", "Image"}  # a task of mixed kinds shows both
+    for t in tasks:
+        for obj in li.objects:  # every object tag finds its data
+            assert t["data"].get(obj.value_name) is not None, (obj.value_name, t["data"])
+        for a in t["annotations"]:
+            assert li.validate_annotation(a), a
+        for p in t.get("predictions", []):
+            assert li.validate_prediction(p, return_errors=True) == [], p
+    img = tasks[4]["data"]
+    assert img["text"] == "" and img["image"].startswith("/data/local-files/?d=") and img["media_type"] == "image/png"
+    blob_root = re.search(r"LOCAL_FILES_DOCUMENT_ROOT=(\S+)", out).group(1)
+    served = Path(blob_root) / img["image"].split("?d=")[1]  # what Label Studio's local files serve
+    assert served.read_bytes() == b"\x89PNG fake cat"
+    by_item = {t["meta"]["item"]: {a["labelmesh"]["name"]: a["result"][0]["value"]["choices"][0]
+                                   for a in t["annotations"]} for t in tasks}
+    # ann3 equivocated on item 0: not an annotation there; everything else, one per annotator
+    assert by_item[0] == {"default": "cat", "ann2": "cat"}
+    assert by_item[2] == {"default": "dog", "ann2": "cat"} and by_item[3] == {}
+    assert all(a["labelmesh"]["account"] == pk({"default": 51, "ann2": 52, "ann3": 53}[a["labelmesh"]["name"]]).hex()
+               for t in tasks for a in t["annotations"])
+    assert "predictions" not in tasks[3] and tasks[0]["predictions"][0]["result"][0]["value"]["choices"] == ["cat"]
+
+    # import 1: `task post` of the export, on this node (same items: --allow-duplicate)
+    code, out, err = await run_cli(capsys, "task", "post", exp, "--labels", "cat,dog,bird", "--account", "req",
+                                   "--allow-duplicate", "--json", "--data-dir", dd)
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["imported"] == {"accounts": {"ann2": 3, "ann3": 2, "default": 4}, "skipped": []}
+    tid2 = bytes.fromhex(r["task_id"])
+    assert node.tasks[tid2].items == node.tasks[bytes.fromhex(tid)].items  # the blob item too, by hash
+
+    def labels_of(task_hex):
+        got = {}
+        for b in node.store.task_message_ids(bytes.fromhex(task_hex), 2):
+            from protocol.messages import decode_message
+            body = decode_message(node.store.get(b), node.params).body
+            for i, l in body.labels:
+                got.setdefault(body.annotator, {}).setdefault(i, set()).add(l)
+        return {a: {i: ls.pop() for i, ls in m.items() if len(ls) == 1} for a, m in got.items()}
+
+    first, second = labels_of(tid), labels_of(tid2.hex())
+    first[pk(53)] = {i: l for i, l in first[pk(53)].items() if i != 0}  # the equivocated vote is not exported
+    assert second == first
+
+    # import 2: `aggregate` of the export gives the node's consensus labels (all accounts are fresh: equal weights)
+    o = work / "agg.csv"
+    code, out, err = await run_cli(capsys, "aggregate", "--answers", exp, "--out", o)
+    assert code == 0, err
+    offline = dict(line.split(",")[:2] for line in o.read_text().splitlines()[1:])
+    cons = await METHODS["consensus_get"](node, {"task_id": tid})
+    assert {str(it["item"]): it["label"] for it in cons["items"] if it["votes"]} == offline
+
+    # bad imports are one line each
+    for text, says in (("{}", "non-empty JSON array"), ("[1]", "'data' object"),
+                       ('[{"data": {"image": "https://x/y.png"}}]', "does not download"),
+                       ('[{"data": {"text": "t"}, "annotations": [{"result": [{"type": "choices", '
+                        '"value": {"choices": ["cat", "dog"]}}]}]}]', "exactly one label"),
+                       ('[{"data": {"text": "t"}, "annotations": [{"completed_by": 1, "result": [{"type": "choices", '
+                        '"value": {"choices": ["zebra"]}}]}]}]', "labels that --labels lacks")):
+        bad = work / "bad.json"
+        bad.write_text(text)
+        code, out, err = await run_cli(capsys, "task", "post", bad, "--labels", "cat,dog", "--account", "req",
+                                       "--data-dir", dd)
+        assert code == 2 and says in err and err.count("\n") == 1, (text, err)

@@ -7,7 +7,9 @@ confidence,agreement``.
 
 File rules (each violation is one clear error line, exit status 2):
 
-- UTF-8 (a leading BOM is accepted), comma separated, the exact header named above.
+- UTF-8 (a leading BOM is accepted), comma separated, a header with the columns named above in
+  any order (crowd-kit writes ``task,worker,label``); or, for the answers, a Label Studio
+  JSON export (``.json``: its annotations, node/cli/labelstudio.py).
 - At most ``MAX_CSV_ROWS`` data rows per file and ``MAX_FIELD_CHARS`` characters per
   field; no empty fields.
 - Class order: the distinct labels of the answers file, sorted numerically when every
@@ -85,10 +87,13 @@ def _read_rows(path: str, header: tuple[str, ...]) -> list[list[str]]:
             first = next(reader, None)
             if first is None:
                 raise OfflineError(f"{path}: empty file, expected the header {','.join(header)}")
-            if tuple(f.strip() for f in first) != header:
+            names = [f.strip() for f in first]
+            if sorted(names) != sorted(header) or len(set(names)) != len(names):
                 raise OfflineError(
-                    f"{path}: header is {','.join(first)!r}, expected {','.join(header)!r}"
+                    f"{path}: header is {','.join(first)!r}, expected the columns {','.join(header)!r} "
+                    "(in any order)"
                 )
+            order = [names.index(h) for h in header]  # columns by header name: crowd-kit writes task,worker,label
             rows = []
             for row in reader:
                 if not row or (len(row) == 1 and not row[0].strip()):
@@ -98,7 +103,7 @@ def _read_rows(path: str, header: tuple[str, ...]) -> list[list[str]]:
                     raise OfflineError(
                         f"{path}:{line}: {len(row)} fields, expected {len(header)} ({','.join(header)})"
                     )
-                row = [f.strip() for f in row]
+                row = [row[k].strip() for k in order]
                 for name, field in zip(header, row):
                     if not field:
                         raise OfflineError(f"{path}:{line}: empty {name}")
@@ -123,9 +128,25 @@ def _label_order(labels: set[str]) -> list[str]:
         return sorted(labels)
 
 
+def _labelstudio_rows(path: str) -> list[list[str]]:
+    """(worker, task, label) rows of a Label Studio JSON export's annotations."""
+    from .common import CliError
+    from .labelstudio import read_labelstudio
+
+    try:
+        ls = read_labelstudio(path)
+    except CliError as e:
+        raise OfflineError(str(e)) from None
+    return [[who, ls.keys[item], label] for item, who, label in ls.annotations]
+
+
 def read_answers(path: str) -> AnswerTable:
-    """Read ``worker,task,label`` rows.  Raises OfflineError."""
-    rows = _read_rows(path, ("worker", "task", "label"))
+    """Read ``worker,task,label`` rows (columns in any order, by header name), or the
+    annotations of a Label Studio JSON export (``.json``).  Raises OfflineError."""
+    if path.lower().endswith(".json"):
+        rows = _labelstudio_rows(path)
+    else:
+        rows = _read_rows(path, ("worker", "task", "label"))
     if not rows:
         raise OfflineError(f"{path}: no answers")
     workers = sorted({r[0] for r in rows})
@@ -228,7 +249,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
             "network's reputation-weighted Dawid-Skene rule; writes task,label,confidence,agreement."
         ),
     )
-    parser.add_argument("--answers", required=True, metavar="ANSWERS.csv", help="header worker,task,label")
+    parser.add_argument("--answers", required=True, metavar="ANSWERS.csv",
+                        help="columns worker,task,label in any order (crowd-kit: task,worker,label), or a Label "
+                             "Studio JSON export (.json)")
     parser.add_argument("--gold", metavar="GOLD.csv", help="revealed gold, header task,label")
     parser.add_argument("--reputation", metavar="REP.csv", help="prior weights, header worker,weight (votes)")
     parser.add_argument(

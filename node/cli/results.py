@@ -54,19 +54,42 @@ def cmd_reputation(args) -> int:
     return 0
 
 
+def labeling_config_path(out: str) -> Path:
+    """Where `export --format labelstudio --out FILE` writes the labeling config: next to FILE."""
+    p = Path(out)
+    return p.with_name(p.stem + ".label_config.xml")
+
+
 def cmd_export(args) -> int:
     tid = resolve_task(args, args.task_id)
+    params = {"task_id": tid, "format": args.format}
+    if args.blob_url is not None:
+        params["blob_url"] = args.blob_url
     with Working(args, "exporting"):
-        r = call(args, "task_export", {"task_id": tid, "format": args.format})
-    if args.out:
-        try:
-            Path(args.out).write_text(r["content"])
-        except OSError as e:
-            raise CliError(f"cannot write {args.out}: {e}") from None
-        out(args, {k: v for k, v in r.items() if k != "content"},
-             f"wrote {r['items']} items ({r['status']}) as {r['format']} to {args.out}")
-    else:
+        r = call(args, "task_export", params)
+    if not args.out:
         sys.stdout.write(r["content"])
+        return 0
+    written = [args.out]
+    try:
+        Path(args.out).write_text(r["content"])
+        if r.get("labeling_config"):
+            cfg = labeling_config_path(args.out)
+            cfg.write_text(r["labeling_config"])
+            written.append(str(cfg))
+    except OSError as e:
+        raise CliError(f"cannot write {e.filename or args.out}: {e.strerror or e}") from None
+    meta = {k: v for k, v in r.items() if k not in ("content", "labeling_config")}
+    human = f"wrote {r['items']} items ({r['status']}) as {r['format']} to {args.out}"
+    if len(written) > 1:
+        meta["labeling_config_file"] = written[1]
+        human += (f"\nLabel Studio: create a project with the labeling config {written[1]}, then import {args.out}"
+                  " (annotations: one per annotator, predictions: the consensus)")
+        if '"sha256"' in r["content"] and args.blob_url is None:
+            human += (f"\nblob items are served by Label Studio's local files: start it with "
+                      f"LOCAL_FILES_SERVING_ENABLED=true LOCAL_FILES_DOCUMENT_ROOT={r.get('blob_root')} "
+                      "(or --blob-url URL_PREFIX for a server of your own)")
+    out(args, meta, human)
     return 0
 
 
@@ -135,7 +158,10 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     s = sub.add_parser("export", parents=[common], help="export a task's consensus dataset")
     s.add_argument("task_id", help="task id or any unique prefix of it")
     s.add_argument("--format", choices=["jsonl", "csv", "labelstudio"], default="jsonl")
-    s.add_argument("--out", help="write to this file (default: stdout)")
+    s.add_argument("--out", help="write to this file (default: stdout); labelstudio also writes the labeling "
+                                 "config next to it, FILE.label_config.xml")
+    s.add_argument("--blob-url", metavar="PREFIX", help="labelstudio: URL prefix of blob items, followed by "
+                   "<2 hex digits>/<sha256> (default /data/local-files/?d=, Label Studio's local files)")
     s.set_defaults(fn=cmd_export)
 
     s = sub.add_parser("certificate", parents=[common], help="a task's finality certificate")

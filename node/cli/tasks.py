@@ -12,6 +12,7 @@ from ..rpc.errors import RpcCallError
 from .common import (
     EXIT_UNAVAILABLE, CliError, account_names, call, client, fmt_deadline, fmt_share, fmt_time, out, resolve_task, who,
 )
+from .labelstudio import looks_like_labelstudio, read_labelstudio
 from .progress import Progress, Working
 
 
@@ -104,7 +105,15 @@ def _import_blobs(args, items: list) -> list:
 
 def cmd_task_post(args) -> int:
     labels = [x.strip() for x in args.labels.split(",") if x.strip()]
-    items = _import_blobs(args, _resolve_files(_read_items(args.file), args.file))
+    ls = None
+    if looks_like_labelstudio(args.file):
+        ls = read_labelstudio(args.file)
+        unknown = sorted({lab for _, _, lab in ls.annotations} - set(labels))
+        if unknown:
+            raise CliError(f"{args.file}: annotations use labels that --labels lacks: {', '.join(unknown[:10])}")
+        items = _import_blobs(args, ls.items)
+    else:
+        items = _import_blobs(args, _resolve_files(_read_items(args.file), args.file))
     params = {"account": args.account, "title": args.title or Path(args.file).stem, "labels": labels,
               "items": items, "duration_s": args.duration, "bounty": args.bounty,
               "redundancy": args.redundancy, "domain": args.domain, "allow_duplicate": args.allow_duplicate}
@@ -123,11 +132,38 @@ def cmd_task_post(args) -> int:
     except (ConnectionError, OSError) as e:
         raise CliError(f"cannot reach the node's RPC socket: {e}", EXIT_UNAVAILABLE) from None
     tid = r["task_id"]
+    if ls is not None and ls.annotations:
+        r["imported"] = _import_annotations(args, tid, ls)
+    if args.quiet and not args.json:
+        print(tid)
+        return 0
     out(args, r, f"task {tid} posted: {r.get('items')} items, labels {', '.join(labels)}\n"
                  f"  deadline {fmt_deadline(r['deadline_ms'], r.get('time_ms'))}\n"
                  f"  short id {tid[:12]} (any unique prefix works); label with: "
                  f"labelmesh label {tid[:12]} 0 {labels[0] if labels else 'LABEL'}")
     return 0
+
+
+def _import_annotations(args, tid: str, ls) -> dict:
+    """Submit a Label Studio export's annotations as labels of the local accounts named like
+    their annotators (one batch each); the others cannot be signed here and are listed."""
+    mine = set(account_names(args).values())
+    by: dict[str, dict[int, str]] = {}
+    for item, who_, label in ls.annotations:
+        by.setdefault(who_, {})[item] = label
+    done, skipped = {}, sorted(a for a in by if a not in mine)
+    for name in sorted(a for a in by if a in mine):
+        pairs = [[i, lab] for i, lab in sorted(by[name].items())]
+        call(args, "annotations_submit", {"account": name, "task_id": tid, "labels": pairs})
+        done[name] = len(pairs)
+    if not args.json:
+        if done:
+            print(f"imported the labels of {', '.join(f'{k} ({v})' for k, v in done.items())}", file=sys.stderr)
+        if skipped:
+            print(f"not imported: the labels of {len(skipped)} annotators without a local account here "
+                  f"({', '.join(skipped[:5])}{' …' if len(skipped) > 5 else ''}); only their own keys can sign them",
+                  file=sys.stderr)
+    return {"accounts": done, "skipped": skipped}
 
 
 def _label_value(text: str):
@@ -193,6 +229,8 @@ def cmd_consensus(args) -> int:
             note = "  no votes yet"
         elif it["label"] is None:
             note = "  undecided"
+        elif it["confidence"] * 2 < 65536:
+            note = "  weak: the only support is votes of little weight (docs/consensus.md, the support rule)"
         elif it["agreement"] * 2 <= 65536 and it["votes"] > 1:
             note = "  split vote: decided by the annotators' weights"
         lines.append(f"{it['item']:>5}  {label:<16} {fmt_share(it['confidence']):>10}  "
@@ -353,7 +391,9 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     tsub.required = True
     t = tsub.add_parser("post", parents=[common], help="post a task whose items come from a JSON Lines or CSV file")
     t.add_argument("file", help="items: .jsonl (one string, {\"text\": ...} or {\"file\": \"img.png\"} per line; "
-                   "file paths are relative to the .jsonl and become blobs) or .csv with a 'text' column")
+                   "file paths are relative to the .jsonl and become blobs), .csv with a 'text' column, or a Label "
+                   "Studio JSON export (.json: its tasks, and its annotations as labels of the local accounts "
+                   "named like their annotators)")
     t.add_argument("--labels", required=True, help="comma-separated label names, e.g. pos,neg")
     t.add_argument("--title", help="task title (default: the file name)")
     t.add_argument("--domain", default="", help="label domain for reputation (e.g. sentiment)")
@@ -365,6 +405,7 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     t.add_argument("--gold", help="hidden gold answers, CSV item,label: committed now, revealed after the deadline")
     t.add_argument("--allow-duplicate", action="store_true",
                    help="post even if this account already posted the same items and labels")
+    t.add_argument("-q", "--quiet", action="store_true", help="print only the task id (for TASK=$(...))")
     t.set_defaults(fn=cmd_task_post)
 
     t = tsub.add_parser("list", parents=[common], help="the tasks this node knows, newest first")

@@ -2,17 +2,20 @@
 gold, export the consensus dataset."""
 from __future__ import annotations
 
+import base64
 import csv
+import html
 import io
 import json
 import logging
 import secrets
+import time
 
 import trio
 
 from protocol.messages import (
     ITEM_BLOB, ITEM_BYTES, ITEM_TEXT, KIND_BATCH, SCHEMA_SINGLE_CHOICE, Item, LabelSchema, TaskAnnouncement,
-    compute_gold_commitment, sign_message,
+    compute_gold_commitment, decode_message, sign_message,
 )
 
 from ...core.verdicts import DUPLICATE
@@ -194,28 +197,107 @@ async def gold_reveal(node, params):
 
 async def task_export(node, params):
     """The consensus dataset of a task as 'jsonl', 'csv' or 'labelstudio' (Label Studio JSON import)
-    text: item, label, confidence, agreement, votes (certified result if there is one)."""
+    text: item, label, confidence, agreement, votes (certified result if there is one). Label Studio's
+    has every annotator's labels as annotations, the labeling config, and blob items as URLs under
+    'blob_url' (default: Label Studio's local files, /data/local-files/?d=)."""
     tid = task_id_param(node, params)
     fmt = get_param(params, "format", str, "jsonl")
     if fmt not in ("jsonl", "csv", "labelstudio"):
         raise RpcError(INVALID_PARAMS, "format must be jsonl, csv or labelstudio")
+    blob_url = get_param(params, "blob_url", str, LS_LOCAL_FILES)
+    if len(blob_url) > 1000:
+        raise RpcError(INVALID_PARAMS, "param 'blob_url' is longer than 1000 characters")
     _, cres, res = await current_result(node, tid)
     status = "certified" if cres is not None else "provisional"
     task = node.tasks[tid]
+    ctx = ExportContext(node, tid, task, res, status, blob_url) if fmt == "labelstudio" else None
     if len(task.items) >= EXPORT_THREAD_MIN_ITEMS:  # ~4 us per item per format: off the event loop
-        content = await trio.to_thread.run_sync(_export_content, task, res, tid, status, fmt)
+        content = await trio.to_thread.run_sync(_export_content, task, res, tid, status, fmt, ctx)
     else:
-        content = _export_content(task, res, tid, status, fmt)
-    return {"task_id": tid.hex(), "format": fmt, "status": status, "result_root": res.result_root.hex(),
-            "items": len(task.items), "content": content}
+        content = _export_content(task, res, tid, status, fmt, ctx)
+    out = {"task_id": tid.hex(), "format": fmt, "status": status, "result_root": res.result_root.hex(),
+           "items": len(task.items), "content": content}
+    if ctx is not None:
+        out["labeling_config"] = ctx.config()
+        out["blob_root"] = str(node.blobs.store.root) if node.blobs is not None else None
+    return out
 
 
 #: task_export formats tasks of at least this many items in a worker thread.
 EXPORT_THREAD_MIN_ITEMS = 5_000
+#: Label Studio serves files under LOCAL_FILES_DOCUMENT_ROOT at this URL prefix (its "local files")
+LS_LOCAL_FILES = "/data/local-files/?d="
+#: Label Studio object tag and data key per kind of item
+LS_OBJECTS = {"text": ("Text", "text"), "image": ("Image", "image"), "audio": ("Audio", "audio"),
+              "video": ("Video", "video")}
 
 
-def _export_content(task, res, tid: bytes, status: str, fmt: str) -> str:
-    """task_export's text (pure: runs in a worker thread for big tasks)."""
+def _ls_kind(data: dict) -> str:
+    mt = (data.get("media_type") or "") if "text" not in data else ""
+    top = mt.split("/")[0]
+    return top if top in ("image", "audio", "video") else "text"
+
+
+class ExportContext:
+    """What a Label Studio export needs beyond the result: every annotator's counted labels
+    per item (from the stored batches, equivocations left out as in the tally), where blobs
+    are, and the labeling config."""
+
+    def __init__(self, node, tid: bytes, task, res, status: str, blob_url: str):
+        self.node, self.tid, self.task, self.status, self.blob_url = node, tid, task, status, blob_url
+        self.batch_ids = [b for b in res.batch_ids if b in set(node.store.task_message_ids(tid, KIND_BATCH))]
+        names = {}
+        if node.keystore is not None:
+            names = {a["public_key"]: a["name"] for a in node.keystore.list()}
+        self.names = names
+        kinds = [_ls_kind(item_json(it)) for it in task.items]
+        # the labels go to the most common kind; a task of mixed kinds shows every kind's
+        # object, and each item fills its own data key ("" in the others')
+        self.kind = max(set(kinds), key=lambda k: (kinds.count(k), k)) if kinds else "text"
+        self.kinds = sorted(set(kinds) or {"text"}, key=lambda k: (k != self.kind, k))
+
+    def votes(self) -> dict[int, dict[bytes, tuple[int, int]]]:
+        """item -> annotator -> (label, created_at of the first batch naming it); pinned batches only."""
+        seen: dict[int, dict[bytes, set]] = {}
+        when: dict[tuple[int, bytes], int] = {}
+        for start in range(0, len(self.batch_ids), 256):
+            chunk = self.batch_ids[start:start + 256]
+            for raw in self.node.store.get_many(chunk):
+                b = decode_message(raw, self.node.params).body
+                for item, label in b.labels:
+                    seen.setdefault(item, {}).setdefault(b.annotator, set()).add(label)
+                    k = (item, b.annotator)
+                    when[k] = min(when.get(k, b.created_at), b.created_at)
+        return {i: {a: (next(iter(ls)), when[(i, a)]) for a, ls in by.items() if len(ls) == 1}
+                for i, by in seen.items()}
+
+    def data(self, data: dict) -> dict:
+        out = {LS_OBJECTS[k][1]: "" for k in self.kinds}
+        if "text" in data:
+            out["text"] = data["text"]
+            return out
+        obj_key = LS_OBJECTS[_ls_kind(data)][1]
+        if "sha256" in data:
+            d = data["sha256"]
+            out.update({obj_key: f"{self.blob_url}{d[:2]}/{d}", "sha256": d, "size": data["size"],
+                        "media_type": data.get("media_type")})
+        else:
+            out[obj_key] = (f"data:{data.get('media_type') or 'application/octet-stream'};base64,"
+                            + base64.b64encode(bytes.fromhex(data["hex"])).decode())
+        return out
+
+    def config(self) -> str:
+        objects = "".join(f'  <{LS_OBJECTS[k][0]} name="{LS_OBJECTS[k][1]}" value="${LS_OBJECTS[k][1]}"/>\n'
+                          for k in self.kinds)
+        choices = "".join(f'    <Choice value="{html.escape(c, quote=True)}"/>\n' for c in self.task.schema.labels)
+        title = html.escape(self.task.title or "labelmesh task", quote=True)
+        return (f'<View>\n  <Header value="{title}"/>\n{objects}'
+                f'  <Choices name="label" toName="{LS_OBJECTS[self.kind][1]}" choice="single" showInLine="true">\n'
+                f'{choices}  </Choices>\n</View>\n')
+
+
+def _export_content(task, res, tid: bytes, status: str, fmt: str, ctx: ExportContext | None = None) -> str:
+    """task_export's text (pure but for reading the task's batches: runs in a worker thread for big tasks)."""
     names = task.schema.labels
     rows = []
     for i, it in enumerate(task.items):
@@ -233,15 +315,33 @@ def _export_content(task, res, tid: bytes, status: str, fmt: str) -> str:
             w.writerow([r["item"], r["data"].get("text", r["data"].get("sha256", "")), r["label"] or "",
                         r["confidence"], r["agreement"], r["votes"]])
         return buf.getvalue()
+    to_name = LS_OBJECTS[ctx.kind][1]
+    votes = ctx.votes()
+
+    def choice(label_index: int) -> list:
+        return [{"from_name": "label", "to_name": to_name, "type": "choices",
+                 "value": {"choices": [names[label_index]]}}]
+
     ls = []
     for r in rows:
-        entry = {"id": r["item"], "data": {"text": r["data"].get("text", "")} if "text" in r["data"] else r["data"],
-                 "meta": {"labelmesh_task": tid.hex(), "status": status, "votes": r["votes"],
+        entry = {"id": r["item"] + 1, "data": ctx.data(r["data"]),
+                 "meta": {"labelmesh_task": tid.hex(), "item": r["item"], "status": status, "votes": r["votes"],
                           "agreement": r["agreement"]}}
+        anns = []
+        for k, (account, (label, created)) in enumerate(sorted(votes.get(r["item"], {}).items())):
+            who = {"account": account.hex()}
+            if account.hex() in ctx.names:
+                who["name"] = ctx.names[account.hex()]
+            anns.append({"id": r["item"] * 10_000 + k + 1, "result": choice(label), "was_cancelled": False,
+                         "ground_truth": False,
+                         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created / 1000))
+                         + f".{created % 1000:03d}Z",
+                         "completed_by": {"email": f"{who.get('name', account.hex()[:16])}@labelmesh.invalid"},
+                         "labelmesh": who})
+        entry["annotations"] = anns
         if r["label"] is not None:
             entry["predictions"] = [{"model_version": f"labelmesh-{status}", "score": r["confidence"],
-                                     "result": [{"from_name": "label", "to_name": "text", "type": "choices",
-                                                 "value": {"choices": [r["label"]]}}]}]
+                                     "result": choice(names.index(r["label"]))}]
         ls.append(entry)
     # One Label Studio task per line: json's C encoder per entry (indent= would use the
     # pure-Python encoder, ~10x slower: 5 s for 100,000 items).
