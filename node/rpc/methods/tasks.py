@@ -324,7 +324,7 @@ def _export_content(task, res, tid: bytes, status: str, fmt: str, ctx: ExportCon
 
     ls = []
     for r in rows:
-        entry = {"id": r["item"] + 1, "data": ctx.data(r["data"]),
+        entry = {"id": r["item"], "data": ctx.data(r["data"]),
                  "meta": {"labelmesh_task": tid.hex(), "item": r["item"], "status": status, "votes": r["votes"],
                           "agreement": r["agreement"]}}
         anns = []
