@@ -27,7 +27,7 @@ def test_wheel_holds_every_package_and_its_labelmesh_runs(tmp_path):
     # build from a copy (setuptools writes build/ into the tree it builds)
     src = tmp_path / "src"
     src.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(ROOT / name, src / name)
     for pkg in PACKAGES:
         shutil.copytree(ROOT / pkg, src / pkg, ignore=shutil.ignore_patterns("__pycache__"))
@@ -45,6 +45,13 @@ def test_wheel_holds_every_package_and_its_labelmesh_runs(tmp_path):
     missing = sorted(_source_files() - names)
     assert missing == [], f"the wheel lacks {missing}"
     assert not any(n.startswith("tests/") for n in names)
+    # the license ships in the wheel and its metadata names the one of pyproject.toml
+    lic = [n for n in names if n.endswith("/LICENSE") and ".dist-info/" in n]
+    assert lic, sorted(n for n in names if ".dist-info/" in n)
+    z = zipfile.ZipFile(wheels[0])
+    assert z.read(lic[0]).decode().startswith("MIT License")
+    metadata = z.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    assert "License: MIT" in metadata or "License-Expression: MIT" in metadata, metadata[:800]
 
     site = tmp_path / "site"
     r = subprocess.run([*pip, "install", "--no-deps", "--no-index", "-q", "--target", str(site), str(wheels[0])],
@@ -62,3 +69,6 @@ def test_wheel_holds_every_package_and_its_labelmesh_runs(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     for verb in ("init", "run", "status", "task", "consensus", "aggregate", "devnet"):  # devnet: the plugin verb
         assert f"    {verb}" in r.stdout, r.stdout
+    r = subprocess.run([str(site / "bin" / "labelmesh"), "--version"], capture_output=True, text=True, timeout=60,
+                       cwd=tmp_path, env=env)
+    assert r.returncode == 0 and r.stdout.strip() == f"labelmesh {version}", r.stdout + r.stderr
