@@ -230,14 +230,30 @@ async def test_prefix_ids_everywhere_and_ambiguous_prefixes(one_node, capsys):
                           else twin[:6], "--data-dir", dd))[0] == 0
     for bad, says in ((tid[:3], "at least 4 hex digits"), ("zzzz", "is not"), ("ffff" if not tid.startswith("ffff")
                       and not twin.startswith("ffff") else "eeee", "no task id starts with")):
-        code, out, err = await run_cli(capsys, "label", bad, "0", "cat", "--data-dir", dd)
+        code, out, err = await run_cli(capsys, "label", bad, "0", "cat", "--wait", "0", "--data-dir", dd)
         assert code == 2 and says in err and err.count("\n") == 1, (bad, err)
+    # a task on its way from another node: `label` waits for it (--wait, bounded)
+    late = sign_message(make_task(requester=1, nonce=10**9, bounty=0), key(1), node.network_id)
+    late_id = late.compute_id(node.network_id).hex()
+    def lists():
+        return node.rpc.method_stats.get(("tasks_list", "ok"), [0])[0]
+
+    before = lists()
+    async with trio.open_nursery() as n:
+        async def arrive():  # only once the CLI has looked for it and not found it
+            await wait_for(lambda: lists() > before, 30)
+            await METHODS["task_post"](node, {"raw": late.raw.hex()})
+        n.start_soon(arrive)
+        code, out, err = await run_cli(capsys, "label", late_id, "0", "a", "--account", "ann2", "--wait", "30",
+                                       "--data-dir", dd)
+    assert code == 0 and "accepted" in out, err
+    assert "--wait" in (await run_cli(capsys, "label", late_id, "0", "a", "--wait", "-1", "--data-dir", dd))[2]
     # the RPC behind it refuses a bad prefix
     with pytest.raises(Exception, match="prefix"):
         await METHODS["tasks_list"](node, {"prefix": "xyz"})
     # task list: short ids, a date and a countdown
     code, out, err = await run_cli(capsys, "task", "list", "--data-dir", dd)
-    assert code == 0 and tid[:12] in out and "(in " in out and out.count("\n") == 4, out
+    assert code == 0 and tid[:12] in out and "(in " in out and out.count("\n") == 5, out
     assert (await run_cli(capsys, "task", "list", "--limit", "0", "--data-dir", dd))[0] == 2
 
 

@@ -115,19 +115,27 @@ def effective_config(args):
 MIN_PREFIX = 4
 
 
-def resolve_task(args, text: str) -> str:
+def resolve_task(args, text: str, wait: float = 0.0) -> str:
     """The full task id that ``text`` (a whole id or any unique prefix of at least
-    MIN_PREFIX hex digits) names; CliError if none or several tasks match."""
+    MIN_PREFIX hex digits) names; CliError if none or several tasks match. With ``wait``
+    (seconds), a task this node does not know yet is waited for that long (it may still be
+    on its way from the node it was posted on)."""
+    import time
+
     t = (text or "").strip().lower()
-    if len(t) == 64 and all(c in "0123456789abcdef" for c in t):
-        return t
     if not t or any(c not in "0123456789abcdef" for c in t) or len(t) > 64:
         raise CliError(f"a task id is hex: {text!r} is not (give the id or a prefix of it; `labelmesh task list`)")
     if len(t) < MIN_PREFIX:
         raise CliError(f"give at least {MIN_PREFIX} hex digits of the task id (got {t!r})")
-    r = call(args, "tasks_list", {"prefix": t, "limit": 10})
+    end = time.monotonic() + wait
+    while True:
+        r = call(args, "tasks_list", {"prefix": t, "limit": 10})
+        if r["total"] or time.monotonic() >= end:
+            break
+        time.sleep(0.2)
     if r["total"] == 0:
-        raise CliError(f"no task id starts with {t} on this node; `labelmesh task list` lists them")
+        raise CliError(f"no task id starts with {t} on this node" + (f" (waited {wait:g} s)" if wait else "")
+                       + "; `labelmesh task list` lists them")
     if r["total"] > 1:
         shown = "; ".join(f"{x['task_id'][:16]} {x['title']!r} ({x['status']})" for x in r["tasks"])
         more = f"; and {r['total'] - len(r['tasks'])} more" if r["total"] > len(r["tasks"]) else ""

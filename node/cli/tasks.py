@@ -180,7 +180,9 @@ def cmd_label(args) -> int:
         except ValueError:
             raise CliError(f"item must be an integer index, got {args.pairs[i]!r}") from None
         pairs.append([item, _label_value(args.pairs[i + 1])])
-    tid = resolve_task(args, args.task_id)
+    if not 0 <= args.wait <= 600:
+        raise CliError("--wait takes 0..600 seconds")
+    tid = resolve_task(args, args.task_id, wait=args.wait)
     full = _items_at_redundancy(args, tid, [p[0] for p in pairs])
     r = call(args, "annotations_submit", {"account": args.account, "task_id": tid, "labels": pairs})
     note = ""
@@ -434,6 +436,8 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     s.add_argument("task_id", help="task id or any unique prefix of it")
     s.add_argument("pairs", nargs="+", metavar="ITEM LABEL")
     s.add_argument("--account", default="default", help="local account that signs (default: default)")
+    s.add_argument("--wait", type=float, default=10.0, metavar="SECONDS",
+                   help="wait this long for a task this node has not received yet (default 10; 0 = not at all)")
     s.set_defaults(fn=cmd_label)
 
     s = sub.add_parser("consensus", parents=[common], help="consensus labels, roots and agreement of a task, "
