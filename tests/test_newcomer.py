@@ -216,8 +216,8 @@ async def test_prefix_ids_everywhere_and_ambiguous_prefixes(one_node, capsys):
     twin = pair[0].compute_id(node.network_id).hex()
 
     # every verb that takes a task takes a unique prefix
-    for verb in (["consensus", tid[:6]], ["certificate", tid[:4]], ["export", tid[:8]],
-                 ["rewards", "--task", tid[:6]]):
+    for verb in (["consensus", tid[:6]], ["certificate", tid[:4]], ["export", tid[:8]], ["task", "show", tid[:5]],
+                 ["task", "items", tid[:7]], ["rewards", "--task", tid[:6]]):
         code, out, err = await run_cli(capsys, *verb, "--data-dir", dd)
         assert code == 0, (verb, err)
     code, out, err = await run_cli(capsys, "label", tid[:6], "0", "cat", "--account", "ann2", "--data-dir", dd)
@@ -429,3 +429,48 @@ async def test_label_studio_export_checked_by_the_sdk_and_round_trip(one_node, c
         code, out, err = await run_cli(capsys, "task", "post", bad, "--labels", "cat,dog", "--account", "req",
                                        "--data-dir", dd)
         assert code == 2 and says in err and err.count("\n") == 1, (text, err)
+
+
+async def test_task_show_items_todo_and_redundancy_notes(one_node, capsys):
+    """`task show` (votes against the redundancy, your labels, a countdown), `task items --todo`
+    (what an account still has to label, items short of votes first) and `label`'s note when an
+    item already had the votes it asks for."""
+    node, dd = one_node, one_node.dd
+    code, out, err = await post(capsys, node, ["first", "second", "third", "fourth"], "--redundancy", "2", "--quiet")
+    assert code == 0, err
+    tid = out.strip()
+    assert len(tid) == 64  # --quiet: the id alone
+    for name, pairs in (("ann2", ["0", "cat", "1", "dog"]), ("ann3", ["0", "cat"])):
+        assert (await run_cli(capsys, "label", tid, *pairs, "--account", name, "--data-dir", dd))[0] == 0
+    # item 0 has 2 votes (= redundancy): default is guided to 1, 2, 3 only
+    code, out, err = await run_cli(capsys, "task", "items", tid[:6], "--todo", "--account", "default", "--data-dir", dd)
+    assert code == 0, err
+    listed = [int(l.split()[0]) for l in out.splitlines()[1:] if l.strip()[:1].isdigit()]
+    assert listed == [1, 2, 3] and "votes 1/2" in out, out
+    code, out, err = await run_cli(capsys, "task", "items", tid[:6], "--todo", "--all", "--account", "default",
+                                   "--json", "--data-dir", dd)
+    assert [it["item"] for it in json.loads(out)["items"]] == [0, 1, 2, 3]
+    code, out, err = await run_cli(capsys, "task", "items", tid[:6], "--todo", "--account", "ann2", "--data-dir", dd)
+    assert [int(l.split()[0]) for l in out.splitlines()[1:] if l.strip()[:1].isdigit()] == [2, 3]
+    # labelling an item that had its votes: accepted, with a note on stderr
+    code, out, err = await run_cli(capsys, "label", tid[:6], "0", "dog", "2", "cat", "--data-dir", dd)
+    assert code == 0 and "accepted" in out and "item 0 already had the votes" in err, err
+    # task show: votes/redundancy, the consensus, your label, a date with a countdown
+    code, out, err = await run_cli(capsys, "task", "show", tid[:6], "--data-dir", dd)
+    assert code == 0, err
+    assert "deadline" in out and "(in " in out and "you        default: labelled 2 items, 2 left" in out
+    rows = {int(l.split()[0]): l for l in out.splitlines() if l[:5].strip().isdigit()}
+    assert rows[0].split()[1] == "3/2" and rows[0].split()[2] == "cat" and " dog " in rows[0]
+    assert rows[3].split()[1:3] == ["0/2", "-"] and "fourth" in rows[3]
+    code, out, err = await run_cli(capsys, "task", "show", tid[:6], "--account", "ann3", "--limit", "1", "--data-dir", dd)
+    assert code == 0 and "ann3: labelled 1 items, 3 left" in out and "not shown (--offset 1)" in out, out
+    # bad input: one line each
+    for argv, says in ((["task", "items", tid, "--todo"], "--todo needs --account"),
+                       (["task", "items", tid, "--limit", "0"], "--limit"),
+                       (["task", "show", tid, "--limit", "501"], "--limit"),
+                       (["task", "show", tid, "--account", "nobody"], "nobody")):
+        code, out, err = await run_cli(capsys, *argv, "--data-dir", dd)
+        assert code == 2 and says in err and err.count("\n") == 1, (argv, err)
+    with pytest.raises(Exception) as e:
+        await METHODS["task_items"](node, {"task_id": tid, "needed": "yes"})
+    assert e.value.code == -32602

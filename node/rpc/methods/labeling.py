@@ -120,7 +120,9 @@ def _item_view(it) -> dict:
 
 async def task_items(node, params):
     """Items of a task a page at a time, with how many annotators labelled each and, given an
-    'account', its own label: {task_id, offset?, limit? (1..500), account?, todo?: bool}."""
+    'account', its own label: {task_id, offset?, limit? (1..500), account?, todo?: bool,
+    needed?: bool}. 'todo' leaves out the items the account labelled, 'needed' those that
+    already have the task's redundancy in annotators."""
     tid = task_id_param(node, params)
     task = node.tasks[tid]
     offset = get_param(params, "offset", int, 0)
@@ -128,6 +130,7 @@ async def task_items(node, params):
     if offset < 0 or not 0 < limit <= MAX_ITEMS_PAGE:
         raise RpcError(INVALID_PARAMS, f"limit must be 1..{MAX_ITEMS_PAGE} and offset >= 0")
     todo = get_param(params, "todo", bool, False)
+    needed = get_param(params, "needed", bool, False)
     who = account_param(node, params)
     if todo and who is None:
         raise RpcError(INVALID_PARAMS, "param 'todo' needs an 'account'")
@@ -136,7 +139,7 @@ async def task_items(node, params):
     names = task.schema.labels
     out, i, n = [], offset, len(task.items)
     while i < n and len(out) < limit:
-        if not (todo and i in mine):
+        if not (todo and i in mine) and not (needed and st.annotators_per_item[i] >= task.redundancy):
             lab = mine.get(i)
             out.append({"item": i, "data": _item_view(task.items[i]), "annotators": st.annotators_per_item[i],
                         "mine": None if lab is None else (names[lab] if 0 <= lab < len(names) else "(two labels)")})
