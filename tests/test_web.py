@@ -156,7 +156,7 @@ async def test_port_in_use_is_a_clear_error(web, short_dir, nursery):
 
 async def test_api_errors_are_clear(web, client):
     assert (await call(client, "no_such_method", status=404))["error"]["code"] == -32601
-    for hidden in ("backup_create", "ui_url", "blob_read", "messages_arrival"):  # not served to browsers
+    for hidden in ("backup_create", "ui_url", "blob_read", "messages_arrival", "stop", "blob_import"):  # not served to browsers
         assert hidden in API_METHODS and hidden not in WEB_METHODS
         r = await call(client, hidden, {"dest": "/tmp/x"}, status=404)
         assert "not served" in r["error"]["message"]

@@ -46,7 +46,8 @@ EVENT_KEEPALIVE_S = 15.0
 EVENT_TASKS = 200
 
 #: RPC methods a page may call. Not here: backup_create (writes where the caller says),
-#: messages_arrival and blob_read (tools), ui_url (the token itself); task_post refuses
+#: messages_arrival and blob_read (tools), ui_url (the token itself), stop (the daemon's
+#: life is the operator's), blob_import (makes the node read local files); task_post refuses
 #: {"file": path} items from a browser (see _check_params).
 WEB_METHODS = frozenset({
     "node_info", "peers_list", "sync_status", "rpc_methods", "tasks_list", "task_get", "task_items", "worklist",
