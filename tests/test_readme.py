@@ -59,8 +59,9 @@ def test_readme_first_task_runs_as_written_and_up_refuses_to_wipe():
         show = of("labelmesh task show")
         assert "deadline" in show and "(in " in show and "you        default" in show
         assert re.search(r"^\s+0\s+[12]/3\s+cat", show, re.M), show
-        cons = of("labelmesh consensus")
-        assert re.search(r"^\s+2\s+bird", cons, re.M) and "equivocations: none" in cons
+        cons = of("labelmesh consensus")  # node 1's vote on item 2 may still be on its way: items 0 and 1
+        assert re.search(r"^\s+0\s+cat\s", cons, re.M) and re.search(r"^\s+1\s+dog\s", cons, re.M), cons
+        assert "agreement" in cons and "equivocations: none" in cons
         exported = json.loads((tmp / "labels.json").read_text())
         assert [t["data"]["text"] for t in exported] == ["a photo of a cat", "a photo of a dog", "a photo of a bird"]
         assert "nodes" in of(f"{ROOT}/scripts/devnet down")
