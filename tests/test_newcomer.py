@@ -474,3 +474,23 @@ async def test_task_show_items_todo_and_redundancy_notes(one_node, capsys):
     with pytest.raises(Exception) as e:
         await METHODS["task_items"](node, {"task_id": tid, "needed": "yes"})
     assert e.value.code == -32602
+
+
+async def test_new_rpc_params_refuse_bad_input(one_node):
+    node = one_node
+    r = await METHODS["task_post"](node, {"account": "req", "labels": ["a", "b"], "items": ["x"]})
+    tid = r["task_id"]
+    for method, params in (("task_export", {"task_id": tid, "format": "labelstudio", "blob_url": "x" * 1001}),
+                           ("task_export", {"task_id": tid, "format": "labelstudio", "blob_url": 5}),
+                           ("task_post", {"account": "req", "labels": ["a", "b"], "items": ["x"],
+                                          "allow_duplicate": "no"}),
+                           ("tasks_list", {"prefix": "g" * 4}), ("tasks_list", {"prefix": "a" * 65}),
+                           ("task_items", {"task_id": tid, "needed": 1})):
+        with pytest.raises(Exception) as e:
+            await METHODS[method](node, params)
+        assert getattr(e.value, "code", None) == -32602, (method, params, e.value)
+    # the refusal of a duplicate names the earlier task (-32000, data.duplicate_of)
+    with pytest.raises(Exception) as e:
+        await METHODS["task_post"](node, {"account": "req", "labels": ["a", "b"], "items": ["x"],
+                                          "allow_duplicate": False})
+    assert e.value.code == -32000 and e.value.data["duplicate_of"] == tid
