@@ -73,6 +73,7 @@ CASES = [  # words typed (the last one is being completed), words that must be o
     (["labelmesh", "task", ""], {"post", "list", "show", "items"}, set()),
     (["labelmesh", "task", "post", "f", "--acc"], {"--account"}, set()),
     (["labelmesh", "completion", ""], {"bash", "zsh"}, set()),
+    (["labelmesh", "label", "--data-dir", "DD", "abcd", "0", "cat", "--account", ""], {"alice", "bob"}, {"cat"}),
 ]
 
 
@@ -89,7 +90,11 @@ def test_completion_of_verbs_flag_values_and_rpc_methods(shell, tmp_path):
     else:
         body = "source " + str(f) + "\n" + COMPLETE
     f.write_text(script.stdout)
-    body += "".join("t " + " ".join(f"'{w}'" for w in words) + "\n" for words, _, _ in CASES)
+    for name in ("alice", "bob"):  # a data dir with two accounts, for --account
+        (tmp_path / "dd" / "accounts").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "dd" / "accounts" / f"{name}.json").write_text("{}")
+    body += "".join("t " + " ".join(f"'{tmp_path / 'dd' if w == 'DD' else w}'" for w in words) + "\n"
+                    for words, _, _ in CASES)
     r = subprocess.run([exe, "-c", body], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()

@@ -140,6 +140,8 @@ def completion_table(top) -> list[tuple[str, list[str], dict[str, list[str]], li
                     values[o] = ["<dir>"]
                 elif o in FILE_OPTIONS:
                     values[o] = ["<file>"]
+                elif o in ("--account", "--validator-account"):
+                    values[o] = ["<account>"]
         positional = sorted(METHODS) if path == "rpc" else None
         for a in p._actions:
             if not a.option_strings and a.choices and not isinstance(a, argparse._SubParsersAction):
@@ -155,13 +157,15 @@ def completion_table(top) -> list[tuple[str, list[str], dict[str, list[str]], li
 def completion_script(top, shell: str) -> str:
     """A completion script for bash, or for zsh (the same function through zsh's
     bashcompinit): verbs and sub-verbs, their flags, the values of flags with fixed choices
-    (and directories / files where a flag takes one), and RPC method names after `rpc`."""
+    (and directories / files where a flag takes one, the data dir's account names after
+    --account), and RPC method names after `rpc`."""
     table = completion_table(top)
     verb_cases, value_cases, pos_cases = [], [], []
     for path, words, values, positional in table:
         verb_cases.append(f'        "{path}") words="{" ".join(words)}" ;;')
         for opt, vals in sorted(values.items()):
             action = ('COMPREPLY=($(compgen -d -- "$cur"))' if vals == ["<dir>"] else
+                      'COMPREPLY=($(compgen -W "$(_labelmesh_accounts)" -- "$cur"))' if vals == ["<account>"] else
                       'COMPREPLY=($(compgen -f -- "$cur"))' if vals == ["<file>"] else
                       f'COMPREPLY=($(compgen -W "{" ".join(vals)}" -- "$cur"))')
             value_cases.append(f'        "{path}|{opt}") {action}; return 0 ;;')
@@ -172,7 +176,15 @@ def completion_script(top, shell: str) -> str:
             "(after compinit)\nautoload -U +X bashcompinit && bashcompinit\n" if shell == "zsh" else
             "# bash completion for labelmesh: `eval \"$(labelmesh completion bash)\"` (or save it in\n"
             "# ~/.local/share/bash-completion/completions/labelmesh)\n")
-    return head + f"""_labelmesh() {{
+    return head + f"""_labelmesh_accounts() {{
+    # the local account names: accounts/*.json of --data-dir (else $LABELMESH_DATA_DIR, ~/.labelmesh)
+    local dd="${{LABELMESH_DATA_DIR:-$HOME/.labelmesh}}" i f
+    for ((i = 1; i < ${{#COMP_WORDS[@]}} - 1; i++)); do
+        [ "${{COMP_WORDS[i]}}" = "--data-dir" ] && dd="${{COMP_WORDS[i+1]}}"
+    done
+    for f in "$dd"/accounts/*.json; do [ -e "$f" ] && f="${{f##*/}}" && echo "${{f%.json}}"; done
+}}
+_labelmesh() {{
     local cur="${{COMP_WORDS[COMP_CWORD]}}" prev="" path="" npos=0 words="" i w
     [ "$COMP_CWORD" -gt 0 ] && prev="${{COMP_WORDS[COMP_CWORD-1]}}"
     # the verb path (e.g. "task post"): leading words that name a verb or sub-verb
