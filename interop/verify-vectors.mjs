@@ -6,6 +6,7 @@ import { fileURLToPath } from 'node:url'
 import { decode, encode, equalBytes, hex, unhex } from './src/msgpack.mjs'
 import { keyFromSeed, verify, verifyOpenSSLOnly } from './src/ed25519.mjs'
 import * as P from './src/protocol.mjs'
+import * as T from './src/tally.mjs'
 
 const here = dirname(fileURLToPath(import.meta.url))
 const dir = process.argv[2] ?? join(here, '..', 'tests', 'vectors')
@@ -59,6 +60,8 @@ const bodyFromJson = (kind, b) => {
     set_root: h(b.set_root), result_root: h(b.result_root), batch_ids: b.batch_ids.map(h)
   }
 }
+/** JSON with every integer as a decimal string: Number and BigInt compare equal. */
+const ints = (v) => JSON.stringify(v, (k, x) => typeof x === 'bigint' || typeof x === 'number' ? String(x) : x)
 const canon = (v) => JSON.stringify(v, (k, x) => {
   if (typeof x === 'bigint') return x.toString()
   if (x instanceof Uint8Array) return hex(x)
@@ -128,18 +131,29 @@ for (const c of roots.gold_commitments) {
   eq(hex(P.computeGoldCommitment(unhex(c.salt), c.answers)), c.commitment, 'gold commitment')
 }
 
-// ------------------------------------------------------------------ aggregation results: encoding only (the DS math is docs/consensus.md)
+// ------------------------------------------------------------------ the estimators (PROTOCOL-APPENDIX-consensus.md)
 const agg = load('aggregate.json')
+eq(T.tableDigest(T.LT), agg.constants.log2_table_sha256, 'log2 table digest')
+eq(T.tableDigest(T.EH), agg.constants.exp2_hi_table_sha256, 'exp2 high table digest')
+eq(T.tableDigest(T.EL), agg.constants.exp2_lo_table_sha256, 'exp2 low table digest')
 for (const c of agg.cases) {
-  for (const est of ['consensus', 'plurality']) {
+  const i = c.input
+  const { votes, equivocations } = T.canonicalVotes(i.votes)
+  eq(canon(equivocations), canon(c.equivocations), `aggregate ${c.name} equivocations`)
+  const inp = { n: i.n_items, k: i.n_classes, m: i.n_annotators, votes, w: i.prior_weight.map(BigInt), gold: new Map(i.gold ?? []) }
+  for (const [est, fn] of [['consensus', T.consensus], ['plurality', T.plurality]]) {
     const r = c[est]
+    const got = fn(inp)
+    eq(ints([got.label, got.confidence, got.agreement, got.accuracy, got.alpha]),
+      ints([r.label, r.confidence, r.agreement, r.annotator_accuracy, r.alpha]), `aggregate ${c.name} ${est} outputs`)
+    eq(hex(T.aggregateEncoding(got)), r.encoded_hex, `aggregate ${c.name} ${est} encoding rebuilt from the inputs`)
     const want = [1, agg.constants.ONE, r.label, r.confidence, r.agreement, r.annotator_accuracy, r.alpha]
-    eq(hex(encode(want)), r.encoded_hex, `aggregate ${c.name} ${est} encoding`)
+    eq(hex(encode(want)), r.encoded_hex, `aggregate ${c.name} ${est} encoding of the listed outputs`)
     eq(canon(decode(unhex(r.encoded_hex), { maxBytes: 1 << 24, maxArray: 1 << 20, maxBin: 0, maxStr: 0 })), canon(want), `aggregate ${c.name} ${est} decoding`)
   }
 }
 
-// ------------------------------------------------------------------ tally: the result encoding and both roots
+// ------------------------------------------------------------------ tally: the whole task result and both roots
 const tally = load('tally.json')
 for (const c of tally.cases) {
   const r = c.result
@@ -149,7 +163,7 @@ for (const c of tally.cases) {
   eq(canon(d.slice(2, 6)), canon([r.label, r.confidence, r.agreement, r.votes]), `tally ${c.name} per-item fields`)
   eq(canon(d[6].map(a => hex(a[0]))), canon(r.annotators.map(a => a.account)), `tally ${c.name} annotators`)
   eq(canon(d.slice(8)), canon([r.alpha, r.refund, r.gold_items]), `tally ${c.name} alpha, refund, gold items`)
-  eq(hex(P.computeResultRoot(unhex(r.canonical_hex))), r.result_root, `tally ${c.name} result root`)
+  eq(hex(P.computeResultRoot(unhex(r.canonical_hex))), r.result_root, `tally ${c.name} result root of the listed bytes`)
   const pinned = c.batch_ids.map(unhex)
   if (c.gold) pinned.push(unhex(byName[c.gold].id))
   eq(hex(P.computeSetRoot(unhex(c.task_id), pinned)), r.set_root, `tally ${c.name} set root`)
@@ -157,6 +171,13 @@ for (const c of tally.cases) {
   let paid = BigInt(r.refund)
   for (const a of r.annotators) paid += BigInt(a.reward)
   if (tasks[c.task]) eq(paid, bounty, `tally ${c.name} rewards + refund = bounty`)
+  // recompute the whole result from the signed messages (section 10 and the appendix)
+  const body = (name) => P.decodeMessage(unhex(byName[name].envelope_hex), params).body
+  const weights = new Map(c.weights.map(x => [x.account, BigInt(x.weight)]))
+  const got = T.computeTaskResult(unhex(c.task_id), body(c.task), c.batches.map(n => ({ id: unhex(byName[n].id), body: body(n) })),
+    c.gold ? { id: unhex(byName[c.gold].id), body: body(c.gold) } : null, (a) => weights.get(a) ?? BigInt(c.fresh_weight))
+  eq(hex(got.bytes), r.canonical_hex, `tally ${c.name} task result recomputed from the messages`)
+  eq(hex(got.resultRoot), r.result_root, `tally ${c.name} result root recomputed from the messages`)
 }
 
 // ------------------------------------------------------------------ sync

@@ -20,8 +20,9 @@ and optionally revealed gold answers.  Two estimators are offered:
 Everything that decides a label is integer arithmetic: numpy int64, plus a few sums of
 integers done by float64 ``np.bincount`` where every term and partial sum is an integer
 below 2**53 (so each addition is exact).  Exact addition is associative, so the result
-does not depend on the order of the input rows, on the CPU or on the numpy build.  ``docs/consensus.md`` describes the algorithm in enough
-detail to re-implement it.
+does not depend on the order of the input rows, on the CPU or on the numpy build.
+``PROTOCOL-APPENDIX-consensus.md`` specifies the algorithm (normatively) in enough detail
+to re-implement it; ``docs/consensus.md`` explains and measures it.
 
 Rule for repeated (worker, item) rows (order-independent by construction): identical
 repeats count once; an annotator who gave two *different* labels to the same item is an
@@ -834,7 +835,7 @@ def compute_consensus(inp: AggregateInput, *, iterations: int = CONSENSUS_ITERAT
 
     Label: the class with the highest integer log-score (ties: lowest class index); -1 for
     an item with no vote of positive weight and no gold.  Confidence: its posterior
-    probability.  See docs/consensus.md for the exact arithmetic.
+    probability.  See PROTOCOL-APPENDIX-consensus.md for the exact arithmetic.
 
     Raises AggregateError on malformed input or an iteration count outside
     [0, MAX_CONSENSUS_ITERATIONS].
@@ -871,11 +872,12 @@ def compute_consensus(inp: AggregateInput, *, iterations: int = CONSENSUS_ITERAT
 
 
 def encode_result(res: AggregateResult) -> bytes:
-    """Canonical bytes of a result, for hashing into result roots.
+    """The aggregate encoding of an estimator's output (PROTOCOL-APPENDIX-consensus.md A.8).
 
     A msgpack array ``[version, ONE, labels, confidences, agreements, accuracies, alpha]``
     where every list holds plain integers (msgpack's smallest integer encodings, so one
-    result has exactly one encoding).
+    result has exactly one encoding).  A fingerprint for the test vectors and tests: it is
+    not the task result of ``protocol.tally`` and is never hashed into a root.
     """
     return msgpack.packb(
         [

@@ -6,7 +6,7 @@ every list is put in a canonical order before any arithmetic, and the arithmetic
 is integer-only (see ``protocol/aggregate.py``), so every node computes the same
 bytes and the same ``result_root``.
 
-Rules fixed here (documented in docs/consensus.md):
+Rules fixed here (specified in PROTOCOL.md section 10):
 
 * **Votes.** The vote of annotator A on item i is the set of distinct labels A
   gave i across all of A's batches for the task. One label: a vote. The same

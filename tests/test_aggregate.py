@@ -288,7 +288,7 @@ def _ref_alpha(counts):
 
 
 def _ref_fit(votes, w, t, n, k, na, gold, iterations, use_map, pooled, both_starts):
-    """One model's EM (docs/consensus.md) with ``gold`` clamped: (log-scores, evidence)."""
+    """One model's EM (PROTOCOL-APPENDIX-consensus.md) with ``gold`` clamped: (log-scores, evidence)."""
     log_of = _ref_log2 if use_map else _ref_digamma2
     evidence = [False] * n
     for i, a, _ in votes:
@@ -396,7 +396,7 @@ def _ref_select(votes, w, t, n, k, na, gold, iterations):
 
 
 def reference_consensus(inp, iterations):
-    """compute_consensus written from docs/consensus.md with Python ints and loops."""
+    """compute_consensus written from PROTOCOL-APPENDIX-consensus.md with Python ints and loops."""
     n, k, na = inp.n_items, inp.n_classes, inp.n_annotators
     seen = {}
     for i, a, lab in zip(inp.item.tolist(), inp.annotator.tolist(), inp.label.tolist()):
@@ -672,7 +672,7 @@ def gold_choice_input(seed, n_items, n_classes, n_annotators, skill):
                                          ((1, 12, 2, 4, [90, 60, 30]), 0)])
 def test_gold_chooses_the_model(case, model):
     # The gold picks one of GOLD_MODELS by held-out likelihood; each pick gives the bytes
-    # of the reference written from docs/consensus.md.
+    # of the reference written from PROTOCOL-APPENDIX-consensus.md.
     inp = gold_choice_input(*case)
     assert select_model(inp) == model
     res = compute_consensus(inp)
