@@ -20,7 +20,7 @@ from pathlib import Path
 import nacl.signing
 import numpy as np
 
-from protocol import aggregate, finality, sync as sp
+from protocol import aggregate, codec, finality, reputation as rp, sync as sp
 from protocol.codec import pack, sha256
 from protocol.genesis import GENESIS_TAG, genesis_from_json, make_genesis
 from protocol.messages import (
@@ -29,7 +29,7 @@ from protocol.messages import (
     Attestation, GoldReveal, Item, LabelSchema, TaskAnnouncement, check_message, compute_gold_commitment,
     compute_set_root, decode_message, sign_message, validate_basic, validate_in_context, verify_signature,
 )
-from protocol.errors import DecodeError
+from protocol.errors import DecodeError, GenesisError
 from protocol.tally import RESULT_ROOT_TAG, compute_task_result
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository (default output: tests/vectors/)
@@ -80,6 +80,52 @@ def enc(v) -> bytes:
     return pack(v)
 
 
+# --------------------------------------------------------------------------- codec
+
+
+CODEC_LIMITS = {"max_bytes": 64, "max_array": 4, "max_bin": 8, "max_str": 8}
+
+
+def _nested(depth: int, inner: list) -> list:
+    """``inner`` wrapped so that it sits at ``depth`` (the outermost array is at depth 0)."""
+    for _ in range(depth):
+        inner = [inner]
+    return inner
+
+
+def gen_codec() -> dict:
+    """The canonical msgpack decoder alone (PROTOCOL.md 2): nesting depth 8 and 9, and each
+    length limit at and one past its boundary."""
+    at_limit = pack([bytes(8), bytes(8), bytes(8), [bytes(8), bytes(8), "x" * 8, 256]])
+    over_limit = pack([bytes(8), bytes(8), bytes(8), [bytes(8), bytes(8), "x" * 7, 65536]])
+    assert (len(at_limit), len(over_limit)) == (64, 65)
+    inputs = [
+        ("depth_8", pack(_nested(8, [])), "9 nested arrays: the innermost is at depth 8 (allowed)"),
+        ("depth_8_with_scalars", pack([1, _nested(7, [2, "a", b"b", None])]),
+         "the array at depth 8 holds scalars: allowed"),
+        ("depth_9", pack(_nested(9, [])), "10 nested arrays: the innermost is at depth 9 (refused)"),
+        ("depth_9_second_branch", pack([[1], _nested(8, [])]), "depth 9 on any path is refused"),
+        ("bin_at_limit", pack(b"\xff" * 8), ""),
+        ("bin_over_limit", pack(b"\xff" * 9), ""),
+        ("str_at_limit", pack("\u00e9" * 4), "4 characters, 8 UTF-8 bytes: the limit counts bytes"),
+        ("str_over_limit", pack("\u00e9" * 4 + "a"), "5 characters, 9 UTF-8 bytes"),
+        ("array_at_limit", pack([1, 2, 3, 4]), ""),
+        ("array_over_limit", pack([1, 2, 3, 4, 5]), ""),
+        ("total_at_limit", at_limit, "exactly max_bytes (64) bytes"),
+        ("total_over_limit", over_limit, "max_bytes + 1 bytes"),
+    ]
+    cases = []
+    for name, data, note in inputs:
+        try:
+            codec.unpack(data, **CODEC_LIMITS)
+        except DecodeError as e:
+            cases.append({"name": name, "hex": data.hex(), "ok": False, "error": str(e), "note": note})
+        else:
+            cases.append({"name": name, "hex": data.hex(), "ok": True, "note": note})
+    return {"format": FORMAT_VERSION, "max_depth": codec.MAX_DEPTH, "limits": CODEC_LIMITS,
+            "note": "each input is decoded alone with these limits (PROTOCOL.md section 2)", "cases": cases}
+
+
 # --------------------------------------------------------------------------- genesis
 
 
@@ -106,10 +152,24 @@ NET = GENESIS.network_id
 P = GENESIS.params
 
 
+#: A genesis name of 64 code points: 192 UTF-8 bytes and 96 UTF-16 code units (section 4).
+NAME_64 = "\U0001F3F7" * 32 + "\u00e9" * 32
+
+
+def small_inline_genesis():
+    """A network whose max_inline_item_bytes (16) is tighter than the decoder's limits (5.6 vs 5.2)."""
+    return make_genesis("small_inline", T0 - 86_400_000, [(VALIDATORS[0].pk, 1)],
+                        params={"max_inline_item_bytes": 16})
+
+
 def gen_genesis() -> dict:
     minimal = make_genesis("minimal", T0, [(VALIDATORS[0].pk, 1)])
+    long_name = make_genesis(NAME_64, T0, [(VALIDATORS[0].pk, 1)])
+    small = small_inline_genesis()
     cases = []
-    for name, g, doc in [("vectors", GENESIS, GENESIS_DOC), ("minimal", minimal, json.loads(minimal.to_json()))]:
+    for name, g, doc in [("vectors", GENESIS, GENESIS_DOC), ("minimal", minimal, json.loads(minimal.to_json())),
+                         ("name_64_code_points", long_name, json.loads(long_name.to_json())),
+                         ("small_inline", small, json.loads(small.to_json()))]:
         canon = g.canonical_bytes()
         cases.append({
             "name": name, "json": doc, "canonical_hex": canon.hex(),
@@ -120,7 +180,23 @@ def gen_genesis() -> dict:
             "params": {f: getattr(g.params, f) for f in g.params.__dataclass_fields__},
         })
     return {"format": FORMAT_VERSION, "genesis_tag_hex": GENESIS_TAG.hex(), "cases": cases,
+            "invalid": _invalid_genesis(json.loads(minimal.to_json())),
             "accounts": [a.json() for a in ACCOUNTS.values()]}
+
+
+def _invalid_genesis(base: dict) -> list:
+    """Genesis documents a node refuses, with the reference's reason."""
+    out = []
+    for name, value, note in (("name_65_code_points", "\u00e9" * 65, "65 code points (130 UTF-8 bytes)"),
+                              ("name_empty", "", "")):
+        doc = dict(base, name=value)
+        try:
+            genesis_from_json(json.dumps(doc))
+        except GenesisError as e:
+            out.append({"name": name, "json": doc, "error": str(e), "note": note})
+        else:
+            raise SystemExit(f"gen-vectors: genesis case {name} was accepted")
+    return out
 
 
 # --------------------------------------------------------------------------- valid messages
@@ -230,6 +306,10 @@ def build_book() -> Book:
     for i, v in enumerate(VALIDATORS):
         bk.add(f"attestation_precommit_{i}", v, Attestation(v.pk, tid, T0 + 64_000 + i, 0, PHASE_PRECOMMIT,
                                                              set_root, result_root, ()))
+    # the expert labels every item again, each with another label than in batch_expert: with
+    # both batches, every vote of the expert is an equivocation (tally.json all_votes_equivocated)
+    bk.add("batch_expert_conflict", A["expert"], AnnotationBatch(A["expert"].pk, tid, T0 + 7_000,
+                                                                 ((0, 1), (1, 2), (2, 0), (3, 0), (4, 2), (5, 0))))
     return bk
 
 
@@ -482,31 +562,70 @@ def gen_invalid() -> dict:
     return {"format": FORMAT_VERSION, "genesis": "vectors", "network_id": NET.hex(),
             "task_names": {n: tasks_by_name[n][0].hex() for n in tasks_by_name},
             "stages": ["decode", "basic", "signature", "context", "accept"],
-            "cases": cases + valid}
+            "cases": cases + valid, "param_cases": _param_cases()}
 
 
-def stage_of(raw: bytes, ctx, now_ms: int) -> str:
+def _param_cases() -> dict:
+    """Task announcements on the small_inline network, where max_inline_item_bytes (16) is
+    tighter than the decoder's bin (64) and str (256) limits: which rule refuses, at which stage."""
+    g = small_inline_genesis()
+    req = ACCOUNTS["requester"]
+
+    def task(*items):
+        return TaskAnnouncement(requester=req.pk, nonce=7, created_at=T0, deadline=T0 + 60_000, title="small items",
+                                schema=LabelSchema(SCHEMA_SINGLE_CHOICE, "", ("a", "b")), items=items,
+                                redundancy=1, bounty=0, gold_commitment=None, reward_rule=0)
+
+    text = lambda n: Item(ITEM_TEXT, text="t" * n)  # noqa: E731
+    payload = lambda n: Item(ITEM_BYTES, payload=b"\x01" * n, media_type="x/y")  # noqa: E731
+    cases = [
+        ("inline_items_at_limit", task(text(16), payload(16)), "ACCEPT", "", "accept",
+         "a 16-byte text and a 16-byte payload: max_inline_item_bytes = 16"),
+        ("inline_text_over_5_2", task(text(100)), "REJECT", "inline item longer than 16 bytes", "basic",
+         "100 bytes: within the decoder's str limit max(256, 16), refused by the 5.2 size rule"),
+        ("inline_bytes_over_5_2", task(payload(40)), "REJECT", "inline item longer than 16 bytes", "basic",
+         "40 bytes: within the decoder's bin limit max(16, 64), refused by the 5.2 size rule"),
+        ("inline_bytes_over_decoder", task(payload(65)), "REJECT", "exceeds max_bin_len(64)", "decode",
+         "65 bytes: over the decoder's bin limit max(16, 64)"),
+        ("inline_text_over_decoder", task(text(257)), "REJECT", "exceeds max_str_len(256)", "decode",
+         "257 bytes: over the decoder's str limit max(256, 16)"),
+    ]
+    ctx = _Ctx({}, g)
+    out = []
+    for name, body, expected, reason, stage, note in cases:
+        raw = sign_message(body, req.key, g.network_id).raw
+        v, _ = check_message(raw, ctx, g.network_id, T0, g.params)
+        got, at = v.outcome.value.upper(), stage_of(raw, ctx, T0, g.network_id, g.params)
+        if got != expected or reason not in v.reason or at != stage:
+            raise SystemExit(f"gen-vectors: case {name}: the code says {got} '{v.reason}' at stage {at}")
+        out.append({"name": name, "envelope_hex": raw.hex(), "expected": expected, "reason": reason, "stage": stage,
+                    "context": {"tasks": [], "now_ms": T0}, "note": note, "full_reason": v.reason})
+    return {"genesis": "small_inline", "cases": out}
+
+
+def stage_of(raw: bytes, ctx, now_ms: int, net: bytes = NET, params=P) -> str:
     """Which step of the pipeline (decode -> basic -> signature -> context) stops ``raw``."""
     try:
-        msg = decode_message(raw, P)
+        msg = decode_message(raw, params)
     except DecodeError:
         return "decode"
-    if not validate_basic(msg, P).ok:
+    if not validate_basic(msg, params).ok:
         return "basic"
-    if not verify_signature(msg, NET):
+    if not verify_signature(msg, net):
         return "signature"
-    return "accept" if validate_in_context(msg, ctx, now_ms, P).ok else "context"
+    return "accept" if validate_in_context(msg, ctx, now_ms, params).ok else "context"
 
 
 class _Ctx:
-    def __init__(self, tasks):
+    def __init__(self, tasks, genesis=GENESIS):
         self.tasks = tasks
+        self.genesis = genesis
 
     def get_task(self, task_id):
         return self.tasks.get(task_id)
 
     def validator_weight(self, account):
-        return GENESIS.validator_weight(account)
+        return self.genesis.validator_weight(account)
 
 
 # --------------------------------------------------------------------------- roots
@@ -620,7 +739,9 @@ def gen_aggregate() -> dict:
         "log2_table_sha256": hashlib.sha256(aggregate._LOG2_TABLE.astype("<i8").tobytes()).hexdigest(),
         "exp2_hi_table_sha256": hashlib.sha256(aggregate._EXP2_HI.astype("<i8").tobytes()).hexdigest(),
         "exp2_lo_table_sha256": hashlib.sha256(aggregate._EXP2_LO.astype("<i8").tobytes()).hexdigest()},
-        "cases": cases}
+        "cases": cases + [_agg_case("no_votes", 2, 2, [], [W], note="no vote at all: label -1, confidence and "
+                                    "agreement 0 on every item, accuracy 0, alpha 0")],
+        "layout": ["version", "ONE", "label", "confidence", "agreement", "annotator_accuracy", "alpha"]}
 
 
 # --------------------------------------------------------------------------- tally
@@ -663,8 +784,25 @@ def gen_tally() -> dict:
         _tally_case("gold_revealed", "task_gold_mixed_items", ["batch_gold_a", "batch_gold_b", "batch_gold_c"],
                     "gold_reveal", {}, note="gold items 0 and 2 are scored against the gold answers"),
         _tally_case("no_batches", "task_text", [], None, {}, note="nothing to aggregate: the whole bounty is refunded"),
+        _all_votes_equivocated(rep),
     ]
     return {"format": FORMAT_VERSION, "network_id": NET.hex(), "ONE": 1 << 16, "cases": cases}
+
+
+def _all_votes_equivocated(rep: dict) -> dict:
+    """PROTOCOL.md 10.1/10.2/10.5: an annotator none of whose votes count keeps its row, and its
+    weight still sets the scale of the others."""
+    names = ["batch_a", "batch_b", "batch_c", "batch_expert", "batch_expert_conflict"]
+    case = _tally_case("all_votes_equivocated", "task_text", names, None, rep,
+                       note="the genesis expert (weight ONE) gives every item two different labels: none of its "
+                            "votes count, it keeps a row [account, 0, 6, 0, 0, 0] and its weight still sets the "
+                            "scale of 10.2, so the three fresh annotators weigh 64/65536 each: their votes barely "
+                            "move the posteriors, nobody beats chance and the whole bounty is refunded")
+    without = _tally_case("without", "task_text", names[:3], None, {})["result"]   # the expert out of the scale
+    assert (without["label"], without["confidence"]) != (case["result"]["label"], case["result"]["confidence"])
+    row = next(a for a in case["result"]["annotators"] if a["account"] == ACCOUNTS["expert"].pk.hex())
+    assert (row["labels"], row["equivocations"], row["accuracy"], row["score"], row["reward"]) == (0, 6, 0, 0, 0)
+    return case
 
 
 # --------------------------------------------------------------------------- sync
@@ -681,21 +819,7 @@ def gen_sync() -> dict:
          "note": "the sum wraps modulo 2^256"},
     ]
     tid = BOOK.id("task_text")
-    frames = [
-        {"name": "summary_request_first_page", "hex": sp.encode_summary_request(b"", 1024).hex()},
-        {"name": "summary_request_after_cursor", "hex": sp.encode_summary_request(tid, 16).hex()},
-        {"name": "range_request_whole", "hex": sp.encode_range_request(tid, b"", None).hex()},
-        {"name": "range_request_bounded", "hex": sp.encode_range_request(tid, ids[10], ids[20]).hex()},
-        {"name": "get_request", "hex": sp.encode_get_request(ids[:3]).hex()},
-        {"name": "summary_response", "hex": sp.encode_summary_response(
-            [(tid, 5, sp.compute_fingerprint(ids[:5]))], None).hex()},
-        {"name": "range_response_ids", "hex": sp.encode_range_response(ids[:5], b"", None).hex(),
-         "ids": [i.hex() for i in ids[:5]]},
-        {"name": "range_response_split", "hex": sp.encode_range_response(ids, b"", None).hex(),
-         "ids": [i.hex() for i in ids],
-         "note": "300 ids > LEAF_IDS (128): 16 sub-ranges of ceil(300/16) = 19 ids (the last 15)"},
-        {"name": "get_response", "hex": sp.encode_get_response([BOOK.msgs["batch_a"][1].raw]).hex()},
-    ]
+    frames = _sync_frames(tid, ids)
     bad = [
         {"name": "unknown_request_kind", "hex": pack([7, b""]).hex(), "error": "unknown sync request kind 7"},
         {"name": "summary_limit_zero", "hex": pack([0, b"", 0]).hex(), "error": "summary request must be"},
@@ -730,10 +854,70 @@ def gen_sync() -> dict:
          "note": "unsigned LEB128: 300 = 0xac 0x02"},
     ]
     return {"format": FORMAT_VERSION, "fp_tag_hex": sp.FP_TAG.hex(),
+            "inputs_note": "frames[].inputs: requests: kind and fields; SUMMARY answer: rows [task_id, count, "
+                           "fingerprint] and next_cursor; RANGE answer: the responder's sorted ids of the task and "
+                           "the request's lo, hi; GET answer: the envelopes, by name from messages.json. Bytes in "
+                           "hex (\"\" = empty), nil as null",
             "constants": {"LEAF_IDS": sp.LEAF_IDS, "FANOUT": sp.FANOUT, "MAX_SUMMARY_TASKS": sp.MAX_SUMMARY_TASKS,
                           "MAX_GET_IDS": sp.MAX_GET_IDS, "MAX_REQUEST_BYTES": sp.MAX_REQUEST_BYTES,
                           "MAX_RESPONSE_BYTES": sp.MAX_RESPONSE_BYTES},
             "fingerprints": fps, "frames": frames, "bad_requests": bad, "framing": framing}
+
+
+def _hex_or_none(b: bytes | None):
+    return None if b is None else b.hex()
+
+
+def _sync_frames(tid: bytes, ids: list[bytes]) -> list[dict]:
+    """Request and response frames, each with the inputs it is built from (PROTOCOL.md 8.2)."""
+    def request(name, kind, **f):
+        build = {sp.REQ_SUMMARY: lambda: sp.encode_summary_request(f["cursor"], f["limit"]),
+                 sp.REQ_RANGE: lambda: sp.encode_range_request(f["task_id"], f["lo"], f["hi"]),
+                 sp.REQ_GET: lambda: sp.encode_get_request(f["ids"])}[kind]
+        inputs = {"kind": kind, **{k: [i.hex() for i in v] if k == "ids" else
+                                   _hex_or_none(v) if v is None or isinstance(v, bytes) else v for k, v in f.items()}}
+        return {"name": name, "hex": build().hex(), "inputs": inputs}
+
+    def summary(name, rows, nxt, note=None):
+        out = {"name": name, "hex": sp.encode_summary_response(rows, nxt).hex()}
+        return {**out, **({"note": note} if note else {}),
+                "inputs": {"rows": [[t.hex(), c, fp.hex()] for t, c, fp in rows], "next_cursor": _hex_or_none(nxt)}}
+
+    def ranged(name, held, lo, hi, note=None, ids_field=False):
+        out = {"name": name, "hex": sp.encode_range_response(held, lo, hi).hex()}
+        if ids_field:                                   # the field of revision 1.0, kept for its readers
+            out["ids"] = [i.hex() for i in held]
+        return {**out, **({"note": note} if note else {}),
+                "inputs": {"ids": [i.hex() for i in held], "lo": lo.hex(), "hi": _hex_or_none(hi)}}
+
+    def get(name, names):
+        return {"name": name, "hex": sp.encode_get_response([BOOK.msgs[n][1].raw for n in names]).hex(),
+                "inputs": {"envelopes": names}}
+
+    fp = sp.compute_fingerprint
+    gid = BOOK.id("task_gold_mixed_items")
+    first, second = sorted([tid, gid])
+    lo, hi = ids[5][:16], ids[290][:16]
+    assert sp.range_slice(ids, lo, hi) == (5, 290)
+    return [
+        request("summary_request_first_page", sp.REQ_SUMMARY, cursor=b"", limit=1024),
+        request("summary_request_after_cursor", sp.REQ_SUMMARY, cursor=tid, limit=16),
+        request("range_request_whole", sp.REQ_RANGE, task_id=tid, lo=b"", hi=None),
+        request("range_request_bounded", sp.REQ_RANGE, task_id=tid, lo=ids[10], hi=ids[20]),
+        request("get_request", sp.REQ_GET, ids=ids[:3]),
+        summary("summary_response", [(tid, 5, fp(ids[:5]))], None),
+        ranged("range_response_ids", ids[:5], b"", None, ids_field=True),
+        ranged("range_response_split", ids, b"", None, ids_field=True,
+               note="300 ids > LEAF_IDS (128): 16 sub-ranges of ceil(300/16) = 19 ids (the last 15)"),
+        get("get_response", ["batch_a"]),
+        summary("summary_response_two_rows", [(first, 1, fp([first])), (second, 300, fp(ids))], second,
+                note="a full page (limit 2) with more tasks after it: next_cursor = the last task id of the page"),
+        ranged("range_response_split_bounded", ids, lo, hi,
+               note="bounds of 16 bytes, neither an id: 285 ids in [lo, hi) -> 16 pieces of ceil(285/16) = 18 "
+                    "(the last 15); the first piece starts at the request's lo, the last ends at its hi"),
+        ranged("range_response_empty", [], b"", None, note="the responder holds no id of the task"),
+        get("get_response_two", ["batch_a", "batch_b"]),
+    ]
 
 
 def uvarint(n: int) -> bytes:
@@ -756,25 +940,92 @@ def gen_finality() -> dict:
     task = BOOK.body("task_text")
     vals = {v: w for v, w in GENESIS.validators}
     leaders = [{"round": r, "leader": finality.compute_leader(tid, r, vals).hex()} for r in range(8)]
-    rounds = [{"now_ms": t, "round": finality.compute_round(task.deadline, t, P)} for t in
+    rounds = [{"now_ms": t, "round": finality.compute_round(task.deadline, t, P), "horizon": _horizon(t)} for t in
               (task.deadline, task.deadline + P.grace_period_ms - 1, task.deadline + P.grace_period_ms,
                task.deadline + P.grace_period_ms + P.round_timeout_ms, task.deadline + P.grace_period_ms + 10 * P.round_timeout_ms + 1)]
     pre = [BOOK.msgs[f"attestation_precommit_{i}"][1] for i in range(4)]
     certs = []
-    for signers in ([1, 2, 3], [0, 1, 2], [0, 1, 2, 3]):
+    for name, signers in (("quorum_by_weight", [1, 2, 3]), ("no_quorum", [0, 1, 2]), ("all_four", [0, 1, 2, 3])):
         c = finality.Certificate(tid, 0, pre[0].body.set_root, pre[0].body.result_root, tuple(pre[i] for i in signers))
         enc_c = finality.encode_certificate(c)
         weight = sum(vals[pre[i].body.validator] for i in signers)
         certs.append({"signers": [VALIDATORS[i].name for i in signers], "weight": weight,
                       "total_weight": GENESIS.total_validator_weight, "encoded_hex": enc_c.hex(),
-                      "valid": finality.verify_certificate(finality.decode_certificate(enc_c, P), vals, NET)})
+                      "valid": finality.verify_certificate(finality.decode_certificate(enc_c, P), vals, NET),
+                      "name": name})
     quorum = [{"weight": w, "total": t, "quorum": finality.is_quorum(w, t)} for w, t in
               ((6, 10), (7, 10), (2, 3), (3, 3), (201, 300), (200, 300))]
+    early, malformed = _certificates_beyond_the_rules(pre)
     return {"format": FORMAT_VERSION, "task_id": tid.hex(), "deadline": task.deadline,
             "leader_tag_hex": finality.LEADER_TAG.hex(),
             "validators": [{"account": a.hex(), "weight": w} for a, w in GENESIS.validators],
             "grace_period_ms": P.grace_period_ms, "round_timeout_ms": P.round_timeout_ms,
-            "leaders": leaders, "rounds": rounds, "quorum": quorum, "certificates": certs}
+            "clock_skew_ms": P.clock_skew_ms, "horizon_rule": "max(round, 0) + clock_skew_ms // round_timeout_ms + 1",
+            "leaders": leaders, "rounds": rounds, "quorum": quorum, "certificates": certs + [early],
+            "malformed_certificates": malformed}
+
+
+def _horizon(now_ms: int) -> int:
+    """Highest round an observer accepts from others at ``now_ms`` (PROTOCOL.md 11), read from
+    the state machine itself."""
+    fin = finality.TaskFinality(BOOK.id("task_text"), dict(GENESIS.validators), None, BOOK.body("task_text").deadline, P)
+    fin.on_tick(now_ms, None)
+    return fin._round_horizon()
+
+
+def _certificates_beyond_the_rules(pre: list) -> tuple[dict, list[dict]]:
+    """A valid certificate whose precommits are stamped before their round (verification does
+    not look at created_at), and certificates that fail to decode, with the reference's reason."""
+    tid = BOOK.id("task_text")
+    deadline = BOOK.body("task_text").deadline
+    vals = dict(GENESIS.validators)
+    set_root, result_root = pre[0].body.set_root, pre[0].body.result_root
+
+    def precommit(i, round_, root=result_root, ids=()):
+        v = VALIDATORS[i]
+        return sign_message(Attestation(v.pk, tid, T0 + 64_000 + i, round_, PHASE_PRECOMMIT, set_root, root, ids),
+                            v.key, NET)
+
+    start = finality.compute_round_start(deadline, 1, P)
+    early = [precommit(i, 1) for i in range(4)]
+    assert all(m.body.created_at < start for m in early)
+    enc = finality.encode_certificate(finality.Certificate(tid, 1, set_root, result_root, tuple(early)))
+    valid = {"name": "precommits_stamped_before_their_round", "signers": [v.name for v in VALIDATORS],
+             "weight": sum(vals.values()), "total_weight": GENESIS.total_validator_weight, "encoded_hex": enc.hex(),
+             "valid": finality.verify_certificate(finality.decode_certificate(enc, P), vals, NET),
+             "round": 1, "round_start_ms": start,
+             "note": "round-1 precommits stamped in round 0 (each alone would be REJECTed by 6.2): verification "
+                     "does not look at created_at, so the certificate is valid"}
+    order = sorted(range(4), key=lambda i: VALIDATORS[i].pk)    # a certificate lists them by validator key
+    raws = [pre[i].raw for i in order]
+    other = precommit(order[1], 0, root=sha256(b"labelmesh-vectors/v1/another result root"))
+    bad = [
+        ("version_2", pack([2, raws]), ""),
+        ("version_true", pack([True, raws]), "a boolean is not the integer 1"),
+        ("three_elements", pack([1, raws, 0]), ""),
+        ("no_precommit", pack([1, []]), ""),
+        ("envelope_not_bin", pack([1, [[1, 2]]]), ""),
+        ("str_inside", pack([1, ["x"]]), "no str at all"),
+        ("too_many_envelopes", pack([1, [b"\x00"] * 1001]), "1001 elements: over the array limit of 1000"),
+        ("not_an_envelope", pack([1, [b"\x01\x02"]]), ""),
+        ("a_prevote", pack([1, [BOOK.msgs["attestation_prevote"][1].raw]]), ""),
+        ("precommit_with_ids", pack([1, [precommit(0, 0, ids=BOOK.body("attestation_prevote").batch_ids).raw]]), ""),
+        ("unsorted", pack([1, raws[::-1]]), "the envelopes of all_four in descending validator order"),
+        ("same_validator_twice", pack([1, [raws[0], raws[0]]]), ""),
+        ("mixed_rounds", pack([1, [raws[0], early[order[1]].raw]]),
+         "sorted by validator, but the first precommit is of round 0 and the second of round 1"),
+        ("mixed_values", pack([1, [raws[0], other.raw]]),
+         "sorted by validator, round 0 both, but two different result roots"),
+    ]
+    malformed = []
+    for name, data, note in bad:
+        try:
+            finality.decode_certificate(data, P)
+        except DecodeError as e:
+            malformed.append({"name": name, "encoded_hex": data.hex(), "error": str(e), "note": note})
+        else:
+            raise SystemExit(f"gen-vectors: malformed certificate {name} decoded")
+    return valid, malformed
 
 
 # --------------------------------------------------------------------------- reputation
@@ -814,7 +1065,33 @@ def gen_reputation() -> dict:
             "created_at": created_at,
             "in_window": [o.task_id.hex() for o in window],
             "earned": [{"account": a.hex(), "domain": d, "earned": v} for (a, d), v in sorted(earned.items())],
-            "weights": weights}
+            "weights": weights, "genesis_weights": _genesis_weights(earned)}
+
+
+def _genesis_weights(earned: dict) -> dict:
+    """Prior weights over a genesis reputation list of its own (PROTOCOL.md 12): each entry of
+    domain d or "" counts once; ``double_counted`` is the literal reading of revision 1.0's
+    formula, earned + genesis(a, d) + genesis(a, ""), which counts "" twice for d = ""."""
+    A, ONE = ACCOUNTS, rp.ONE
+    entries = [("expert", "", ONE), ("annotator-a", "animals", ONE // 2), ("annotator-a", "", 1000),
+               ("annotator-b", "", 500), ("annotator-b", "", 700), ("annotator-c", "animals", P.max_weight),
+               ("annotator-c", "", P.max_weight), ("annotator-d", "", 0)]
+    g = make_genesis("reputation", T0, [(VALIDATORS[0].pk, 1)], reputation=[(A[n].pk, d, w) for n, d, w in entries])
+    cases = []
+    for name in ("expert", "annotator-a", "annotator-b", "annotator-c", "annotator-d", "outsider"):
+        a = A[name].pk
+        for d in ("", "animals", "plants"):
+            genesis = {x: sum(w for acc, dom, w in g.reputation if acc == a and dom == x) for x in (d, "")}
+            literal = earned.get((a, d), 0) + genesis[d] + genesis[""]
+            cases.append({"account": a.hex(), "name": name, "domain": d,
+                          "weight": rp.compute_weight(a, d, earned, g.reputation, P),
+                          "double_counted": min(P.max_weight, literal) or P.fresh_weight})
+    assert any(c["weight"] != c["double_counted"] for c in cases)
+    return {"note": "prior weights over this genesis reputation list and the earned reputation above; each "
+                    "genesis entry counts once (domain d or \"\"); double_counted is what the literal reading "
+                    "earned + genesis(a, d) + genesis(a, \"\") of revision 1.0 would give, for contrast",
+            "genesis_reputation": [{"account": a.hex(), "domain": d, "weight": w} for a, d, w in g.reputation],
+            "cases": cases}
 
 
 # --------------------------------------------------------------------------- gossip bundles
@@ -853,6 +1130,7 @@ def gen_bundles() -> dict:
 # --------------------------------------------------------------------------- main
 
 GENERATORS = {
+    "codec.json": gen_codec,
     "genesis.json": gen_genesis,
     "messages.json": gen_messages,
     "invalid.json": gen_invalid,

@@ -3,7 +3,7 @@
 import { readFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { decode, encode, equalBytes, hex, unhex } from './src/msgpack.mjs'
+import { DecodeError, decode, encode, equalBytes, hex, unhex } from './src/msgpack.mjs'
 import { keyFromSeed, verify, verifyOpenSSLOnly } from './src/ed25519.mjs'
 import * as P from './src/protocol.mjs'
 import * as T from './src/tally.mjs'
@@ -25,6 +25,17 @@ function check (cond, what) {
 }
 const eq = (a, b, what) => check(a === b, `${what}: got ${a}, want ${b}`)
 
+// ------------------------------------------------------------------ the decoder alone (section 2)
+const cod = load('codec.json')
+eq(cod.max_depth, 8, 'codec max depth')
+for (const c of cod.cases) {
+  const lim = { maxBytes: cod.limits.max_bytes, maxArray: cod.limits.max_array, maxBin: cod.limits.max_bin, maxStr: cod.limits.max_str }
+  let got
+  try { got = hex(encode(decode(unhex(c.hex), lim))) } catch (e) { got = e instanceof DecodeError ? null : `${e}` }
+  if (c.ok) eq(got, c.hex, `codec ${c.name} decodes (and re-encodes to the same bytes)`)
+  else eq(got, null, `codec ${c.name} is refused`)
+}
+
 // ------------------------------------------------------------------ genesis
 const gen = load('genesis.json')
 const genesis = P.genesisFromJson(gen.cases[0].json)
@@ -36,6 +47,12 @@ for (const c of gen.cases) {
   eq(P.syncProtocolFor(g.networkId), c.sync_protocol, `genesis ${c.name} sync protocol id`)
   for (const [k, v] of Object.entries(c.params)) if (k in g.params) eq(g.params[k], v, `genesis ${c.name} param ${k}`)
 }
+for (const c of gen.invalid ?? []) {
+  let refused = false
+  try { P.genesisFromJson(c.json) } catch { refused = true }
+  check(refused, `invalid genesis ${c.name} was accepted`)
+}
+const genesisByName = Object.fromEntries(gen.cases.map(c => [c.name, P.genesisFromJson(c.json)]))
 for (const a of gen.accounts) eq(hex(keyFromSeed(unhex(a.seed)).publicKey), a.public_key, `account ${a.name} public key`)
 const NET = genesis.networkId
 const params = genesis.params
@@ -108,6 +125,18 @@ for (const c of inv.cases) {
   eq(r.stage, c.stage, `${c.name} stage (${r.reason})`)
   if (r.reason.includes(c.reason)) reasonMatches++
 }
+// cases for another genesis (its own network id and params)
+{
+  const pc = inv.param_cases
+  const g = genesisByName[pc.genesis]
+  check(g !== undefined, `param_cases genesis ${pc.genesis} is in genesis.json`)
+  for (const c of pc.cases) {
+    const ctx = { getTask: () => null, validatorWeight: (a) => g.validators.get(hex(a)) ?? 0n }
+    const r = P.checkMessage(unhex(c.envelope_hex), ctx, g.networkId, c.context.now_ms, g.params)
+    eq(r.outcome, c.expected, `${pc.genesis}/${c.name} outcome (${r.reason})`)
+    eq(r.stage, c.stage, `${pc.genesis}/${c.name} stage (${r.reason})`)
+  }
+}
 // the small-order vector is exactly what a bare RFC 8032 verifier gets wrong
 const so = inv.cases.find(c => c.name === 'small_order_public_key')
 {
@@ -133,6 +162,7 @@ for (const c of roots.gold_commitments) {
 
 // ------------------------------------------------------------------ the estimators (PROTOCOL-APPENDIX-consensus.md)
 const agg = load('aggregate.json')
+eq(agg.layout.join(','), 'version,ONE,label,confidence,agreement,annotator_accuracy,alpha', 'aggregate encoding layout (A.8)')
 eq(T.tableDigest(T.LT), agg.constants.log2_table_sha256, 'log2 table digest')
 eq(T.tableDigest(T.EH), agg.constants.exp2_hi_table_sha256, 'exp2 high table digest')
 eq(T.tableDigest(T.EL), agg.constants.exp2_lo_table_sha256, 'exp2 low table digest')
@@ -185,21 +215,33 @@ const sync = load('sync.json')
 eq(hex(P.FP_TAG), sync.fp_tag_hex, 'fingerprint tag')
 for (const [k, v] of Object.entries(sync.constants)) eq(P.SYNC[k], v, `sync constant ${k}`)
 for (const c of sync.fingerprints) eq(hex(P.computeFingerprint(c.ids.map(unhex))), c.fingerprint, 'fingerprint')
+const bnd = (x) => x === null ? null : unhex(x) // a bound or cursor: hex, "" = empty, null = nil
 for (const f of sync.frames) {
-  const data = unhex(f.hex)
+  const i = f.inputs
+  let built
   if (f.name.includes('request')) {
-    const r = P.decodeSyncRequest(data)
-    const again = r.kind === 0 ? P.encodeSummaryRequest(r.cursor, r.limit) : r.kind === 1 ? P.encodeRangeRequest(r.taskId, r.lo, r.hi) : P.encodeGetRequest(r.ids)
-    eq(hex(again), f.hex, `sync frame ${f.name}`)
+    built = i.kind === 0 ? P.encodeSummaryRequest(bnd(i.cursor), i.limit)
+      : i.kind === 1 ? P.encodeRangeRequest(unhex(i.task_id), bnd(i.lo), bnd(i.hi)) : P.encodeGetRequest(i.ids.map(unhex))
+    const r = P.decodeSyncRequest(unhex(f.hex)) // and the decoder reads the inputs back
+    const back = r.kind === 0 ? { kind: 0, cursor: hex(r.cursor), limit: r.limit }
+      : r.kind === 1 ? { kind: 1, task_id: hex(r.taskId), lo: hex(r.lo), hi: r.hi === null ? null : hex(r.hi) } : { kind: 2, ids: r.ids.map(hex) }
+    eq(canon(back), canon(i), `sync frame ${f.name} decodes to its inputs`)
+  } else if (f.name.startsWith('summary_response')) {
+    built = P.encodeSummaryResponse(i.rows.map(([t, c, fp]) => [unhex(t), c, unhex(fp)]), bnd(i.next_cursor))
+    const d = P.decodeSummaryResponse(unhex(f.hex))
+    eq(d.rows.length, i.rows.length, `sync frame ${f.name} rows`)
   } else if (f.name.startsWith('range_response')) {
-    eq(hex(P.encodeRangeResponse(f.ids.map(unhex), new Uint8Array(), null)), f.hex, `sync frame ${f.name}`)
-  } else if (f.name === 'summary_response') {
-    const s = P.decodeSummaryResponse(data)
-    eq(hex(P.encodeSummaryResponse(s.rows, s.next)), f.hex, 'sync frame summary_response')
-  } else if (f.name === 'get_response') {
-    const raws = P.decodeGetResponse(data, params.max_message_bytes)
-    eq(hex(raws[0]), byName.batch_a.envelope_hex, 'sync frame get_response')
+    built = P.encodeRangeResponse(i.ids.map(unhex), bnd(i.lo), bnd(i.hi))
+    const d = P.decodeRangeResponse(unhex(f.hex))
+    if (d.mode === 'split') {
+      eq(hex(d.parts[0][0]), i.lo, `sync frame ${f.name}: the first piece starts at the request's lo`)
+      eq(d.parts.at(-1)[1] === null ? null : hex(d.parts.at(-1)[1]), i.hi, `sync frame ${f.name}: the last piece ends at the request's hi`)
+    }
+  } else if (f.name.startsWith('get_response')) {
+    built = P.encodeGetResponse(i.envelopes.map(n => unhex(byName[n].envelope_hex)))
+    eq(P.decodeGetResponse(unhex(f.hex), params.max_message_bytes).map(hex).join(','), i.envelopes.map(n => byName[n].envelope_hex).join(','), `sync frame ${f.name} decodes`)
   }
+  eq(built === undefined ? undefined : hex(built), f.hex, `sync frame ${f.name} rebuilt from its inputs`)
 }
 for (const b of sync.bad_requests) {
   let threw = false
@@ -220,15 +262,20 @@ const vals = new Map(fin.validators.map(v => [v.account, BigInt(v.weight)]))
 check(canon([...vals]) === canon([...genesis.validators]), 'finality validators = genesis validators')
 for (const c of fin.leaders) eq(P.computeLeader(unhex(fin.task_id), c.round, vals), c.leader, `leader of round ${c.round}`)
 for (const c of fin.rounds) {
-  const start = BigInt(fin.deadline) + BigInt(fin.grace_period_ms)
-  const now = BigInt(c.now_ms)
-  eq(now < start ? -1 : Number((now - start) / BigInt(fin.round_timeout_ms)), c.round, `round at ${c.now_ms}`)
+  const round = P.computeRound(fin.deadline, c.now_ms, params)
+  eq(round, c.round, `round at ${c.now_ms}`)
+  eq(P.roundHorizon(round, params), c.horizon, `round horizon at ${c.now_ms}`)
 }
 for (const c of fin.quorum) eq(P.isQuorum(c.weight, c.total), c.quorum, `quorum ${c.weight}/${c.total}`)
 for (const c of fin.certificates) {
   const r = P.verifyCertificate(unhex(c.encoded_hex), vals, NET, params)
   eq(r.valid, c.valid, `certificate by ${c.signers.join(',')}`)
   eq(Number(r.weight), c.weight, `certificate weight by ${c.signers.join(',')}`)
+}
+for (const c of fin.malformed_certificates) {
+  let threw = false
+  try { P.decodeCertificate(unhex(c.encoded_hex), params) } catch (e) { threw = e instanceof DecodeError }
+  check(threw, `malformed certificate ${c.name} decoded`)
 }
 
 // ------------------------------------------------------------------ reputation (PROTOCOL.md section 12), integers only
@@ -256,11 +303,16 @@ const rep = load('reputation.json')
     earned.set(key, x / (v.labels + BigInt(rep.PRIOR_LABELS)))
   }
   for (const e of rep.earned) eq(earned.get(`${e.account}/${e.domain}`), BigInt(e.earned), `earned reputation ${e.account.slice(0, 8)}/${e.domain}`)
-  for (const w of rep.weights) {
-    let x = earned.get(`${w.account}/${w.domain}`) ?? 0n
-    for (const g of rep.genesis_reputation) if (g.account === w.account && (g.domain === '' || g.domain === w.domain)) x += BigInt(g.weight)
+  // weight(a, d) = min(max_weight, earned(a, d) + G(a, d)); G counts each genesis entry of domain d or "" once
+  const weight = (account, domain, genesisRep) => {
+    let x = earned.get(`${account}/${domain}`) ?? 0n
+    for (const g of genesisRep) if (g.account === account && (g.domain === '' || g.domain === domain)) x += BigInt(g.weight)
     if (x > BigInt(rep.max_weight)) x = BigInt(rep.max_weight)
-    eq(x > 0n ? x : BigInt(rep.fresh_weight), BigInt(w.weight), `reputation weight of ${w.name} in '${w.domain}'`)
+    return x > 0n ? x : BigInt(rep.fresh_weight)
+  }
+  for (const w of rep.weights) eq(weight(w.account, w.domain, rep.genesis_reputation), BigInt(w.weight), `reputation weight of ${w.name} in '${w.domain}'`)
+  for (const w of rep.genesis_weights.cases) {
+    eq(weight(w.account, w.domain, rep.genesis_weights.genesis_reputation), BigInt(w.weight), `genesis_weights: weight of ${w.name} in '${w.domain}'`)
   }
 }
 

@@ -32,8 +32,8 @@ from protocol.tally import RESULT_ROOT_TAG, compute_task_result
 
 ROOT = Path(__file__).resolve().parent.parent
 VECTORS = ROOT / "tests" / "vectors"
-FILES = ["genesis.json", "messages.json", "invalid.json", "roots.json", "aggregate.json", "tally.json", "sync.json",
-         "finality.json", "reputation.json", "bundles.json"]
+FILES = ["codec.json", "genesis.json", "messages.json", "invalid.json", "roots.json", "aggregate.json", "tally.json",
+         "sync.json", "finality.json", "reputation.json", "bundles.json"]
 
 
 def load(name: str) -> dict:
@@ -120,6 +120,44 @@ def test_genesis_network_id(case):
     assert {f: getattr(g.params, f) for f in case["params"]} == case["params"]
 
 
+CODEC = load("codec.json")
+
+
+@pytest.mark.parametrize("case", CODEC["cases"], ids=lambda c: c["name"])
+def test_codec_decoder_boundaries(case):
+    """Section 2 alone: depth 8 is allowed and 9 refused; every limit at and one past its boundary."""
+    from protocol.codec import MAX_DEPTH, unpack
+    assert CODEC["max_depth"] == MAX_DEPTH
+    data = bytes.fromhex(case["hex"])
+    if case["ok"]:
+        assert pack(unpack(data, **CODEC["limits"])) == data
+    else:
+        with pytest.raises(DecodeError) as e:
+            unpack(data, **CODEC["limits"])
+        assert str(e.value) == case["error"]
+
+
+def test_codec_depth_vectors_are_what_they_say():
+    """depth_8 is 9 nested arrays, depth_9 is 10 (so the boundary is where the text puts it)."""
+    cases = {c["name"]: bytes.fromhex(c["hex"]) for c in CODEC["cases"]}
+    assert cases["depth_8"] == b"\x91" * 8 + b"\x90" and cases["depth_9"] == b"\x91" * 9 + b"\x90"
+
+
+@pytest.mark.parametrize("case", GEN["invalid"], ids=lambda c: c["name"])
+def test_invalid_genesis_is_refused(case):
+    from protocol.errors import GenesisError
+    with pytest.raises(GenesisError) as e:
+        genesis_from_json(json.dumps(case["json"]))
+    assert str(e.value) == case["error"]
+
+
+def test_genesis_name_limit_counts_code_points():
+    """The 64-character name of the vectors is 192 UTF-8 bytes and 96 UTF-16 code units."""
+    name = next(c for c in GEN["cases"] if c["name"] == "name_64_code_points")["json"]["name"]
+    assert len(name) == 64 and len(name.encode("utf-8")) > 64 and len(name.encode("utf-16-le")) // 2 > 64
+    assert len(next(c for c in GEN["invalid"] if c["name"] == "name_65_code_points")["json"]["name"]) == 65
+
+
 def test_vector_accounts_derive_from_their_seeds():
     for a in GEN["accounts"]:
         assert bytes(nacl.signing.SigningKey(bytes.fromhex(a["seed"])).verify_key).hex() == a["public_key"]
@@ -193,6 +231,31 @@ def test_validation_outcome(case):
     assert _stage(raw, ctx, now) == case["stage"]
 
 
+@pytest.mark.parametrize("case", INVALID["param_cases"]["cases"], ids=lambda c: c["name"])
+def test_validation_outcome_under_another_genesis(case):
+    """Section 5.6 vs 5.2 under a genesis whose max_inline_item_bytes (16) is the tighter limit."""
+    g = genesis_from_json(json.dumps(next(c for c in GEN["cases"]
+                                          if c["name"] == INVALID["param_cases"]["genesis"])["json"]))
+
+    class Ctx:
+        def get_task(self, task_id):
+            return None
+
+        def validator_weight(self, account):
+            return g.validator_weight(account)
+
+    raw = bytes.fromhex(case["envelope_hex"])
+    v, _ = check_message(raw, Ctx(), g.network_id, case["context"]["now_ms"], g.params)
+    assert v.outcome is Outcome[case["expected"]] and v.reason == case["full_reason"]
+    try:
+        msg = decode_message(raw, g.params)
+    except DecodeError:
+        stage = "decode"
+    else:
+        stage = "basic" if not validate_basic(msg, g.params).ok else "accept"
+    assert stage == case["stage"]
+
+
 def test_invalid_vectors_cover_every_stage_and_outcome():
     assert {c["stage"] for c in INVALID["cases"]} == set(INVALID["stages"])
     assert {c["expected"] for c in INVALID["cases"]} == {"ACCEPT", "REJECT", "IGNORE"}
@@ -241,6 +304,17 @@ def test_aggregate_constants():
     for table, name in ((aggregate._LOG2_TABLE, "log2_table_sha256"), (aggregate._EXP2_HI, "exp2_hi_table_sha256"),
                         (aggregate._EXP2_LO, "exp2_lo_table_sha256")):
         assert hashlib.sha256(table.astype("<i8").tobytes()).hexdigest() == c[name]
+
+
+def test_aggregate_encoding_layout():
+    """Appendix A.8: the field order of encode_result, read back from the encoding of every case."""
+    assert AGG["layout"] == ["version", "ONE", "label", "confidence", "agreement", "annotator_accuracy", "alpha"]
+    for case in AGG["cases"]:
+        for est in ("consensus", "plurality"):
+            r = case[est]
+            fields = aggregate.msgpack.unpackb(bytes.fromhex(r["encoded_hex"]))
+            assert dict(zip(AGG["layout"], fields)) == {"version": 1, "ONE": aggregate.ONE, **{
+                k: r[k] for k in AGG["layout"][2:]}}
 
 
 @pytest.mark.parametrize("case", AGG["cases"], ids=lambda c: c["name"])
@@ -298,6 +372,21 @@ def test_tally_result_root(case):
     assert sha256(RESULT_ROOT_TAG + bytes.fromhex(want["canonical_hex"])).hex() == want["result_root"]
 
 
+def test_tally_annotator_without_counted_vote_has_a_row_and_sets_the_scale():
+    """10.1/10.2/10.5: an annotator whose every vote is an equivocation keeps a row, and its
+    weight still scales the others (leaving it out of the scale gives another result)."""
+    case = next(c for c in TALLY["cases"] if c["name"] == "all_votes_equivocated")
+    expert = MSGS["batch_expert"]["signer"]["public_key"]
+    rows = {a["account"]: a for a in case["result"]["annotators"]}
+    assert {k: rows[expert][k] for k in ("labels", "accuracy", "score", "reward")} == {
+        "labels": 0, "accuracy": 0, "score": 0, "reward": 0}
+    assert rows[expert]["equivocations"] == len(body_of("batch_expert").labels)
+    task = body_of(case["task"])
+    batches = {id_of(n): body_of(n) for n in case["batches"] if n not in ("batch_expert", "batch_expert_conflict")}
+    without = compute_task_result(bytes.fromhex(case["task_id"]), task, batches, None, lambda a: P.fresh_weight, P)
+    assert list(without.confidence) != case["result"]["confidence"]
+
+
 # --------------------------------------------------------------------------- sync
 
 SYNC = load("sync.json")
@@ -337,6 +426,38 @@ def test_sync_frames():
     assert got == [raw_of("batch_a")]
 
 
+def _bound(x):
+    return None if x is None else bytes.fromhex(x)
+
+
+@pytest.mark.parametrize("frame", SYNC["frames"], ids=lambda f: f["name"])
+def test_sync_frame_rebuilt_from_its_inputs(frame):
+    i, name = frame["inputs"], frame["name"]
+    if "request" in name:
+        built = {sp.REQ_SUMMARY: lambda: sp.encode_summary_request(_bound(i["cursor"]), i["limit"]),
+                 sp.REQ_RANGE: lambda: sp.encode_range_request(bytes.fromhex(i["task_id"]), _bound(i["lo"]),
+                                                               _bound(i["hi"])),
+                 sp.REQ_GET: lambda: sp.encode_get_request([bytes.fromhex(x) for x in i["ids"]])}[i["kind"]]()
+        assert sp.decode_request(built).kind == i["kind"]
+    elif name.startswith("summary_response"):
+        built = sp.encode_summary_response([(bytes.fromhex(t), c, bytes.fromhex(fp)) for t, c, fp in i["rows"]],
+                                           _bound(i["next_cursor"]))
+        assert sp.decode_summary_response(built) == ([(bytes.fromhex(t), c, bytes.fromhex(fp))
+                                                      for t, c, fp in i["rows"]], _bound(i["next_cursor"]))
+    elif name.startswith("range_response"):
+        ids = [bytes.fromhex(x) for x in i["ids"]]
+        built = sp.encode_range_response(ids, _bound(i["lo"]), _bound(i["hi"]))
+        mode, parts = sp.decode_range_response(built)
+        if mode == "split":
+            assert (parts[0][0], parts[-1][1]) == (_bound(i["lo"]), _bound(i["hi"]))
+            a, b = sp.range_slice(ids, _bound(i["lo"]), _bound(i["hi"]))
+            assert sum(p[2] for p in parts) == b - a and sp.compare_split(ids, parts) == []
+    else:
+        built = sp.encode_get_response([raw_of(n) for n in i["envelopes"]])
+        assert sp.decode_get_response(built, P.max_message_bytes) == [raw_of(n) for n in i["envelopes"]]
+    assert built.hex() == frame["hex"]
+
+
 @pytest.mark.parametrize("case", SYNC["bad_requests"], ids=lambda c: c["name"])
 def test_sync_bad_requests(case):
     with pytest.raises(sp.SyncProtocolError) as e:
@@ -373,6 +494,43 @@ def test_finality_leaders_rounds_quorum():
         assert finality.is_quorum(c["weight"], c["total"]) is c["quorum"]
 
 
+def test_finality_round_horizon():
+    """Section 11: round -1 before round 0; a node accepts rounds up to max(round, 0) + skew // T + 1
+    (an attestation at the horizon is recorded, one round past it is IGNOREd)."""
+    vals = dict(GENESIS.validators)
+    tid = bytes.fromhex(FIN["task_id"])
+    v1 = next(a for a in GEN["accounts"] if a["name"] == "validator-1")
+    key = nacl.signing.SigningKey(bytes.fromhex(v1["seed"]))
+    assert {c["round"] for c in FIN["rounds"]} >= {-1, 0}
+    for c in FIN["rounds"]:
+        assert c["horizon"] == max(c["round"], 0) + FIN["clock_skew_ms"] // FIN["round_timeout_ms"] + 1
+        for r, want in ((c["horizon"], Outcome.ACCEPT), (c["horizon"] + 1, Outcome.IGNORE)):
+            fin = finality.TaskFinality(tid, vals, None, FIN["deadline"], P)
+            fin.on_tick(c["now_ms"], None)
+            att = Attestation(key.verify_key.encode(), tid, c["now_ms"], r, 1, bytes(32), bytes(32), ())
+            v = fin.on_attestation(sign_message(att, key, NET))
+            assert v.outcome is want, (c, r, v.reason)
+
+
+@pytest.mark.parametrize("case", FIN["certificates"][3:], ids=lambda c: c["name"])
+def test_finality_certificates_beyond_the_first_three(case):
+    """A certificate's validity does not depend on its precommits' created_at (section 11)."""
+    cert = finality.decode_certificate(bytes.fromhex(case["encoded_hex"]), P)
+    assert finality.encode_certificate(cert).hex() == case["encoded_hex"]
+    assert finality.verify_certificate(cert, dict(GENESIS.validators), NET) is case["valid"]
+    assert sum(dict(GENESIS.validators)[m.body.validator] for m in cert.attestations) == case["weight"]
+    if "round_start_ms" in case:
+        assert case["round_start_ms"] == finality.compute_round_start(FIN["deadline"], cert.round, P)
+        assert all(m.body.created_at < case["round_start_ms"] for m in cert.attestations) and case["valid"]
+
+
+@pytest.mark.parametrize("case", FIN["malformed_certificates"], ids=lambda c: c["name"])
+def test_malformed_certificates_fail_to_decode(case):
+    with pytest.raises(DecodeError) as e:
+        finality.decode_certificate(bytes.fromhex(case["encoded_hex"]), P)
+    assert str(e.value) == case["error"]
+
+
 @pytest.mark.parametrize("k", range(3))
 def test_finality_certificates(k):
     c = FIN["certificates"][k]
@@ -407,6 +565,16 @@ def test_reputation_window_earned_and_weights():
     assert rp.compute_snapshot(outcomes, doc["created_at"], P) == earned
     for w in doc["weights"]:
         assert rp.compute_weight(bytes.fromhex(w["account"]), w["domain"], earned, GENESIS.reputation, P) == w["weight"]
+    gw = doc["genesis_weights"]
+    entries = [(bytes.fromhex(e["account"]), e["domain"], e["weight"]) for e in gw["genesis_reputation"]]
+    for w in gw["cases"]:
+        a = bytes.fromhex(w["account"])
+        assert rp.compute_weight(a, w["domain"], earned, entries, P) == w["weight"]
+        once = min(P.max_weight, earned.get((a, w["domain"]), 0) + sum(
+            x for acc, d, x in entries if acc == a and d in {w["domain"], ""}))
+        assert w["weight"] == (once or P.fresh_weight)
+    # the vector tells the two readings of revision 1.0's formula apart
+    assert any(w["domain"] == "" and w["weight"] != w["double_counted"] for w in gw["cases"])
 
 
 # --------------------------------------------------------------------------- gossip bundles

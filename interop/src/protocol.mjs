@@ -81,6 +81,8 @@ export function genesisFromJson (doc) {
   if (typeof doc === 'string') doc = JSON.parse(doc)
   const version = doc.version ?? 1
   if (version !== 1) throw new Error(`unsupported genesis version ${version}`)
+  // 1..64 Unicode code points (not UTF-8 bytes, not UTF-16 code units: [...s] iterates code points)
+  if (typeof doc.name !== 'string' || [...doc.name].length < 1 || [...doc.name].length > 64) throw new Error('genesis name must be 1..64 code points')
   const validators = (doc.validators ?? []).map(v => [hex32(v.account, 'validators'), BigInt(v.weight)]).sort(cmpTuple)
   const reputation = (doc.reputation ?? []).map(r => [hex32(r.account, 'reputation'), String(r.domain ?? ''), BigInt(r.weight)]).sort(cmpTuple)
   const balances = (doc.balances ?? []).map(b => [hex32(b.account, 'balances'), BigInt(b.credits)]).sort(cmpTuple)
@@ -481,6 +483,16 @@ export function uvarint (n) {
 
 export const isQuorum = (weight, total) => 3n * BigInt(weight) > 2n * BigInt(total)
 
+/** The round in progress at nowMs: -1 before round 0 starts (section 11). */
+export function computeRound (deadline, nowMs, params) {
+  const start = BigInt(deadline) + BigInt(params.grace_period_ms)
+  const now = BigInt(nowMs)
+  return now < start ? -1 : Number((now - start) / BigInt(params.round_timeout_ms))
+}
+
+/** Highest round accepted from other validators when the node's current round is `round` (section 11). */
+export const roundHorizon = (round, params) => Math.max(round, 0) + Math.floor(params.clock_skew_ms / params.round_timeout_ms) + 1
+
 export function computeLeader (taskId, round, validators /* Map hex -> bigint weight */) {
   let total = 0n
   for (const w of validators.values()) total += BigInt(w)
@@ -494,27 +506,44 @@ export function computeLeader (taskId, round, validators /* Map hex -> bigint we
   throw new Error('unreachable')
 }
 
-/** Decode and verify a certificate [1, [precommit envelope, ...]]: { valid, weight, taskId, round }. */
-export function verifyCertificate (data, validators, networkId, params) {
-  const top = decode(data, { maxBytes: params.max_message_bytes, maxArray: 1000, maxBin: params.max_message_bytes, maxStr: 0 })
-  need(Array.isArray(top) && top.length === 2 && top[0] === 1 && Array.isArray(top[1]) && top[1].length > 0, 'certificate must be [1, [attestations]]')
+export const MAX_CERT_ATTESTATIONS = 1000
+
+/**
+ * Decode a certificate [1, [precommit envelope, ...]] (section 11): structure only.
+ * Returns { taskId, round, setRoot, resultRoot, msgs }; throws DecodeError if malformed.
+ */
+export function decodeCertificate (data, params) {
+  const top = decode(data, { maxBytes: params.max_message_bytes, maxArray: MAX_CERT_ATTESTATIONS, maxBin: params.max_message_bytes, maxStr: 0 })
+  need(Array.isArray(top) && top.length === 2, 'certificate must be [version, [attestations]]')
+  need(top[0] === 1, `unsupported certificate version ${top[0]}`) // a boolean is not 1
+  need(Array.isArray(top[1]) && top[1].length > 0, 'certificate must hold at least one attestation')
+  need(top[1].every(x => x instanceof Uint8Array), 'certificate attestations must be message envelopes (bytes)')
   const msgs = top[1].map(raw => decodeMessage(raw, params))
-  const first = msgs[0].body
+  for (const m of msgs) need(m.kind === KIND.ATTESTATION && m.body.phase === 1, 'a certificate holds precommit attestations only')
+  for (let i = 1; i < msgs.length; i++) need(compareBytes(msgs[i - 1].body.validator, msgs[i].body.validator) < 0, 'certificate attestations must be sorted by validator, one each')
+  const f = msgs[0].body
+  for (const { body: b } of msgs) {
+    need(equalBytes(b.task_id, f.task_id) && b.round === f.round && equalBytes(b.set_root, f.set_root) &&
+      equalBytes(b.result_root, f.result_root), 'certificate attestations disagree on task, round or value')
+    need(b.batch_ids.length === 0, 'a precommit lists no batch ids')
+  }
+  return { taskId: f.task_id, round: f.round, setRoot: f.set_root, resultRoot: f.result_root, msgs }
+}
+
+/**
+ * Decode and verify a certificate: every signature, every signer a validator, a quorum.
+ * No created_at check (section 11). Returns { valid, weight, total, taskId, round }; throws if malformed.
+ */
+export function verifyCertificate (data, validators, networkId, params) {
+  const c = decodeCertificate(data, params)
   let weight = 0n
   let valid = true
-  let prev = null
-  for (const m of msgs) {
-    const b = m.body
-    if (b.kind !== 4 || b.phase !== 1 || b.batch_ids.length) valid = false
-    if (b.kind === 4 && (!equalBytes(b.task_id, first.task_id) || b.round !== first.round ||
-        !equalBytes(b.set_root, first.set_root) || !equalBytes(b.result_root, first.result_root))) valid = false
-    if (prev && compareBytes(prev, b.validator) >= 0) valid = false
-    prev = b.validator
-    const w = validators.get(hex(b.validator ?? new Uint8Array()))
+  for (const m of c.msgs) {
+    const w = validators.get(hex(m.body.validator))
     if (!w || !verifyMessage(m, networkId)) valid = false
     else weight += w
   }
   let total = 0n
   for (const w of validators.values()) total += w
-  return { valid: valid && isQuorum(weight, total), weight, total, taskId: first.task_id, round: first.round }
+  return { valid: valid && isQuorum(weight, total), weight, total, taskId: c.taskId, round: c.round }
 }
