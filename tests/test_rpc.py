@@ -119,6 +119,36 @@ async def test_post_label_consensus_flow(node):
     assert unknown["error"]["code"] == -32001
 
 
+async def test_consensus_get_reports_the_task_result(node):
+    """docs/rpc.md consensus_get: every annotator's labels, equivocations, score and reward as in
+    the task result (PROTOCOL.md 10.5), also for an annotator none of whose votes count, and an
+    item without a label as label null / label_index -1."""
+    c = await connect(node)
+    tid = (await c.call("task_post", {"account": "alice", "title": "t", "labels": ["yes", "no"],
+                                      "items": ["a", "b", "c"], "duration_s": 60, "bounty": 1000}))["result"]["task_id"]
+    await c.call("annotations_submit", {"account": "alice", "task_id": tid, "labels": [[0, "yes"], [1, "no"]]})
+    t = bytes.fromhex(tid)
+    batches = [signed(make_batch(7, t, [(0, 0), (1, 1)]), 7, node.network_id),
+               signed(make_batch(8, t, [(0, 0)]), 8, node.network_id),                     # 8 says yes and no
+               signed(make_batch(8, t, [(0, 1)], created_at=T0 + 2000), 8, node.network_id)]  # on item 0
+    r = await c.call("annotations_submit", {"raw": [m.raw.hex() for m in batches]})
+    assert [x["status"] for x in r["result"]["results"]] == ["accepted"] * 3
+    cons = (await c.call("consensus_get", {"task_id": tid}))["result"]
+    res = node.task_result(t)
+    assert cons["result_root"] == res.result_root.hex() and cons["gold_items"] == res.gold_items == 0
+    assert cons["annotators"] == [
+        {"account": a.account.hex(), "labels": a.labels, "equivocations": a.equivocations, "accuracy": a.accuracy,
+         "accuracy_f": round(a.accuracy / 65536, 4), "score": a.score, "score_f": round(a.score / 65536, 4),
+         "reward": a.reward} for a in res.annotators]
+    by_account = {a["account"]: a for a in cons["annotators"]}
+    assert {k: by_account[pk(8).hex()][k] for k in ("labels", "equivocations", "score", "reward")} == {
+        "labels": 0, "equivocations": 1, "score": 0, "reward": 0}
+    assert by_account[pk(7).hex()]["score"] > 0
+    assert cons["equivocations"] == [{"account": pk(8).hex(), "item": 0}]
+    assert cons["items"][2] == {"item": 2, "label": None, "label_index": -1, "confidence": 0, "confidence_f": 0.0,
+                                "agreement": 0, "agreement_f": 0.0, "votes": 0}
+
+
 async def test_garbage_raw_rejected(node):
     c = await connect(node)
     r = await c.call("annotations_submit", {"raw": "00ff"})

@@ -21,7 +21,8 @@ async def current_result(node, tid: bytes):
 
 async def consensus_get(node, params):
     """Consensus of a task over the annotation set this node holds (provisional until certified):
-    set_root, result_root, per-item label/confidence/agreement/votes, per-annotator accuracy and reward."""
+    set_root, result_root, per-item label/confidence/agreement/votes, per-annotator labels,
+    equivocations, accuracy, score and reward (the task result, PROTOCOL.md 10.5)."""
     tid = task_id_param(node, params)
     cert, cres, res = await current_result(node, tid)
     status = "certified" if cres is not None else ("certified-fetching" if cert is not None else "provisional")
@@ -34,8 +35,9 @@ async def consensus_get(node, params):
         "batches": len(res.batch_ids) - len(set(res.batch_ids) & set(node.store.task_message_ids(tid, KIND_GOLD))),
         "pinned": len(res.batch_ids), "gold_items": res.gold_items, "labels": sum(res.votes), "alpha": res.alpha, "alpha_f": fx(res.alpha),
         "refund": res.refund, "bounty": task.bounty,
-        "annotators": [{"account": a.account.hex(), "labels": a.labels, "accuracy": a.accuracy,
-                        "accuracy_f": fx(a.accuracy), "reward": a.reward} for a in res.annotators],
+        "annotators": [{"account": a.account.hex(), "labels": a.labels, "equivocations": a.equivocations,
+                        "accuracy": a.accuracy, "accuracy_f": fx(a.accuracy), "score": a.score,
+                        "score_f": fx(a.score), "reward": a.reward} for a in res.annotators],
         "equivocations": [{"account": a.hex(), "item": i} for a, i in res.equivocations],
     }
     if get_param(params, "items", bool, True):
