@@ -966,11 +966,9 @@ def gen_finality() -> dict:
 
 
 def _horizon(now_ms: int) -> int:
-    """Highest round an observer accepts from others at ``now_ms`` (PROTOCOL.md 11), read from
-    the state machine itself."""
-    fin = finality.TaskFinality(BOOK.id("task_text"), dict(GENESIS.validators), None, BOOK.body("task_text").deadline, P)
-    fin.on_tick(now_ms, None)
-    return fin._round_horizon()
+    """Highest round a node accepts from others at ``now_ms`` (PROTOCOL.md 11; tests/test_vectors.py
+    checks it against the state machine's behaviour)."""
+    return finality.compute_horizon(finality.compute_round(BOOK.body("task_text").deadline, now_ms, P), P)
 
 
 def _certificates_beyond_the_rules(pre: list) -> tuple[dict, list[dict]]:

@@ -103,6 +103,13 @@ def compute_round(deadline: int, now_ms: int, params: Params) -> int:
     return (now_ms - start) // params.round_timeout_ms
 
 
+def compute_horizon(round_: int, params: Params) -> int:
+    """Highest round accepted from other validators while the current round is ``round_``
+    (-1 before round 0 counts as 0): an honest validator's clock may run up to
+    clock_skew_ms ahead of ours, so allow that many rounds past the current one."""
+    return max(round_, 0) + params.clock_skew_ms // params.round_timeout_ms + 1
+
+
 def compute_leader(task_id: TaskId, round_: int, validators: dict[AccountKey, Weight]) -> AccountKey:
     """The leader of ``round_``: drawn with probability proportional to weight from
     sha256(tag || task_id || round as 8 bytes), walking the validators in key order.
@@ -414,9 +421,8 @@ class TaskFinality:
     # ----------------------------------------------------------------- internals
 
     def _round_horizon(self) -> int:
-        """Highest round accepted from others: an honest validator's clock may run up to
-        clock_skew_ms ahead of ours, so allow that many rounds past the current one."""
-        return max(self.round, 0) + self.params.clock_skew_ms // self.params.round_timeout_ms + 1
+        """Highest round accepted from others (see compute_horizon)."""
+        return compute_horizon(self.round, self.params)
 
     def _check_proposal(self, proposal: Proposal) -> None:
         if type(proposal) is not tuple or len(proposal) != 3:
