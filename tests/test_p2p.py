@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import trio
+from libp2p.peer.id import ID
 
 from node.net import (
     GossipOutcome,
@@ -78,6 +79,7 @@ class Net:
         name: str,
         *,
         bootstrap: Peer | None = None,
+        bootstrap_addrs: tuple[str, ...] = (),
         validator: Callable[[str, bytes, str], Any] = accept_all,
         topics: tuple[str, ...] = (TOPIC,),
         sync_validator: bool = False,
@@ -103,7 +105,7 @@ class Net:
         cfg = P2PConfig(
             seed=hashlib.sha256(b"labelmesh-test-" + name.encode()).digest(),
             listen=[LOOPBACK],
-            bootstrap=bootstrap.node.listen_addrs() if bootstrap else (),
+            bootstrap=bootstrap.node.listen_addrs() if bootstrap else bootstrap_addrs,
             **config,  # type: ignore[arg-type]
         )
         peer.node = P2PNode(
@@ -393,6 +395,185 @@ async def test_unreachable_bootstrap_is_retried_quietly(net: Net, caplog: pytest
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
     assert errors == [], [f"{r.name}: {r.getMessage()}" for r in errors]
+
+
+# -- big messages over slow links, and peers whose streams fail (the WAN devnet's crash) --
+
+
+async def _relay_in_pieces(src: trio.SocketStream, dst: trio.SocketStream, piece: int) -> None:
+    try:
+        while data := await src.receive_some(65536):
+            for i in range(0, len(data), piece):
+                await dst.send_all(data[i : i + piece])
+                await trio.sleep(0.0002)  # the receiver reads each piece on its own
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    finally:
+        with trio.move_on_after(1) as scope:
+            scope.shield = True
+            await dst.aclose()
+
+
+async def slow_link(nursery: trio.Nursery, to: Peer, piece: int = 100) -> str:
+    """A TCP relay to ``to`` that hands bytes on in ``piece``-byte pieces, as a slow link
+    with small segments does; returns the multiaddr (with ``to``'s peer id) to dial."""
+
+    async def handle(client: trio.SocketStream) -> None:
+        server = await trio.open_tcp_stream("127.0.0.1", int(to.node.listen_addrs()[0].split("/")[4]))
+        async with trio.open_nursery() as both:
+            both.start_soon(_relay_in_pieces, client, server, piece)
+            both.start_soon(_relay_in_pieces, server, client, piece)
+
+    (listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    nursery.start_soon(trio.serve_listeners, handle, [listener])
+    return f"/ip4/127.0.0.1/tcp/{listener.socket.getsockname()[1]}/p2p/{to.id}"
+
+
+async def test_read_exactly_waits_for_every_piece_and_fails_only_at_the_end() -> None:
+    """node/net/patches.py replaces py-libp2p's read_exactly (101 reads at most, then
+    "connection closed") in the modules of our stack that call it."""
+    import importlib
+
+    from libp2p.io.exceptions import IncompleteReadError
+    from libp2p.io.utils import read_exactly as library_read_exactly
+
+    from node.net.patches import READ_EXACTLY_USERS, fix_libp2p_partial_reads, patient_read_exactly
+
+    class Trickle:
+        def __init__(self, data: bytes) -> None:
+            self.data, self.reads = data, 0
+
+        async def read(self, n: int) -> bytes:
+            await trio.lowlevel.checkpoint()
+            self.reads += 1
+            piece, self.data = self.data[:1], self.data[1:]  # one byte per read
+            return piece
+
+    record = bytes(range(256)) * 4
+    with pytest.raises(IncompleteReadError):
+        await library_read_exactly(Trickle(record), len(record))  # what Noise did on a slow link
+    trickle = Trickle(record)
+    assert await patient_read_exactly(trickle, len(record)) == record and trickle.reads == len(record)
+    with pytest.raises(IncompleteReadError) as ended:
+        await patient_read_exactly(Trickle(record[:300]), len(record))
+    assert (ended.value.expected_bytes, ended.value.received_bytes) == (len(record), 300)
+    fix_libp2p_partial_reads()  # P2PNode calls it; idempotent
+    for name in READ_EXACTLY_USERS:
+        assert importlib.import_module(name).read_exactly is patient_read_exactly, name
+
+
+async def test_big_message_over_a_link_of_small_pieces_arrives_on_the_same_connection(
+    net: Net, nursery: trio.Nursery
+) -> None:
+    """A 100 KB message through a link that delivers 100-byte pieces: Noise reads each
+    64 KiB record with py-libp2p's read_exactly, which gave up after 101 partial reads and
+    dropped the connection; the redial then replayed the message cache to the peer
+    concurrently with its sending loop, interleaving two RPCs on one stream, and the
+    receiver died of a protobuf DecodeError (found by the WAN devnet). Now the message
+    arrives whole, on the first connection, and nothing is counted as malformed."""
+    a = await net.start("a")
+    b = await net.start("b", bootstrap_addrs=(await slow_link(nursery, a),))
+    await meshed(a, b)
+    big = bytes(range(256)) * 400  # 102,400 bytes
+    await a.node.publish(TOPIC, big)
+    await a.node.publish(TOPIC, b"after-the-big-one")
+    await wait_until(lambda: len(b.messages) == 2, "both messages delivered over the slow link", timeout=60)
+    assert b.datas() == [big, b"after-the-big-one"]
+    assert b.connected == [a.id] and a.connected == [b.id]  # never dropped and redialed
+    for peer in (a, b):
+        stats = peer.node.stats()
+        assert stats.get("pubsub_rpcs_malformed", 0) == 0 and stats.get("stream_errors", 0) == 0, stats
+
+
+async def test_concurrent_writers_of_one_pubsub_stream_never_interleave_rpcs(net: Net) -> None:
+    """py-libp2p writes to a peer's stream from its sending loop and, when the peer
+    (re)connects or subscribes, from message-cache replay tasks; yamux interleaves
+    concurrent writes frame by frame (64 KiB). Here, on loopback, a 300 KB RPC and five
+    small ones written at once: without whole-RPC writes B reads a misframed RPC."""
+    from libp2p.pubsub.pb import rpc_pb2
+
+    a = await net.start("a")
+    b = await net.start("b", bootstrap=a)
+    await meshed(a, b)
+    pubsub = a.node._pubsub
+    assert pubsub is not None
+    (stream,) = [s for pid, s in pubsub.peers.items() if pid.to_base58() == b.id]
+    big = rpc_pb2.RPC(publish=[rpc_pb2.Message(data=b"x" * 300_000, topicIDs=[TOPIC], seqno=b"\x00" * 8)])
+    small = rpc_pb2.RPC(subscriptions=[rpc_pb2.RPC.SubOpts(subscribe=True, topicid="/labelmesh/test/other")])
+    results: list[bool] = []
+
+    async def write(rpc: Any) -> None:
+        results.append(await pubsub.write_msg(stream, rpc))
+
+    with trio.fail_after(WAIT):
+        async with trio.open_nursery() as writers:
+            writers.start_soon(write, big)  # unsigned: B parses it, then drops it (strict signing)
+            for _ in range(5):
+                writers.start_soon(write, small)
+    assert results == [True] * 6
+    await wait_until(lambda: b.id in a.node.mesh_peers(TOPIC), "A still has B in its mesh")
+    await a.node.publish(TOPIC, b"after")
+    await wait_until(lambda: b.messages, "B receives the next message on the same stream")
+    assert b.datas() == [b"after"]
+    assert b.node.stats().get("pubsub_rpcs_malformed", 0) == 0
+    assert pubsub.peers.get(ID.from_base58(b.id)) is stream  # never reset
+
+
+async def test_undecodable_pubsub_rpcs_are_penalised_not_fatal(net: Net) -> None:
+    """A peer that writes a length-prefixed RPC that is not protobuf on a gossipsub stream:
+    py-libp2p 0.8.1 let the DecodeError end the process. Now the stream is reset, the RPC
+    counted (node_info / metrics) and penalised like a REJECT; the peer stays connected
+    and its gossip still flows until its third one bans it."""
+    from libp2p.custom_types import TProtocol
+    from libp2p.utils.varint import encode_uvarint
+
+    from node.net import GOSSIPSUB_PROTOCOLS
+
+    a = await net.start("a")
+    b = await net.start("b", bootstrap=a, offender_ban_s=120.0)
+    await meshed(a, b)
+    junk = b"\xff" * 64  # field 0x7fff.., wire type 7: never a valid protobuf
+
+    async def send_junk() -> None:
+        stream = await a.node._host.new_stream(ID.from_base58(b.id), [TProtocol(GOSSIPSUB_PROTOCOLS[0])])
+        await stream.write(encode_uvarint(len(junk)) + junk)
+
+    await send_junk()
+    await wait_until(lambda: b.node.stats().get("pubsub_rpcs_malformed", 0) == 1, "B counts the malformed RPC")
+    assert not b.node.is_banned(a.id) and a.id in b.connected_ids()
+    await a.node.publish(TOPIC, b"still-honest")
+    await wait_until(lambda: b.messages, "A's gossip still reaches B")
+    for n in (2, 3):
+        await send_junk()
+        await wait_until(lambda: b.node.stats().get("pubsub_rpcs_malformed", 0) == n, f"B counts RPC {n}")
+    await wait_until(lambda: b.node.is_banned(a.id), "the third malformed RPC bans A")
+    await wait_until(lambda: a.id not in b.connected_ids(), "A disconnected")
+    assert b.node.stats()["offenders_banned"] == 1 and b.node.stats().get("stream_errors", 0) == 0
+
+
+async def test_a_failing_stream_handler_ends_its_stream_not_the_node(net: Net) -> None:
+    """Any protocol's handler that raises (py-libp2p runs them in the connection's task
+    group, where an uncaught exception ends the process) costs that stream only."""
+    from libp2p.custom_types import TProtocol
+
+    a = await net.start("a", topics=())
+    b = await net.start("b", bootstrap=a, topics=())
+
+    async def boom(stream: Any) -> None:
+        await stream.read(1)
+        raise RuntimeError("a bug in some handler")
+
+    async def echo(peer_id: str, request: bytes) -> bytes:
+        return request
+
+    b.node._host.set_stream_handler(TProtocol("/test/boom/1"), boom)
+    b.node.set_request_handler("/test/echo/1", echo)
+    assert await a.node.wait_for_peers(1, WAIT)
+    with pytest.raises(P2PError):
+        await a.node.request(b.id, "/test/boom/1", b"x", timeout=WAIT)
+    await wait_until(lambda: b.node.stats().get("stream_errors", 0) == 1, "B counts the failed stream")
+    assert await a.node.request(b.id, "/test/echo/1", b"still up", timeout=WAIT) == b"still up"
+    assert b.id in a.connected_ids()
 
 
 async def test_listen_failure_is_reported(net: Net) -> None:

@@ -68,7 +68,7 @@ Repeat offenders
 
 py-libp2p scoring only drops an offender's messages; it never prunes or
 disconnects it and it forgets the peer's score on disconnect. We keep our own
-decayed REJECT counter per peer (the node's one penalty policy,
+decayed REJECT counter per peer (a pubsub RPC that does not decode counts as one) (the node's one penalty policy,
 node/policy/penalties.py; half-life ``invalid_message_half_life_s``, kept across
 reconnects). When it reaches ``offender_reject_threshold`` the peer
 is disconnected, put on the pubsub blacklist, and refused for
@@ -133,7 +133,28 @@ py-libp2p 0.8.1 defaults we override (verified in site-packages/libp2p)
   in which case py-libp2p's own debug logging is left alone); the
   auto-connector logger (forced to INFO by the library) is set to WARNING.
 * ``read_varint_prefixed_bytes``/``read_exactly`` give up after ~100 partial
-  reads -> our own bounded reader (``framing.read_frame``).
+  reads -> our own bounded reader for request/response (``framing.read_frame``),
+  and ``read_exactly`` itself is replaced (``patches.patient_read_exactly``) where
+  our stack calls it: Noise reads each 64 KiB record with it straight from the TCP
+  socket, so a record arriving in more than 101 pieces (a slow link) dropped a
+  healthy connection. (The pubsub reader, ``read_varint_prefixed_bytes_limited``,
+  has no such limit.)
+* ``Pubsub.write_msg`` is called on one peer stream by several tasks at once (the
+  peer's sending loop, and message-cache replays and pending-publish flushes each
+  time the peer connects or subscribes), and yamux locks per 64 KiB frame, not per
+  write: a big RPC and another one interleaved, and the receiver read a misframed
+  RPC -> ``LabelmeshPubsub.write_msg`` writes whole RPCs, one writer at a time per
+  stream, and resets a stream it left half-written.
+* ``Pubsub.stream_handler`` catches only stream errors: a ``DecodeError`` (a
+  misframed or garbage RPC) or any other exception while handling a peer's RPCs
+  went up the connection's task group and ended the process (found by the WAN
+  devnet with a ~100 KB message) -> ``LabelmeshPubsub.stream_handler`` resets that
+  stream whatever the error; an RPC that does not decode counts as an invalid
+  message of the peer (``pubsub_rpcs_malformed``, penalised like a REJECT), any
+  other error is logged and counted (``stream_errors``). Beneath it, every inbound
+  stream of every protocol runs under ``P2PNode._guarded_stream_handler``: py-libp2p
+  runs stream handlers in the connection's task group, so a raising handler of any
+  protocol would end the node; now it costs that stream (``stream_errors``).
 """
 
 from .config import GOSSIPSUB_PROTOCOLS, GossipOutcome, P2PConfig, p2p_tuning_from_env

@@ -12,10 +12,12 @@ from typing import Any
 import libp2p
 import multiaddr
 import trio
+from google.protobuf.message import DecodeError
 from libp2p import new_host
 from libp2p.abc import INetStream
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
+from libp2p.exceptions import ParseError
 from libp2p.identity_utils import create_identity_from_seed
 from libp2p.network.config import ConnectionConfig, RetryConfig
 from libp2p.peer.id import ID
@@ -39,7 +41,7 @@ from .errors import P2PError, P2PRemoteError, P2PTimeoutError
 from .framing import (
     MAX_ERROR_REASON_BYTES, STATUS_ERROR, STATUS_OK, FrameTooLarge, close_quietly, encode_frame, read_frame, reset_quietly,
 )
-from .patches import configure_libp2p_logging, tune_libp2p_hot_paths
+from .patches import configure_libp2p_logging, fix_libp2p_partial_reads, tune_libp2p_hot_paths
 from .router import (
     GatedNoiseTransport, LabelmeshGossipSub, LabelmeshPubsub, LabelmeshScorer, NeverStartedAutoConnector, NodeNotifee,
 )
@@ -123,6 +125,7 @@ class P2PNode:
         config.validate()
         configure_libp2p_logging()
         tune_libp2p_hot_paths()
+        fix_libp2p_partial_reads()
         if libp2p.__version__ != PINNED_LIBP2P_VERSION:
             logger.warning(
                 "py-libp2p %s is installed but node.p2p was written and verified against %s",
@@ -236,6 +239,7 @@ class P2PNode:
         swarm.auto_connector = NeverStartedAutoConnector(swarm)
         swarm.retry_config = RetryConfig(max_retries=1, initial_delay=0.2, max_delay=1.0)
         swarm.register_notifee(NodeNotifee(self))
+        swarm.set_stream_handler(self._guarded_stream_handler(swarm.common_stream_handler))
         for protocol_id in self._handlers:
             host.set_stream_handler(TProtocol(protocol_id), self._make_stream_handler(protocol_id))
         return host
@@ -505,7 +509,26 @@ class P2PNode:
         logger.info("ban of peer %s expired", peer)
         return 0.0
 
+    def note_pubsub_reader_error(self, pid: ID, error: Exception) -> None:
+        """Called by LabelmeshPubsub when reading a peer's pubsub stream failed with
+        anything but the end of the stream (the stream is reset, the node goes on). An
+        RPC that does not decode (protobuf ``DecodeError``, a bad length prefix) counts as
+        an invalid message of the peer (``pubsub_rpcs_malformed``, the penalty policy of
+        REJECTs); anything else is counted (``stream_errors``) and logged, not penalised
+        (it may be ours or the library's)."""
+        peer = pid.to_base58()
+        if isinstance(error, (DecodeError, ParseError)):
+            self._counters["pubsub_rpcs_malformed"] += 1
+            logger.warning("peer %s sent a pubsub RPC that does not decode (%s: %s); stream reset, peer penalised",
+                           peer, type(error).__name__, error)
+            self._record_reject(pid)
+        else:
+            self._counters["stream_errors"] += 1
+            logger.error("reading pubsub RPCs from %s failed; stream reset", peer, exc_info=error)
+
     def _record_reject(self, pid: ID) -> None:
+        """One point of the penalty policy for ``pid`` (a REJECTed message or a malformed
+        RPC); bans it when it reaches ``offender_reject_threshold``."""
         cfg = self.config
         peer = pid.to_base58()
         now = trio.current_time()
@@ -731,6 +754,26 @@ class P2PNode:
         self._handlers[protocol_id] = handler
         if self._host is not None:
             self._host.set_stream_handler(TProtocol(protocol_id), self._make_stream_handler(protocol_id))
+
+    def _guarded_stream_handler(
+        self, dispatch: Callable[[INetStream], Awaitable[None]]
+    ) -> Callable[[INetStream], Awaitable[None]]:
+        """Wrap the host's dispatcher of inbound streams (every protocol: pubsub, identify,
+        ping, ours): an exception of one stream's handler is logged, counted
+        (``stream_errors``) and ends that stream only. py-libp2p 0.8.1 runs the handlers
+        in the connection's task group, where an uncaught exception ends the process."""
+
+        async def guarded(stream: INetStream) -> None:
+            try:
+                await dispatch(stream)
+            except Exception as exc:  # noqa: BLE001 - one stream's failure, reported here
+                self._counters["stream_errors"] += 1
+                peer = stream.muxed_conn.peer_id
+                logger.error("an inbound %s stream from %s failed; stream reset", stream.get_protocol(), peer,
+                             exc_info=exc)
+                await reset_quietly(stream)
+
+        return guarded
 
     def _make_stream_handler(self, protocol_id: str) -> Callable[[INetStream], Awaitable[None]]:
         async def handle(stream: INetStream) -> None:

@@ -1,7 +1,8 @@
 """What we change in py-libp2p 0.8.1 itself, process-wide and idempotent: its logging
-(re-attached to ours, the noise of failed attempts we report ourselves dropped) and two
-hot paths (signed peer records verified once, yamux window updates batched). The list
-of every default we override is the package docstring (node/net/__init__.py)."""
+(re-attached to ours, the noise of failed attempts we report ourselves dropped), two
+hot paths (signed peer records verified once, yamux window updates batched) and its
+``read_exactly``, which gives up after 100 partial reads (``patient_read_exactly``). The
+list of every default we override is the package docstring (node/net/__init__.py)."""
 from __future__ import annotations
 
 import collections
@@ -108,3 +109,47 @@ def tune_libp2p_hot_paths() -> None:
     maybe_consume_signed_record._labelmesh_cached = True  # type: ignore[attr-defined]
     pubsub_mod.maybe_consume_signed_record = maybe_consume_signed_record
     gossipsub_mod.maybe_consume_signed_record = maybe_consume_signed_record
+
+
+async def patient_read_exactly(reader: Any, n: int, retry_count: int | None = None) -> bytes:
+    """``libp2p.io.utils.read_exactly`` without its limit of 100 partial reads.
+
+    py-libp2p 0.8.1's version reads at most 101 times and then raises
+    ``IncompleteReadError`` as if the peer had closed the connection. Noise reads each
+    encrypted message (up to 65,537 bytes with its length) with it, straight from the
+    TCP socket, so a message that arrives in more than 101 pieces -- a slow link, a
+    busy receiver, small segments -- kills a healthy connection ("expected 65535 bytes
+    but received 30298"). This one reads until it has ``n`` bytes (``n`` is bounded by
+    the caller: 65,535 for Noise, a frame length for yamux) and raises the same error,
+    with the same fields, only at the end of the stream. ``retry_count`` is accepted
+    and ignored (the library's signature).
+    """
+    from libp2p.io.exceptions import IncompleteReadError
+
+    buffer = bytearray()
+    while len(buffer) < n:
+        chunk = await reader.read(n - len(buffer))
+        if not chunk:
+            raise IncompleteReadError(
+                f"Connection closed during read operation: expected {n} bytes but received {len(buffer)} bytes",
+                expected_bytes=n,
+                received_bytes=len(buffer),
+            )
+        buffer += chunk
+    return bytes(buffer)
+
+
+#: The py-libp2p modules of our stack (TCP + Noise + yamux, multistream-select) that
+#: call ``read_exactly``; each imported it by name, so each name is replaced.
+READ_EXACTLY_USERS = ("libp2p.io.msgio", "libp2p.stream_muxer.yamux.yamux", "libp2p.utils.varint")
+
+
+def fix_libp2p_partial_reads() -> None:
+    """Replace ``read_exactly`` in :data:`READ_EXACTLY_USERS` with
+    :func:`patient_read_exactly` (idempotent)."""
+    import importlib
+
+    for name in READ_EXACTLY_USERS:
+        module = importlib.import_module(name)
+        if getattr(module, "read_exactly", None) is not patient_read_exactly:
+            module.read_exactly = patient_read_exactly  # type: ignore[attr-defined]

@@ -2,9 +2,12 @@
 transport that refuses banned peers and inbound peers past ``max_peers``, an
 auto-connector that never dials, a scorer whose invalid-message penalty an IGNORE can
 suppress, GossipSub without opportunistic grafting, Pubsub with three-way validation,
-and the connection notifee of a P2PNode."""
+whole RPCs per write and a reader that survives a bad peer, and the connection notifee
+of a P2PNode."""
 from __future__ import annotations
 
+import logging
+import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -12,7 +15,9 @@ import multiaddr
 import trio
 from libp2p.abc import INetConn, INetStream, INetwork, INotifee, IRawConnection, ISecureConn
 from libp2p.exceptions import ValidationError
+from libp2p.io.exceptions import IncompleteReadError
 from libp2p.network.auto_connector import AutoConnector
+from libp2p.network.stream.exceptions import StreamClosed, StreamError, StreamReset
 from libp2p.peer.id import ID
 from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pb import rpc_pb2
@@ -21,8 +26,12 @@ from libp2p.pubsub.score import PeerScorer, ScoreParams
 from libp2p.security.exceptions import HandshakeFailure
 from libp2p.security.noise.transport import Transport as NoiseTransport
 
-from .config import GossipOutcome
+from libp2p.utils.varint import encode_varint_prefixed
 
+from .config import GossipOutcome
+from .framing import reset_quietly
+
+logger = logging.getLogger("node.p2p")
 
 
 class GossipHost(Protocol):
@@ -35,6 +44,8 @@ class GossipHost(Protocol):
     def note_connected(self, pid: ID) -> None: ...
 
     def note_disconnected(self, pid: ID) -> None: ...
+
+    def note_pubsub_reader_error(self, pid: ID, error: Exception) -> None: ...
 
 
 class GatedNoiseTransport(NoiseTransport):
@@ -104,6 +115,7 @@ class LabelmeshPubsub(Pubsub):
         self._lm_node = node
         self._lm_scorer: LabelmeshScorer = router.scorer  # type: ignore[assignment]
         self._lm_forwarder: ID | None = None
+        self._lm_write_locks: weakref.WeakKeyDictionary[INetStream, trio.Lock] = weakref.WeakKeyDictionary()
 
     async def validate_msg(self, msg_forwarder: ID, msg: rpc_pb2.Message) -> None:
         outcome = await self._lm_node.validate_gossip_message(msg_forwarder, msg)
@@ -119,6 +131,62 @@ class LabelmeshPubsub(Pubsub):
     def notify_subscriptions(self, publish_message: rpc_pb2.Message) -> None:
         forwarder, self._lm_forwarder = self._lm_forwarder, None
         self._lm_node.deliver_gossip_message(publish_message, forwarder)
+
+    async def write_msg(self, stream: INetStream, rpc_msg: rpc_pb2.RPC) -> bool:
+        """Write one RPC (``uvarint(len) || RPC``) as a whole: one writer at a time per stream.
+
+        py-libp2p 0.8.1 writes to a peer's stream from several tasks: the peer's sending
+        loop, and, whenever the peer (re)connects or subscribes, one task per topic that
+        replays the message cache (``GossipSub.send_recent_messages``) and one that
+        flushes pending publishes. Yamux takes its lock per frame (64 KiB at most, less
+        when the send window is short), not per write, so two RPCs written at once are
+        interleaved frame by frame as soon as one is over 64 KiB or the link is slow;
+        the receiver then reads another RPC's bytes as part of the first: a protobuf
+        ``DecodeError`` (found by the WAN devnet: a ~100 KB task message). A write that
+        fails or is cancelled half-way resets the stream, so a half-written RPC is
+        never followed by another one. Same contract as the library's: False (and the
+        peer's stream dropped, if it is still the registered one) when the stream is
+        closed or reset.
+        """
+        data = encode_varint_prefixed(rpc_msg.SerializeToString())
+        lock = self._lm_write_locks.get(stream)
+        if lock is None:
+            lock = self._lm_write_locks[stream] = trio.Lock()
+        async with lock:
+            try:
+                await stream.write(data)
+                return True
+            except BaseException as exc:
+                await reset_quietly(stream)
+                if not isinstance(exc, (StreamClosed, StreamReset)):
+                    raise
+        peer_id = stream.muxed_conn.peer_id
+        logger.debug("pubsub stream to %s closed or reset while writing", peer_id)
+        if self.peers.get(peer_id) is stream:  # not a stream already replaced by a new one
+            self._handle_dead_peer(peer_id)
+        return False
+
+    async def stream_handler(self, stream: INetStream) -> None:
+        """Read a peer's RPCs until its stream ends; nothing it sends can stop the node.
+
+        py-libp2p 0.8.1 catches only stream/varint/incomplete-read errors here; anything
+        else raised while reading or handling an RPC (a protobuf ``DecodeError`` from a
+        misframed or garbage RPC, a bug in the library's RPC handling) propagated into
+        the connection's task group and ended the process. Now the stream is reset and
+        the peer's pubsub state dropped (py-libp2p re-opens streams to a peer that is
+        still connected) whatever the error, and the node is told
+        (``note_pubsub_reader_error``: logged, counted, a malformed RPC penalised).
+        """
+        peer_id = stream.muxed_conn.peer_id
+        try:
+            await self.continuously_read_stream(stream)
+            return
+        except (StreamError, IncompleteReadError) as error:  # the stream or connection broke
+            logger.debug("pubsub stream from %s ended: %r", peer_id, error)
+        except Exception as error:  # noqa: BLE001 - per stream: logged and counted by the node
+            self._lm_node.note_pubsub_reader_error(peer_id, error)
+        await reset_quietly(stream)
+        self._handle_dead_peer(peer_id)
 
     async def _teardown_if_connected(self, peer_id: ID) -> None:
         """py-libp2p 0.8.1's version (run by ``add_to_blacklist``) does ``del
