@@ -482,7 +482,7 @@ async def test_big_message_over_a_link_of_small_pieces_arrives_on_the_same_conne
     assert b.connected == [a.id] and a.connected == [b.id]  # never dropped and redialed
     for peer in (a, b):
         stats = peer.node.stats()
-        assert stats.get("pubsub_rpcs_malformed", 0) == 0 and stats.get("stream_errors", 0) == 0, stats
+        assert stats["pubsub_rpcs_malformed"] == 0 and stats["stream_errors"] == 0, stats
 
 
 async def test_concurrent_writers_of_one_pubsub_stream_never_interleave_rpcs(net: Net) -> None:
@@ -515,7 +515,7 @@ async def test_concurrent_writers_of_one_pubsub_stream_never_interleave_rpcs(net
     await a.node.publish(TOPIC, b"after")
     await wait_until(lambda: b.messages, "B receives the next message on the same stream")
     assert b.datas() == [b"after"]
-    assert b.node.stats().get("pubsub_rpcs_malformed", 0) == 0
+    assert b.node.stats()["pubsub_rpcs_malformed"] == 0
     assert pubsub.peers.get(ID.from_base58(b.id)) is stream  # never reset
 
 
@@ -539,16 +539,16 @@ async def test_undecodable_pubsub_rpcs_are_penalised_not_fatal(net: Net) -> None
         await stream.write(encode_uvarint(len(junk)) + junk)
 
     await send_junk()
-    await wait_until(lambda: b.node.stats().get("pubsub_rpcs_malformed", 0) == 1, "B counts the malformed RPC")
+    await wait_until(lambda: b.node.stats()["pubsub_rpcs_malformed"] == 1, "B counts the malformed RPC")
     assert not b.node.is_banned(a.id) and a.id in b.connected_ids()
     await a.node.publish(TOPIC, b"still-honest")
     await wait_until(lambda: b.messages, "A's gossip still reaches B")
     for n in (2, 3):
         await send_junk()
-        await wait_until(lambda: b.node.stats().get("pubsub_rpcs_malformed", 0) == n, f"B counts RPC {n}")
+        await wait_until(lambda: b.node.stats()["pubsub_rpcs_malformed"] == n, f"B counts RPC {n}")
     await wait_until(lambda: b.node.is_banned(a.id), "the third malformed RPC bans A")
     await wait_until(lambda: a.id not in b.connected_ids(), "A disconnected")
-    assert b.node.stats()["offenders_banned"] == 1 and b.node.stats().get("stream_errors", 0) == 0
+    assert b.node.stats()["offenders_banned"] == 1 and b.node.stats()["stream_errors"] == 0
 
 
 async def test_a_failing_stream_handler_ends_its_stream_not_the_node(net: Net) -> None:
@@ -571,7 +571,7 @@ async def test_a_failing_stream_handler_ends_its_stream_not_the_node(net: Net) -
     assert await a.node.wait_for_peers(1, WAIT)
     with pytest.raises(P2PError):
         await a.node.request(b.id, "/test/boom/1", b"x", timeout=WAIT)
-    await wait_until(lambda: b.node.stats().get("stream_errors", 0) == 1, "B counts the failed stream")
+    await wait_until(lambda: b.node.stats()["stream_errors"] == 1, "B counts the failed stream")
     assert await a.node.request(b.id, "/test/echo/1", b"still up", timeout=WAIT) == b"still up"
     assert b.id in a.connected_ids()
 

@@ -166,7 +166,9 @@ class P2PNode:
         self._bucket = _PublishPacer(config.publish_rate_per_s, config.publish_burst)
         self._validation_limiter = trio.CapacityLimiter(config.max_concurrent_validations)
         self._inbound_limiter = trio.CapacityLimiter(config.max_inbound_requests)
-        self._counters: collections.Counter[str] = collections.Counter()
+        # the counters of a peer stream gone wrong are shown from 0 (node_info, metrics), so a
+        # check of them cannot pass on a missing key
+        self._counters: collections.Counter[str] = collections.Counter(pubsub_rpcs_malformed=0, stream_errors=0)
 
     # -- lifecycle -----------------------------------------------------------
 
