@@ -8,8 +8,8 @@ hundred items, lets simulated annotators of known accuracy (experts, average
 workers, spammers) sign labels and submit them through different nodes, waits
 for the deadline and for every node to hold the same annotation set, and prints
 a summary a person can read, then posts a task open for an hour and prints the URL of
-node 0's web UI (every node serves one on a loopback port; an account ``annotator`` on
-each node is there for a person). ``down`` stops exactly the processes ``up`` started
+node 0's web UI (every node serves one on a loopback port, except with ``--netns``; an
+account ``annotator`` on each node is there for a person). ``down`` stops exactly the processes ``up`` started
 (by PID, checked against their command line).
 
 ``up --netns`` puts every node in its own network namespace (``devtools/netns.py``;
@@ -108,7 +108,8 @@ def add_annotators(keystores: list) -> list:
     return [ks.create(ANNOTATOR) for ks in keystores]
 
 
-def up(root: Path, n: int, netns: bool = False, shaping=None, fresh: bool = False) -> dict:
+def up(root: Path, n: int, netns: bool = False, shaping=None, fresh: bool = False,
+       web: bool = False) -> dict:
     from node.config import NodeConfig
     from node.keystore import Keystore, write_private
     from protocol.genesis import make_genesis
@@ -143,7 +144,10 @@ def up(root: Path, n: int, netns: bool = False, shaping=None, fresh: bool = Fals
                            [(requester, 10**9)] + [(a, ANNOTATOR_BALANCE) for a in annotators], {"grace_period_ms": 3000, "round_timeout_ms": 4000,
                                                    "reputation_lag_ms": 5000})
     ports = [free_port() for _ in range(n)]
-    http = [f"127.0.0.1:{free_port()}" for _ in range(n)]  # each node's web UI (`labelmesh ui`)
+    # each node's web UI (`labelmesh ui`), with ``web`` (scripts/devnet up; not the benchmarks'
+    # devnets, whose footprint it would change: ~9 MB RSS per node); not with --netns: a
+    # namespace's loopback is not the host's
+    http = [f"127.0.0.1:{free_port()}" if web and not layout else "" for _ in range(n)]
     listen = [nns.listen_addr(layout, i) if layout else f"/ip4/127.0.0.1/tcp/{ports[i]}" for i in range(n)]
     for i in range(n):
         dd = root / f"node-{i}"
@@ -393,7 +397,7 @@ def main(args) -> int:
     try:
         if args.action == "up":
             meta = up(root, args.nodes, netns=args.netns or args.wan, shaping=shaping_from_args(args),
-                      fresh=args.fresh)
+                      fresh=args.fresh, web=True)
             print(f"devnet up: {meta['nodes']} nodes meshed in {meta['started_in_s']} s; data in {root}/node-<i>/ "
                   f"(RPC socket node.sock); stop with `scripts/devnet down`", flush=True)
             if not args.json:

@@ -24,7 +24,7 @@ def take(out: Path) -> list[Path]:
     root = Path(tempfile.mkdtemp(prefix="lmshot", dir="/tmp"))
     shots: list[Path] = []
     try:
-        devnet.up(root, 3)
+        devnet.up(root, 3, web=True)
         summary = devnet.demo(root, 200, 12.0, 7)
         demo_task = summary["task_id"]
         label_url = devnet.invite(root)

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,11 @@ pytestmark = pytest.mark.devnet
 
 
 
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args):
+        return None
 
 
 def test_devnet_demo_three_nodes_same_result(devnet_root):
@@ -26,6 +33,12 @@ def test_devnet_demo_three_nodes_same_result(devnet_root):
     # (Node.prepare_result) for the finality proposal and consensus_get
     assert summary["batches"] >= RESULT_THREAD_MIN_MESSAGES
     assert summary["status"] == "certified" and summary["batches_certified"] == summary["batches"]
+    # ... and it ends with node 0's web UI, on the labeling page, logged in by its URL alone
+    url = summary["ui_url"]
+    assert url.startswith("http://127.0.0.1:") and "?token=" in url and url.endswith("#/label")
+    with pytest.raises(urllib.error.HTTPError) as login:  # 303 to the page, with the token as a cookie
+        urllib.request.build_opener(_NoRedirect).open(url.split("#")[0], timeout=30)
+    assert login.value.code == 303 and "HttpOnly" in login.value.headers["set-cookie"]
     # all three nodes answer the same roots over their own sockets
     roots = set()
     for i in range(3):

@@ -179,9 +179,10 @@ def dir_bytes(path: Path) -> int:
 
 class Devnet:
     """A throw-away devnet of ``n`` real node processes (``devtools.devnet.up``) in a
-    short temporary directory; ``close()`` stops exactly its processes and removes it."""
+    short temporary directory; ``close()`` stops exactly its processes and removes it.
+    ``web``: every node serves its web UI (off by default: it changes the footprint)."""
 
-    def __init__(self, n: int, prefix: str = "lmb", shaping=None):
+    def __init__(self, n: int, prefix: str = "lmb", shaping=None, web: bool = False):
         from devtools import devnet, processes
 
         self.devnet = devnet
@@ -189,7 +190,7 @@ class Devnet:
         self.root = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
         self.n = n
         try:
-            self.meta = devnet.up(self.root, n, netns=shaping is not None, shaping=shaping)
+            self.meta = devnet.up(self.root, n, netns=shaping is not None, shaping=shaping, web=web)
         except BaseException:
             self.close()
             raise

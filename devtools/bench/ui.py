@@ -32,7 +32,7 @@ def run(quick: bool) -> list[dict]:
 
     reps = 3 if quick else 9
     rounds = 3 if quick else 8
-    dn = Devnet(3, prefix="lmbui")
+    dn = Devnet(3, prefix="lmbui", web=True)
     try:
         ui = dn.rpc(0, "ui_url")
         task = dn.rpc(0, "task_post", {
