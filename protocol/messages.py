@@ -30,6 +30,11 @@ AnnotationBatch   [2, 1, annotator, task_id, created_at, [item, label, item, lab
 GoldReveal        [3, 1, requester, task_id, created_at, salt: bin32, [item, label, ...]]
 Attestation       [4, 1, validator, task_id, created_at, round, phase,
                    set_root, result_root, [batch_id, ...] (sorted, prevote only)]
+Transfer          [5, 1, sender, seq, created_at, amount, dest_type, dest]
+                   a debit order: dest_type 0 = to an account, 1 = escrow of a task
+LedgerVote        [6, 1, validator, created_at, [sender, seq, order_id, ...]]
+                   a validator's co-signature of debit orders, (sender, seq) strictly increasing
+(protocol/ledger.py: what transfers and votes do to balances; docs/ledger.md: why.)
 """
 from __future__ import annotations
 
@@ -55,7 +60,16 @@ KIND_TASK = 1
 KIND_BATCH = 2
 KIND_GOLD = 3
 KIND_ATTESTATION = 4
-KIND_NAMES = {KIND_TASK: "task", KIND_BATCH: "batch", KIND_GOLD: "gold", KIND_ATTESTATION: "attestation"}
+KIND_TRANSFER = 5
+KIND_LEDGER_VOTE = 6
+KIND_NAMES = {KIND_TASK: "task", KIND_BATCH: "batch", KIND_GOLD: "gold", KIND_ATTESTATION: "attestation",
+              KIND_TRANSFER: "transfer", KIND_LEDGER_VOTE: "ledger_vote"}
+#: Kinds that belong to the ledger rather than to one task (store and sync keep them in
+#: the ledger bucket, ``LEDGER_BUCKET``).
+LEDGER_KINDS = frozenset({KIND_TRANSFER, KIND_LEDGER_VOTE})
+#: The pseudo task id under which ledger messages are stored and synced. A real task id
+#: is a SHA-256 digest, never 32 zero bytes.
+LEDGER_BUCKET = bytes(32)
 
 VERSION = 1
 DOMAIN_TAGS = {
@@ -63,6 +77,8 @@ DOMAIN_TAGS = {
     KIND_BATCH: b"labelmesh/batch/v1\x00",
     KIND_GOLD: b"labelmesh/gold/v1\x00",
     KIND_ATTESTATION: b"labelmesh/attestation/v1\x00",
+    KIND_TRANSFER: b"labelmesh/transfer/v1\x00",
+    KIND_LEDGER_VOTE: b"labelmesh/ledger-vote/v1\x00",
 }
 GOLD_COMMIT_TAG = b"labelmesh/gold-commitment/v1\x00"
 
@@ -73,6 +89,9 @@ ITEM_BLOB = 2
 REWARD_RULE_ACCURACY = 0
 PHASE_PREVOTE = 0
 PHASE_PRECOMMIT = 1
+DEST_ACCOUNT = 0
+DEST_ESCROW = 1
+MAX_AMOUNT = (1 << 63) - 1   # credits; an amount or balance never exceeds a signed 64-bit integer
 
 
 class Outcome(enum.Enum):
@@ -224,7 +243,62 @@ class Attestation:
                 self.phase, self.set_root, self.result_root, list(self.batch_ids)]
 
 
-Body = Union[TaskAnnouncement, AnnotationBatch, GoldReveal, Attestation]
+@dataclass(frozen=True)
+class Transfer:
+    """A debit order: ``sender`` moves ``amount`` credits to an account (``dest_type``
+    DEST_ACCOUNT, ``dest`` = the recipient's key) or into the escrow of a task
+    (DEST_ESCROW, ``dest`` = the task id). ``seq`` is the sender's debit sequence
+    number (0, 1, 2, ...): validators co-sign at most one order per (sender, seq), and
+    only the next one of the sender, only when it is funded (protocol/ledger.py)."""
+
+    sender: AccountKey
+    seq: int
+    created_at: int
+    amount: int
+    dest_type: int
+    dest: bytes
+
+    kind = KIND_TRANSFER
+    task_id = LEDGER_BUCKET  # the bucket it is stored and synced in
+
+    @property
+    def signer(self) -> AccountKey:
+        return self.sender
+
+    @property
+    def slot(self) -> tuple[bytes, int]:
+        return (self.sender, self.seq)
+
+    def body_fields(self) -> list:
+        return [KIND_TRANSFER, VERSION, self.sender, self.seq, self.created_at, self.amount,
+                self.dest_type, self.dest]
+
+
+@dataclass(frozen=True)
+class LedgerVote:
+    """A validator's signature on debit orders: ``votes`` holds (sender, seq, order id)
+    triples, (sender, seq) strictly increasing. One message co-signs many orders, so
+    a validator's cost per transfer is a fraction of a signature."""
+
+    validator: AccountKey
+    created_at: int
+    votes: tuple[tuple[bytes, int, bytes], ...]
+
+    kind = KIND_LEDGER_VOTE
+    task_id = LEDGER_BUCKET
+
+    @property
+    def signer(self) -> AccountKey:
+        return self.validator
+
+    def body_fields(self) -> list:
+        flat: list = []
+        for sender, seq, oid in self.votes:
+            flat += [sender, seq, oid]
+        return [KIND_LEDGER_VOTE, VERSION, self.validator, self.created_at, flat]
+
+
+Body = Union[TaskAnnouncement, AnnotationBatch, GoldReveal, Attestation, Transfer, LedgerVote]
 
 
 @dataclass(frozen=True)
@@ -311,7 +385,8 @@ def compute_gold_commitment(salt: bytes, answers) -> bytes:
 
 def _limits(params: Params) -> dict:
     biggest_array = max(params.max_items_per_task, 2 * params.max_labels_per_batch,
-                        params.max_batch_ids_per_attestation, params.max_classes, 16)
+                        params.max_batch_ids_per_attestation, 3 * params.max_votes_per_ledger_vote,
+                        params.max_classes, 16)
     return dict(max_bytes=params.max_message_bytes, max_array=biggest_array,
                 max_bin=max(params.max_inline_item_bytes, 64), max_str=max(params.max_string_bytes, params.max_inline_item_bytes))
 
@@ -397,6 +472,18 @@ def decode_message(raw: bytes, params: Params) -> SignedMessage:
         _need(len(f) == 7, "gold reveal must have 7 fields")
         body = GoldReveal(requester=signer, task_id=_bin(f[3], "task_id", 32), created_at=_uint(f[4], "created_at"),
                           salt=_bin(f[5], "salt", 32), answers=_pairs(f[6], "answers"))
+    elif kind == KIND_TRANSFER:
+        _need(len(f) == 8, "transfer must have 8 fields")
+        body = Transfer(sender=signer, seq=_uint(f[3], "seq"), created_at=_uint(f[4], "created_at"),
+                        amount=_uint(f[5], "amount"), dest_type=_uint(f[6], "dest_type"),
+                        dest=_bin(f[7], "dest", 32))
+    elif kind == KIND_LEDGER_VOTE:
+        _need(len(f) == 5, "ledger vote must have 5 fields")
+        flat = _list(f[4], "votes")
+        _need(len(flat) % 3 == 0, "votes must hold (sender, seq, order id) triples: length a multiple of 3")
+        votes = tuple((_bin(flat[k], "vote sender", 32), _uint(flat[k + 1], "vote seq"),
+                       _bin(flat[k + 2], "vote order id", 32)) for k in range(0, len(flat), 3))
+        body = LedgerVote(validator=signer, created_at=_uint(f[3], "created_at"), votes=votes)
     else:
         _need(len(f) == 10, "attestation must have 10 fields")
         ids = tuple(_bin(x, "batch id", 32) for x in _list(f[9], "batch_ids"))
@@ -438,7 +525,7 @@ def validate_basic(msg: SignedMessage, params: Params) -> Verdict:
     b = msg.body
     if len(msg.raw) > params.max_message_bytes:
         return reject(f"message is {len(msg.raw)} bytes; limit {params.max_message_bytes}")
-    for name in ("created_at", "nonce", "deadline", "round"):
+    for name in ("created_at", "nonce", "deadline", "round", "seq", "amount"):
         if getattr(b, name, 0) > U64:
             return reject(f"{name} does not fit in 64 bits")
     if isinstance(b, TaskAnnouncement):
@@ -495,6 +582,25 @@ def validate_basic(msg: SignedMessage, params: Params) -> Verdict:
             return reject("set_root does not match the listed batch ids")
         if b.phase == PHASE_PRECOMMIT and b.batch_ids:
             return reject("a precommit lists no batch ids")
+    elif isinstance(b, Transfer):
+        if not 1 <= b.amount <= MAX_AMOUNT:
+            return reject(f"amount must be 1..{MAX_AMOUNT} credits, got {b.amount}")
+        if b.seq > MAX_AMOUNT:
+            return reject(f"seq must be at most {MAX_AMOUNT}")
+        if b.dest_type not in (DEST_ACCOUNT, DEST_ESCROW):
+            return reject(f"unknown transfer destination type {b.dest_type}; 0 = account, 1 = task escrow")
+        if b.dest_type == DEST_ACCOUNT and b.dest == b.sender:
+            return reject("a transfer to oneself moves nothing")
+        if b.dest == LEDGER_BUCKET:
+            return reject("destination must not be 32 zero bytes")
+    elif isinstance(b, LedgerVote):
+        if not 1 <= len(b.votes) <= params.max_votes_per_ledger_vote:
+            return reject(f"ledger vote must hold 1..{params.max_votes_per_ledger_vote} votes, holds {len(b.votes)}")
+        for k in range(len(b.votes) - 1):
+            if b.votes[k][:2] >= b.votes[k + 1][:2]:
+                return reject("ledger votes must be sorted by (sender, seq), one per slot")
+        if any(seq > MAX_AMOUNT for _, seq, _ in b.votes):
+            return reject(f"vote seq must be at most {MAX_AMOUNT}")
     return ACCEPT
 
 
@@ -541,7 +647,13 @@ def validate_in_context(msg: SignedMessage, ctx: Context, now_ms: int, params: P
     b = msg.body
     if b.created_at > now_ms + params.clock_skew_ms:
         return ignore("created_at is in the future beyond the clock-skew tolerance")
-    if isinstance(b, TaskAnnouncement):
+    if isinstance(b, (TaskAnnouncement, Transfer)):
+        # A transfer's funding and sequence are not validity: they decide whether
+        # validators co-sign it (protocol/ledger.py), and an unfunded order is harmless.
+        return ACCEPT
+    if isinstance(b, LedgerVote):
+        if ctx.validator_weight(b.validator) <= 0:
+            return reject("ledger vote signer is not a validator of this network")
         return ACCEPT
     task = ctx.get_task(b.task_id)
     if task is None:

@@ -41,6 +41,15 @@ class Params:
                                             # deadline is at least this long before the task's created_at
     max_weight: int = 1 << 20               # fixed-point cap of any account's weight (16.0)
 
+    # ---- ledger (protocol/ledger.py, docs/ledger.md) ----
+    max_votes_per_ledger_vote: int = 4_096  # (sender, seq, order id) votes one LedgerVote may carry. Range 1..10_000
+    ledger_seq_window: int = 256            # a node stores an account's debit orders up to this many sequence
+                                            # numbers past its next unapplied one (a storage bound). Range 1..65_536
+    ledger_fee_bps: int = 0                 # protocol fee on a released task escrow, in 1/10,000 of the bounty.
+                                            # Range 0..10_000 (0 = no fee)
+    ledger_fee_to: int = 0                  # where the fee goes: 0 = burned, 1 = to the validators by weight
+                                            # (the integer remainder is burned)
+
     def validate(self) -> "Params":
         """Raise ParamsError naming the first field out of range; return self."""
         checks = {
@@ -63,6 +72,10 @@ class Params:
             "fresh_weight": (0, 1 << 16),
             "reputation_lag_ms": (0, 365 * 86_400_000),
             "max_weight": (1, 1 << 30),
+            "max_votes_per_ledger_vote": (1, 10_000),
+            "ledger_seq_window": (1, 65_536),
+            "ledger_fee_bps": (0, 10_000),
+            "ledger_fee_to": (0, 1),
         }
         for f in fields(self):
             v = getattr(self, f.name)

@@ -5,19 +5,34 @@ How it works
 Every certified task contributes, for each of its annotators, the numbers the
 certified result already holds: labels counted, the reward score (fixed point:
 ONE per gold answer matched, the item's confidence per agreement with a
-non-gold certified label) and the number of equivocated items. Reputation
-measures skill *above chance*:
+non-gold certified label), the number of equivocated items, and the **trust**
+the task can confer on that annotator (protocol/tally.py ``compute_trust``: the
+mean weight, capped at ONE, of the task's other witnesses -- its other
+annotators and, when gold is revealed, the requester). Reputation measures skill
+*above chance*, *as corroborated by reputable accounts*:
 
-    excess(a, t)  = score(a, t) - labels(a, t) * ONE // k_t          (k_t = classes of t)
-    earned(a, d)  = max(0, sum_t excess(a, t) - EQUIVOCATION_PENALTY * ONE * equivocations(a))
+    gain(a, t)    = (score(a, t) - labels(a, t) * ONE // k_t) * trust(a, t) // ONE   (k_t = classes of t)
+    earned(a, d)  = max(0, sum_t gain(a, t) - EQUIVOCATION_PENALTY * ONE * sum_t equivocations(a, t))
                     // (sum_t labels(a, t) + PRIOR_LABELS)
-    weight(a, d)  = min(max_weight, genesis(a, d) + genesis(a, "") + earned(a, d)),
-                    or params.fresh_weight when that is 0
+    weight(a, d)  = min(max_weight, max(fresh_weight, earned(a, d) + genesis(a, d) + genesis(a, "")))
+                    (genesis(a, "") counted once: for d == "" the two terms are one entry)
 
-summed over the certified tasks t of domain d in the window. The +PRIOR_LABELS
+summed over the certified tasks t of domain d in the window (``//`` is floor
+division, toward minus infinity for a negative gain). The +PRIOR_LABELS
 pseudo-labels make a handful of lucky answers worth little: reputation is
 earned by volume of correct work. A random spammer's excess is ~0, and each
 equivocation costs EQUIVOCATION_PENALTY labels' worth of excess.
+
+Why trust (docs/ledger.md, "Reputation that cannot be farmed"): without it, 100
+fresh keys labelling their own task with their own gold agree perfectly and
+would each earn as much as an expert. With it, their trust is the mean weight of
+fresh keys (fresh_weight), so each earns ~fresh_weight/ONE of an expert's gain,
+less than the fresh weight it already has: the farm stays at fresh weight. An
+honest newcomer next to reputable annotators has trust near ONE and earns as
+before. Averages, not sums: trust is shared among those it vouches for, as
+EigenTrust normalises a peer's outgoing trust, so it cannot be multiplied by
+adding keys. Weights never fall below fresh_weight, so a fresh key
+(whitewashing) is never better than a penalised one.
 
 The **lag**: the snapshot used for a task T contains exactly the certified tasks
 whose deadline is at most ``T.created_at - params.reputation_lag_ms``. Every
@@ -45,6 +60,7 @@ class AnnotatorOutcome:
     labels: int
     score: int
     equivocations: int
+    trust: int = 0       # fixed point, from the certified result (protocol/tally.py compute_trust)
 
 
 @dataclass(frozen=True)
@@ -76,7 +92,8 @@ def compute_earned(outcomes: list[TaskOutcome]) -> dict[tuple[bytes, str], int]:
         seen.add(t.task_id)
         for a in t.annotators:
             key = (a.account, t.domain)
-            excess[key] = excess.get(key, 0) + a.score - a.labels * ONE // max(t.n_classes, 1)
+            gain = (a.score - a.labels * ONE // max(t.n_classes, 1)) * a.trust // ONE
+            excess[key] = excess.get(key, 0) + gain
             labels[key] = labels.get(key, 0) + a.labels
             equiv[key] = equiv.get(key, 0) + a.equivocations
     out = {}
@@ -91,10 +108,9 @@ def compute_weight(account: bytes, domain: str, earned: dict[tuple[bytes, str], 
     """Prior weight of ``account`` for a task of ``domain`` (fixed point)."""
     w = earned.get((account, domain), 0)
     for a, d, g in genesis_reputation:
-        if a == account and d in ("", domain):
+        if a == account and d in ("", domain):  # an entry for "" counts once, also when domain == ""
             w += g
-    w = min(w, params.max_weight)
-    return w if w > 0 else params.fresh_weight
+    return min(params.max_weight, max(params.fresh_weight, w))
 
 
 def compute_snapshot(outcomes: list[TaskOutcome], created_at: int, params: Params) -> dict[tuple[bytes, str], int]:

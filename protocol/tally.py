@@ -24,11 +24,19 @@ Rules fixed here (specified in PROTOCOL.md section 10):
   items they voted on (not equivocated), of: on a gold item, ONE if the label
   equals the gold answer else 0; elsewhere the item's confidence if the label
   equals the consensus label, else 0. Only skill above chance is paid:
-  pay_A = max(0, score_A - labels_A * ONE // k) for k classes (a random
-  annotator matches 1/k of the labels for free), and
-  reward_A = floor(bounty * pay_A / sum of pay); the remainder (and the whole
-  bounty when nobody is above chance) is refunded to the requester, so
-  rewards + refund == bounty exactly.
+  pay_A = max(0, score_A - labels_A * ONE // k - EQUIVOCATION_PENALTY * ONE * e_A)
+  for k classes and e_A equivocated items (a random annotator matches 1/k of the
+  labels for free; an equivocation costs ten labels' worth), and
+  reward_A = floor(net * pay_A / sum of pay) with net = bounty - fee (the
+  protocol fee of protocol/ledger.py); the remainder (and all of net when nobody
+  is above chance) is refunded to the requester, so
+  rewards + refund + fee == bounty exactly.
+* **Trust** (what reputation may learn from this task, protocol/reputation.py):
+  per annotator, the mean prior weight (capped at ONE) of the *other witnesses*
+  of the task: the annotators with a counted vote and, when gold is revealed,
+  the requester whose gold it is. Trust flows from reputable accounts and is
+  shared, never multiplied: a crowd of fresh keys vouching for each other is
+  worth one fresh key.
 """
 from __future__ import annotations
 
@@ -38,8 +46,10 @@ import numpy as np
 
 from . import aggregate
 from .codec import pack, sha256
+from .ledger import compute_fee
 from .messages import AnnotationBatch, GoldReveal, TaskAnnouncement, compute_set_root
 from .params import Params
+from .reputation import EQUIVOCATION_PENALTY
 
 RESULT_ROOT_TAG = b"labelmesh/result-root/v1\x00"
 ONE = aggregate.ONE  # the fixed-point one of every share (defined in protocol/aggregate.py)
@@ -53,6 +63,7 @@ class AnnotatorResult:
     accuracy: int        # fixed point, ONE = 65536
     score: int           # reward score (fixed point sum)
     reward: int          # credits
+    trust: int           # fixed point: mean capped weight of the task's other witnesses
 
 
 @dataclass(frozen=True)
@@ -69,13 +80,15 @@ class TaskResult:
     alpha: int
     refund: int
     gold_items: int
+    fee: int                       # protocol fee taken from the bounty (protocol/ledger.py)
     result_root: bytes
 
     def canonical(self) -> list:
         return [self.task_id, self.set_root, list(self.label), list(self.confidence),
                 list(self.agreement), list(self.votes),
-                [[a.account, a.labels, a.equivocations, a.accuracy, a.score, a.reward] for a in self.annotators],
-                [list(e) for e in self.equivocations], self.alpha, self.refund, self.gold_items]
+                [[a.account, a.labels, a.equivocations, a.accuracy, a.score, a.reward, a.trust]
+                 for a in self.annotators],
+                [list(e) for e in self.equivocations], self.alpha, self.refund, self.gold_items, self.fee]
 
 
 def compute_relative_weights(weights: list[int], params: Params) -> np.ndarray:
@@ -85,6 +98,24 @@ def compute_relative_weights(weights: list[int], params: Params) -> np.ndarray:
     if top == 0:
         return np.zeros(len(weights), dtype=np.int64)
     return np.array([c * ONE // top for c in capped], dtype=np.int64)
+
+
+def compute_trust(accounts: list[bytes], weights: list[int], nlabels: list[int], requester: bytes,
+                  requester_weight: int | None) -> list[int]:
+    """Per annotator (same order as ``accounts``): the mean of min(weight, ONE) over the
+    task's other witnesses -- the annotators with at least one counted vote and, if
+    ``requester_weight`` is given (gold was revealed), the requester -- floor division;
+    0 when there is no other witness. An account is one witness even when it is both."""
+    witness: dict[bytes, int] = {a: min(max(w, 0), ONE) for a, w, n in zip(accounts, weights, nlabels) if n > 0}
+    if requester_weight is not None:
+        witness.setdefault(requester, min(max(requester_weight, 0), ONE))
+    total, count = sum(witness.values()), len(witness)
+    out = []
+    for a in accounts:
+        own = witness.get(a)
+        others = count - (own is not None)
+        out.append((total - (own or 0)) // others if others else 0)
+    return out
 
 
 def compute_task_result(task_id: bytes, task: TaskAnnouncement,
@@ -133,7 +164,8 @@ def compute_task_result(task_id: bytes, task: TaskAnnouncement,
     ann = (pair % max(n_acc, 1)).astype(np.int32)
     lab = (key % n_classes).astype(np.int32)
     n_rows = key.size
-    prior = compute_relative_weights([int(weight_of(a)) for a in accounts], params)
+    absolute = [int(weight_of(a)) for a in accounts]
+    prior = compute_relative_weights(absolute, params)
     gold_map = dict(gold.answers) if gold is not None else None
     inp = aggregate.AggregateInput(n_items=n_items, n_classes=n_classes, n_annotators=len(accounts),
                                    item=itm, annotator=ann, label=lab, prior_weight=prior, gold=gold_map)
@@ -158,25 +190,29 @@ def compute_task_result(task_id: bytes, task: TaskAnnouncement,
         on_gold = g_label[itm] >= 0
         point = np.where(on_gold, np.where(lab == g_label[itm], ONE, 0), point)
     scores = np.bincount(ann, weights=point.astype(np.float64), minlength=n_acc).astype(np.int64).tolist()
-    # Pay skill above chance: a random annotator matches 1/k of the labels for free.
-    pay = [max(0, scores[a] - nlabels[a] * ONE // n_classes) for a in range(n_acc)]
-    total = sum(pay)
-    bounty = task.bounty
-    rewards = [(bounty * p) // total if total else 0 for p in pay]
-    refund = bounty - sum(rewards)
-
     eq_count = {}
     for a, _ in equivocations:
         eq_count[a] = eq_count.get(a, 0) + 1
+    # Pay skill above chance: a random annotator matches 1/k of the labels for free; an
+    # equivocated item costs EQUIVOCATION_PENALTY labels' worth.
+    pay = [max(0, scores[k] - nlabels[k] * ONE // n_classes - EQUIVOCATION_PENALTY * ONE * eq_count.get(a, 0))
+           for k, a in enumerate(accounts)]
+    total = sum(pay)
+    fee = compute_fee(task.bounty, params)
+    net = task.bounty - fee
+    rewards = [(net * p) // total if total else 0 for p in pay]
+    refund = net - sum(rewards)
+    trust = compute_trust(accounts, absolute, nlabels, task.requester,
+                          int(weight_of(task.requester)) if gold_map is not None else None)
     annotators = tuple(
         AnnotatorResult(account=a, labels=nlabels[k], equivocations=eq_count.get(a, 0),
                         accuracy=int(res.annotator_accuracy[k]),
-                        score=scores[k], reward=rewards[k])
+                        score=scores[k], reward=rewards[k], trust=trust[k])
         for k, a in enumerate(accounts))
     result = TaskResult(
         task_id=task_id, set_root=set_root, batch_ids=batch_ids, label=tuple(label),
         confidence=tuple(conf), agreement=tuple(int(x) for x in res.agreement),
         votes=tuple(int(x) for x in counts), annotators=annotators, equivocations=equivocations,
-        alpha=int(res.alpha), refund=refund, gold_items=len(gold_map or {}), result_root=b"")
+        alpha=int(res.alpha), refund=refund, gold_items=len(gold_map or {}), fee=fee, result_root=b"")
     root = sha256(RESULT_ROOT_TAG + pack(result.canonical()))
     return TaskResult(**{**result.__dict__, "result_root": root})
