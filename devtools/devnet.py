@@ -140,9 +140,14 @@ def up(root: Path, n: int, netns: bool = False, shaping=None, fresh: bool = Fals
         keystores.append(ks)
     requester = keystores[0].create("requester")
     annotators = add_annotators(keystores)
-    genesis = make_genesis("devnet", int(time.time() * 1000), [(v, 1) for v in validators], [],
-                           [(requester, 10**9)] + [(a, ANNOTATOR_BALANCE) for a in annotators], {"grace_period_ms": 3000, "round_timeout_ms": 4000,
-                                                   "reputation_lag_ms": 5000})
+    # The requester holds most of the supply (10^9 credits) and is the devnet's pre-trusted
+    # account (genesis reputation 1.0 in every domain): trust flows from it to annotators whose
+    # work matches its gold (docs/ledger.md), so the demo's annotators can earn reputation.
+    # Each node's annotator account starts with ANNOTATOR_BALANCE credits (it can post tasks).
+    genesis = make_genesis("devnet", int(time.time() * 1000), [(v, 1) for v in validators],
+                           [(requester, "", 1 << 16)],
+                           [(requester, 10**9)] + [(a, ANNOTATOR_BALANCE) for a in annotators],
+                           {"grace_period_ms": 3000, "round_timeout_ms": 4000, "reputation_lag_ms": 5000})
     ports = [free_port() for _ in range(n)]
     # each node's web UI (`labelmesh ui`), with ``web`` (scripts/devnet up; not the benchmarks'
     # devnets, whose footprint it would change: ~9 MB RSS per node); not with --netns: a
@@ -251,6 +256,7 @@ def demo(root: Path, n_items: int, deadline_s: float, seed: int) -> dict:
     # The requester hides gold answers for 10% of the items (committed now, revealed by
     # node 0 after the deadline); annotators cannot tell them from the others.
     gold_items = sorted(random.Random(seed + 1).sample(range(n_items), max(1, n_items // 10)))
+    requester_before = rpc(root, 0, "balance_get", {"account": "requester"})["accounts"][0]["balance"]
     r = rpc(root, 0, "task_post", {"account": "requester", "title": "demo: what animal is in the picture?",
                                     "labels": labels, "domain": "animals",
                                     "items": [f"picture #{i}" for i in range(n_items)],
@@ -258,7 +264,8 @@ def demo(root: Path, n_items: int, deadline_s: float, seed: int) -> dict:
                                     "gold": [[i, truth[i]] for i in gold_items]})
     task_id = r["task_id"]
     deadline_ms = r["deadline_ms"]
-    print(f"posted task {task_id[:16]}… ({n_items} items, bounty 1,000,000 credits) on node 0", flush=True)
+    print(f"posted task {task_id[:16]}… ({n_items} items, bounty 1,000,000 credits) on node 0; bounty escrowed: "
+          f"{r['escrow']['status']} (requester: {requester_before:,} credits before)", flush=True)
     poll(lambda: all(any(t["task_id"] == task_id for t in rpc(root, i, "tasks_list")["tasks"]) for i in range(n)),
           30, "the task to reach every node")
     print(f"task reached all {n} nodes in {time.monotonic() - t0:.1f} s", flush=True)
@@ -300,6 +307,7 @@ def demo(root: Path, n_items: int, deadline_s: float, seed: int) -> dict:
             votes.setdefault(item, [0] * len(labels))[lab] += 1
     mv = sum(1 for i in scored if max(range(len(labels)), key=lambda c: (votes[i][c], -c)) == truth[i]) / len(scored)
     by_key = {a["account"]: a for a in res["annotators"]}
+    ledger = settled_balances(root, n, [bytes(a["key"].verify_key).hex() for a in annotators])
     rep = {x["account"]: x for x in rpc(root, 0, "reputation_get", {"domain": "animals"})["reputation"]}
     summary = {"task_id": task_id, "nodes": n, "labels_submitted": submitted, "batches": batches,
                "accuracy": round(acc, 4), "majority_vote_accuracy": round(mv, 4), "alpha": res["alpha_f"],
@@ -307,12 +315,15 @@ def demo(root: Path, n_items: int, deadline_s: float, seed: int) -> dict:
                "result_root": res["result_root"], "identical_on_all_nodes": True,
                "status": res["status"], "certificate": res["certificate"], "batches_certified": res["batches"],
                "certified_after_deadline_s": round(time.time() - deadline_ms / 1000, 1),
-               "seconds": round(time.monotonic() - t0, 1), "annotators": []}
+               "seconds": round(time.monotonic() - t0, 1), "annotators": [],
+               "requester_before": requester_before, "requester_after": ledger["requester"],
+               "supply": ledger["supply"]}
     for k, a in enumerate(annotators):
         pk = bytes(a["key"].verify_key).hex()
         row = by_key.get(pk, {})
         summary["annotators"].append({"kind": a["kind"], "true_accuracy": a["accuracy"],
                                       "estimated_accuracy": row.get("accuracy_f"), "reward": row.get("reward", 0),
+                                      "balance": ledger["balances"][pk],
                                       "reputation": rep.get(pk, {}).get("weight_f", 0.0)})
     return summary
 
@@ -335,6 +346,27 @@ def invite(root: Path, n_items: int = 24, hours: float = 1.0) -> str:
     return rpc(root, 0, "ui_url")["login_url"] + "#/label"
 
 
+def settled_balances(root: Path, n: int, accounts: list[str]) -> dict:
+    """Once every node has released the task's escrow and agrees on the balances: the
+    requester's and ``accounts``' balances and the supply (invariant checked on every node)."""
+    requester = rpc(root, 0, "balance_get", {"account": "requester"})["accounts"][0]["account"]
+    who = [requester] + accounts
+
+    def view(i: int):
+        ledger = rpc(root, i, "node_info")["ledger"]
+        if ledger["escrow"] or not ledger["invariant_ok"]:
+            return None
+        return ({a: rpc(root, i, "balance_get", {"account": a})["accounts"][0]["balance"] for a in who},
+                ledger["supply"])
+
+    def agreed():
+        views = [view(i) for i in range(n)]
+        if None in views or any(v != views[0] for v in views):
+            return None
+        return {"requester": views[0][0][requester], "balances": views[0][0], "supply": views[0][1]}
+    return poll(agreed, 60, "every node to release the escrow and agree on the balances", interval=0.5)
+
+
 def print_summary(s: dict) -> None:
     print()
     print("=" * 72)
@@ -351,12 +383,15 @@ def print_summary(s: dict) -> None:
     print(f"result_root               {s['result_root'][:32]}…  identical on all {s['nodes']} nodes")
     print(f"certified                 {s['certified_after_deadline_s']} s after the deadline")
     print()
-    print("annotator   true acc  estimated  reward (credits)  reputation (animals)")
+    print("annotator   true acc  estimated  reward (credits)  balance after  reputation (animals)")
     for a in s["annotators"]:
         ta = "random" if a["true_accuracy"] is None else f"{a['true_accuracy']:.2f}"
         ea = "-" if a["estimated_accuracy"] is None else f"{a['estimated_accuracy']:.2f}"
-        print(f"{a['kind']:<10}  {ta:>8}  {ea:>9}  {a['reward']:>16,}  {a['reputation']:>10.3f}")
+        print(f"{a['kind']:<10}  {ta:>8}  {ea:>9}  {a['reward']:>16,}  {a['balance']:>13,}  {a['reputation']:>10.3f}")
     print(f"refunded to the requester: {s['refund']:,} credits (rewards + refund = bounty, exactly)")
+    print(f"requester balance         {s['requester_before']:,} before -> {s['requester_after']:,} after "
+          f"(the bounty was escrowed, the rewards paid out of it, the rest refunded)")
+    print(f"supply                    {s['supply']:,} credits on every node (balances + escrow + burned)")
     print(f"\ndemo finished in {s['seconds']} s")
 
 

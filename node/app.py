@@ -30,6 +30,7 @@ from .rpc.methods import METHODS
 from .rpc.server import RpcServer
 from .services.blobs import BlobService
 from .services.finality import FinalityService
+from .services.ledger import LedgerService
 from .services.metrics import NodeMetrics
 from .services.sync import SyncService
 from .web import WebServer
@@ -64,6 +65,7 @@ class Node(NodeCore):
         if validator_key is None and validator_account and keystore is not None:
             validator_key = keystore.signing_key(validator_account)
         self.finality = FinalityService(self, validator_key, tick_s=finality_tick_s)
+        self.ledger_service = LedgerService(self, validator_key)
         self.blobs = BlobService(self)
         self._stop_requested = trio.Event()
         self.stopped = trio.Event()  # set once ``run`` has returned
@@ -88,6 +90,7 @@ class Node(NodeCore):
                     await nursery.start(self.sync.run)
                 await nursery.start(self.blobs.run)
                 await nursery.start(self.finality.run)
+                await nursery.start(self.ledger_service.run)
                 if self.metrics_listen:
                     await nursery.start(self.metrics.serve, self.metrics_listen)
                 if self.rpc_socket is not None:

@@ -156,6 +156,7 @@ class LedgerState:
         self.next_seq: dict[AccountKey, int] = {}
         self.orders: dict[OrderId, Transfer] = {}
         self.slots: dict[Slot, set[OrderId]] = {}
+        self._by_time: dict[tuple[AccountKey, int], list[OrderId]] = {}   # (sender, created_at) -> ids
         self.vote_weight: dict[tuple[AccountKey, int, OrderId], int] = {}
         self._voters: dict[tuple[AccountKey, int, OrderId], set[AccountKey]] = {}
         self.signed: dict[tuple[AccountKey, AccountKey, int], set[OrderId]] = {}  # (validator, sender, seq)
@@ -183,6 +184,7 @@ class LedgerState:
             return
         self.orders[order_id] = order
         self.slots.setdefault(order.slot, set()).add(order_id)
+        self._by_time.setdefault((order.sender, order.created_at), []).append(order_id)
         if order.seq == self.get_next_seq(order.sender):
             self._ready.add(order.sender)
         if self._has_quorum(order.sender, order.seq, order_id):
@@ -258,6 +260,11 @@ class LedgerState:
         elif order.seq < self.get_next_seq(order.sender) or order.slot in self.certified:
             out["status"] = "superseded"
         return out
+
+    def find_orders(self, sender: AccountKey, created_at: int) -> list[OrderId]:
+        """Ids of the held orders of ``sender`` stamped ``created_at`` (lets a client's
+        retry find the order it already signed: idempotent transfers)."""
+        return list(self._by_time.get((sender, created_at), ()))
 
     def get_history(self, account: AccountKey) -> list[Entry]:
         """The account's entries in a canonical order: (time, kind, ref, amount)."""

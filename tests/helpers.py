@@ -12,7 +12,8 @@ import trio
 
 from protocol.genesis import make_genesis
 from protocol.messages import (
-    ITEM_TEXT, SCHEMA_SINGLE_CHOICE, AnnotationBatch, Item, LabelSchema, TaskAnnouncement, sign_message,
+    DEST_ESCROW, ITEM_TEXT, SCHEMA_SINGLE_CHOICE, AnnotationBatch, Item, LabelSchema, LedgerVote, TaskAnnouncement,
+    Transfer, sign_message,
 )
 
 T0 = 1_800_000_000_000  # a fixed "now" in ms
@@ -44,7 +45,7 @@ def make_test_genesis(n_validators: int = 4, **params):
 
 
 def make_task(requester: int = 1, n_items: int = 10, labels=("a", "b", "c"), created_at: int = T0,
-              duration_ms: int = 60_000, bounty: int = 1000, nonce: int = 1, gold_commitment=None) -> TaskAnnouncement:
+              duration_ms: int = 60_000, bounty: int = 0, nonce: int = 1, gold_commitment=None) -> TaskAnnouncement:
     return TaskAnnouncement(
         requester=pk(requester), nonce=nonce, created_at=created_at, deadline=created_at + duration_ms,
         title="t", schema=LabelSchema(SCHEMA_SINGLE_CHOICE, "d", tuple(labels)),
@@ -59,6 +60,19 @@ def make_batch(annotator: int, task_id: bytes, pairs, created_at: int = T0 + 100
 
 def signed(body, signer: int, network_id: bytes):
     return sign_message(body, key(signer), network_id)
+
+
+def escrow_raws(task_id: bytes, task: TaskAnnouncement, network_id: bytes, *, requester: int = 1, seq: int = 0,
+                validators=(1000, 1001, 1002)) -> list[bytes]:
+    """The requester's signed escrow order for ``task``'s bounty and ledger votes of
+    ``validators`` (test genesis keys; 3 of the default 4 are a quorum) that certify it:
+    ingest them and the task is funded, so its batches are accepted (docs/ledger.md)."""
+    order = Transfer(sender=pk(requester), seq=seq, created_at=task.created_at, amount=task.bounty,
+                     dest_type=DEST_ESCROW, dest=task_id)
+    om = signed(order, requester, network_id)
+    oid = om.compute_id(network_id)
+    return [om.raw] + [signed(LedgerVote(pk(v), task.created_at, ((pk(requester), seq, oid),)), v, network_id).raw
+                       for v in validators]
 
 
 class DictContext:

@@ -61,8 +61,8 @@ def test_experts_proven_right_by_gold_earn_more_than_a_wrong_herd():
 
 
 def test_reputation_pays_skill_not_volume_and_penalises_equivocation():
-    def outcome(tid, acc_score, labels, eq=0, account=b"a" * 32, domain="med"):
-        return TaskOutcome(tid, 0, domain, 2, (AnnotatorOutcome(account, labels, acc_score, eq),))
+    def outcome(tid, acc_score, labels, eq=0, account=b"a" * 32, domain="med"):  # fully trusted work
+        return TaskOutcome(tid, 0, domain, 2, (AnnotatorOutcome(account, labels, acc_score, eq, ONE),))
     expert = compute_earned([outcome(b"1" * 32, 95 * ONE, 100)])[(b"a" * 32, "med")]
     spammer = compute_earned([outcome(b"1" * 32, 50 * ONE, 100)])[(b"a" * 32, "med")]
     lucky = compute_earned([outcome(b"1" * 32, 3 * ONE, 3)])[(b"a" * 32, "med")]
@@ -88,8 +88,9 @@ FAST_FINALITY = {"grace_period_ms": 1000, "round_timeout_ms": 2000}
 @contextlib.asynccontextmanager
 async def one_validator_node(tmp_path, name, params=None):
     """A running node that is the network's only validator, with a funded local account
-    "req": yields (node, its FakeClock, the genesis, the nursery it runs in)."""
-    g = make_genesis(name, T0, [(pk(1000), 1)], [], [(pk(1), 10**9)], params)
+    "req", pre-trusted by the genesis (reputation 1.0: its gold vouches for annotators,
+    docs/ledger.md): yields (node, its FakeClock, the genesis, the nursery it runs in)."""
+    g = make_genesis(name, T0, [(pk(1000), 1)], [(pk(1), "", 1 << 16)], [(pk(1), 10**9)], params)
     clock = FakeClock()
     ks = Keystore(tmp_path / "n")
     ks.create("req", seed=bytes(key(1)))

@@ -7,7 +7,9 @@ from node.app import Node
 from protocol.messages import Outcome
 
 from .fakenet import FakeNet
-from .helpers import FakeClock, fake_node, make_batch, make_task, make_test_genesis, signed, wait_for  # noqa: F401
+from .helpers import (  # noqa: F401
+    FakeClock, escrow_raws, fake_node, make_batch, make_task, make_test_genesis, signed, wait_for,
+)
 
 
 
@@ -30,11 +32,18 @@ async def test_three_nodes_same_result(tmp_path):
         a, b, c = await start_nodes(nursery, tmp_path, net, 3, clock, g)
         net.connect("n0", "n1")
         net.connect("n1", "n2")  # a line: n0 reaches n2 only through n1
-        task = make_task(n_items=20)
+        task = make_task(n_items=20, bounty=1000)
         tm = signed(task, 1, g.network_id)
         v, tid = await a.ingest(tm.raw, "rpc", publish=True)
         assert v.ok
         await wait_for(lambda: all(tid in n.tasks for n in (a, b, c)))
+        # not open for labels until its bounty is escrowed: parked, stored once it is
+        early = signed(make_batch(10, tid, [(0, 0)], created_at=task.created_at + 1), 10, g.network_id)
+        assert (await b.ingest(early.raw, "rpc"))[0].reason.startswith("task not funded yet")
+        for raw in escrow_raws(tid, task, g.network_id):
+            assert (await a.ingest(raw, "rpc", publish=True))[0].ok
+        await wait_for(lambda: all(n.is_open_for_labels(tid) for n in (a, b, c)))
+        assert all(n.ledger.get_balance(task.requester) == 10**9 - 1000 for n in (a, b, c))
         raws = []
         for k in range(6):
             pairs = [(i, (i + (k == 5)) % 3) for i in range(20)]  # annotator 5 disagrees everywhere
@@ -43,7 +52,7 @@ async def test_three_nodes_same_result(tmp_path):
             via = (b, c)[k % 2]
             v, _ = await via.ingest(m.raw, "rpc", publish=True)
             assert v.ok
-        await wait_for(lambda: all(len(n.task_batches(tid)) == 6 for n in (a, b, c)))
+        await wait_for(lambda: all(len(n.task_batches(tid)) == 7 for n in (a, b, c)))  # the early one too
         clock.now = task.deadline + 1
         results = [n.task_result(tid) for n in (a, b, c)]
         assert len({r.result_root for r in results}) == 1

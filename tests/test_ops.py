@@ -534,9 +534,9 @@ async def test_backup_of_a_stopped_node(short_dir, capsys):
     stale.close()
     code, out, err = await run_cli(capsys, "backup", short_dir / "bk", "--data-dir", dd, "--json")
     assert code == 0, err
-    assert json.loads(out)["messages"] == count == 4
+    assert json.loads(out)["messages"] == count == 6  # task, 3 batches, the bounty's escrow order and its vote
     code, out, err = await run_cli(capsys, "restore", short_dir / "bk", "--data-dir", short_dir / "rs", "--json")
-    assert code == 0 and json.loads(out)["messages"] == 4, err
+    assert code == 0 and json.loads(out)["messages"] == 6, err
 
 
 # ------------------------------------------------------------------ 7. service file, completion

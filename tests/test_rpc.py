@@ -25,7 +25,8 @@ async def node(short_dir, nursery):
     ks.create("alice", seed=bytes(key(1)))
     g = make_genesis("rpc", T0, [(pk(1000), 1)], [], [(pk(1), 10**9)])
     clock = FakeClock()
-    n = Node(short_dir, g, p2p_factory=None, keystore=ks, clock=clock, rpc_socket=short_dir / "node.sock")
+    n = Node(short_dir, g, p2p_factory=None, keystore=ks, clock=clock, rpc_socket=short_dir / "node.sock",
+             validator_key=key(1000))  # the one validator: it certifies escrows
     await nursery.start(n.run)
     n.test_clock = clock
     return n
@@ -96,6 +97,7 @@ async def test_post_label_consensus_flow(node):
     c = await connect(node)
     r = await c.call("task_post", {"account": "alice", "title": "t", "labels": ["yes", "no"],
                                    "items": ["a", "b", {"text": "c"}], "duration_s": 60, "bounty": 100})
+    assert r["result"]["funded"] and r["result"]["escrow"]["status"] == "applied"
     tid = r["result"]["task_id"]
     assert (await c.call("tasks_list"))["result"]["tasks"][0]["task_id"] == tid
     assert len((await c.call("task_get", {"task_id": tid}))["result"]["items"]) == 3

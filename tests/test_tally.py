@@ -66,7 +66,7 @@ def test_all_fresh_annotators_still_get_accurate_labels():
 
 
 def test_hundred_fresh_keys_do_not_outvote_three_experts():
-    task = make_task(n_items=10)
+    task = make_task(n_items=10, bounty=1000)
     tid = signed(task, 1, NET).compute_id(NET)
     batches = {}
     for e in range(3):  # experts say label 0

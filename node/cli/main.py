@@ -12,7 +12,7 @@ import sys
 
 from protocol.errors import LabelmeshError
 
-from . import daemon, ops, results, tasks, ui
+from . import daemon, ledger, ops, results, tasks, ui
 from .common import EXIT_USER, CliError, common_parser, default_data_dir
 
 
@@ -35,6 +35,7 @@ def build_parser(with_offline: bool = True) -> argparse.ArgumentParser:
         s.set_defaults(fn=aggregate.run_aggregate, json=False, data_dir=default_data_dir())
     results.add_parsers(sub, common)  # rewards, reputation, export, certificate, blob
     ui.add_parsers(sub, common)  # ui (the web UI's URL)
+    ledger.add_parsers(sub, common)  # balance, transfer
     add_plugin_verbs(sub, common)  # e.g. `devnet`, from the devtools package
     return p
 

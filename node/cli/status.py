@@ -39,7 +39,9 @@ def gather_status(args) -> dict:
             accounts = c.call("account_list").get("accounts", [])
             methods = c.call("rpc_methods").get("methods", {})
             mine = {a["public_key"] for a in accounts}
-            rewards, reputation = {}, {}
+            rewards, reputation, balances = {}, {}, {}
+            if "balance_get" in methods:
+                balances = {b["account"]: b for b in c.call("balance_get").get("accounts", [])}
             if "rewards_get" in methods:
                 for t in c.call("rewards_get").get("totals", []):
                     if t["account"] in mine:
@@ -55,7 +57,9 @@ def gather_status(args) -> dict:
         raise CliError(f"cannot reach the node's RPC socket: {e}", EXIT_UNAVAILABLE) from None
     rows = [{"name": a["name"], "public_key": a["public_key"],
              "reward": rewards.get(a["public_key"], 0) if "rewards_get" in methods else None,
-             "reputation": reputation.get(a["public_key"], []) if "reputation_get" in methods else None}
+             "reputation": reputation.get(a["public_key"], []) if "reputation_get" in methods else None,
+             "balance": balances.get(a["public_key"], {}).get("balance"),
+             "escrowed": balances.get(a["public_key"], {}).get("escrowed")}
             for a in accounts]
     return {**info, "accounts": rows}
 
@@ -92,18 +96,27 @@ def render_status(s: dict) -> str:
     if bl:
         lines.append(f"blobs     stored {bl['stored']} ({fmt_bytes(bl['stored_bytes'])})  wanted {bl['wanted']}  "
                      f"fetched {bl['fetched']}  failed {bl['failed']}")
+    led = s.get("ledger")
+    if led:
+        ok = "holds" if led["invariant_ok"] else "BROKEN"
+        lines.append(f"ledger    supply {led['supply']:,} = balances {led['balances']:,} + escrow {led['escrow']:,} + "
+                     f"burned {led['burned']:,} ({ok})" +
+                     (f"; validator equivocations {led['validator_evidence']}" if led["validator_evidence"] else ""))
     lines.append(f"metrics   {s.get('metrics_url') or 'off (set metrics_listen)'}")
     accts = s.get("accounts") or []
     if accts:
         w = max(8, max(len(a["name"]) for a in accts))
-        lines.append(f"accounts  {'name':<{w}}  {'public key':<19}  {'reward':>12}  reputation (weight by domain)")
+        lines.append(f"accounts  {'name':<{w}}  {'public key':<19}  {'balance':>14}  {'escrowed':>10}  {'reward':>12}  "
+                     f"reputation (weight by domain)")
         for a in accts:
             rew = "-" if a["reward"] is None else f"{a['reward']:,}"
+            bal = "-" if a.get("balance") is None else f"{a['balance']:,}"
+            esc = "-" if a.get("escrowed") is None else f"{a['escrowed']:,}"
             if a["reputation"] is None:
                 rep = "-"
             else:
                 rep = ", ".join(f"{r['domain'] or '*'} {r['weight_f']:.4f}" for r in a["reputation"]) or "none yet"
-            lines.append(f"          {a['name']:<{w}}  {a['public_key'][:16]}…  {rew:>12}  {rep}")
+            lines.append(f"          {a['name']:<{w}}  {a['public_key'][:16]}…  {bal:>14}  {esc:>10}  {rew:>12}  {rep}")
     return "\n".join(lines)
 
 

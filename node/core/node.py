@@ -34,7 +34,8 @@ from protocol.bundle import group_envelopes, payload_of, split_payload
 from protocol.errors import DecodeError
 from protocol.genesis import Genesis
 from protocol.messages import (
-    ACCEPT, KIND_ATTESTATION, KIND_BATCH, KIND_GOLD, KIND_NAMES, KIND_TASK, UNKNOWN_TASK, AnnotationBatch, Outcome,
+    ACCEPT, KIND_ATTESTATION, KIND_BATCH, KIND_GOLD, KIND_NAMES, KIND_TASK, LEDGER_BUCKET, UNKNOWN_TASK,
+    AnnotationBatch, Outcome,
     SignedMessage, TaskAnnouncement, Verdict, decode_message, ignore, reject, validate_basic, validate_in_context,
 )
 
@@ -45,6 +46,7 @@ from ..storage.store import Store
 from ..storage.writer import StoreWriter
 from .gold import GoldSecrets
 from .indexes import TaskIndex
+from .ledger import TASK_NOT_FUNDED, Ledger
 from .results import Results
 from .verdicts import DECLINED_BEFORE, DUPLICATE
 from .verifier import Verifier, verify_all
@@ -82,11 +84,13 @@ class Counters:
     published_envelopes: int = 0  # accepted messages gossiped (each envelope of a bundle counts)
     over_batch_cap: int = 0  # batches IGNOREd by the per-annotator, per-task cap
     votes_not_stored: int = 0  # attestations IGNOREd by the finality storage bound (storage_verdict)
+    ledger_not_stored: int = 0  # transfers and ledger votes IGNOREd by the ledger's storage policy
+    not_funded: int = 0  # batches IGNOREd (parked) because their task's bounty is not escrowed yet
     rate_limited: int = 0  # gossip messages IGNOREd (or REJECTed as abuse) by node/policy/ratelimit.py
     publish_dropped: int = 0  # accepted messages not gossiped because the publish queue was full
 
 
-class NodeCore(GoldSecrets, Results):
+class NodeCore(GoldSecrets, Results, Ledger):
     """The ingest pipeline, gossip validation and the node's state. ``p2p`` is any object
     with the P2PNode interface (real libp2p in production, an in-memory fake in tests),
     made by ``p2p_factory(node)``. ``node.app.Node`` adds the services and servers."""
@@ -104,7 +108,7 @@ class NodeCore(GoldSecrets, Results):
         self.writer = StoreWriter(self.store)
         self.counters = Counters()
         # the services, set by the composition root (node/app.py); None in a bare core
-        self.metrics = self.sync = self.finality = self.blobs = self.rpc = None
+        self.metrics = self.sync = self.finality = self.blobs = self.rpc = self.ledger_service = None
         self.tasks: dict[bytes, TaskAnnouncement] = {}
         self.task_index = TaskIndex()
         self._orphans: OrderedDict[bytes, tuple[bytes, str]] = OrderedDict()  # msg id -> (raw, source)
@@ -115,6 +119,7 @@ class NodeCore(GoldSecrets, Results):
         self._batch_counts: dict[bytes, Counter] = {}  # task -> annotator -> batches stored (for the cap)
         self._declined: OrderedDict[bytes, None] = OrderedDict()  # see DECLINED_KEPT
         self._init_results()
+        self._init_ledger()
         self._gold_lock = trio.Lock()  # remember_gold / forget_gold rewrite one meta blob
         self.arrival_ms: dict[bytes, int] = {}  # msg id -> clock() when stored, the newest ARRIVALS_KEPT
         self.topics = {k: topic_for(self.network_id, k) for k in KIND_NAMES}
@@ -134,6 +139,9 @@ class NodeCore(GoldSecrets, Results):
             self.task_index.add_task(tid)
             for mid in self.store.task_message_ids(tid):
                 self.task_index.add(tid, mid)
+        for mid in self.store.task_message_ids(LEDGER_BUCKET):
+            self.task_index.add(LEDGER_BUCKET, mid)
+        self.load_ledger()
 
     async def start_core(self, nursery: trio.Nursery) -> None:
         """Start the store writer, then the network (topics joined) and the publisher."""
@@ -275,8 +283,19 @@ class NodeCore(GoldSecrets, Results):
                 if not v.ok:
                     self.counters.votes_not_stored += 1
                     self._decline(mid)
+            if v.ok:
+                # the ledger's storage policy (orders, votes): never declined for good, a
+                # verdict here can change as credits arrive (docs/ledger.md)
+                lv = self.ledger_verdict(mid, msg)
+                if lv is not None and not lv.ok:
+                    self.counters.ledger_not_stored += 1
+                    v = lv
+            if v.ok and msg.kind == KIND_BATCH and not self.is_open_for_labels(msg.body.task_id):
+                self.counters.not_funded += 1
+                self.wait_for_funding(msg.body.task_id)
+                v = TASK_NOT_FUNDED
             if not v.ok:
-                if v == UNKNOWN_TASK:
+                if v == UNKNOWN_TASK or v == TASK_NOT_FUNDED:
                     self._park_orphan(mid, msg.raw, source)
                 self._count(v)
                 results[k] = (v, mid)
@@ -318,6 +337,8 @@ class NodeCore(GoldSecrets, Results):
         for k, mid, msg in accepted:
             if msg.kind == KIND_TASK:
                 await self._adopt_orphans(mid)
+        for task_id in self.take_newly_funded():  # escrows that arrived: their parked batches
+            await self._adopt_orphans(task_id)
 
     def _count(self, v: Verdict) -> None:
         if v.outcome is Outcome.REJECT:
@@ -343,6 +364,7 @@ class NodeCore(GoldSecrets, Results):
                 counts[msg.body.annotator] += 1
         if msg.kind == KIND_ATTESTATION and self.finality is not None:
             self.finality.on_attestation(msg)
+        self._feed_ledger(mid, msg)
         log.debug("stored %s %s", KIND_NAMES[msg.kind], mid.hex()[:16])
 
     def _check_batch_cap(self, batch: AnnotationBatch, pending: Counter) -> Verdict:

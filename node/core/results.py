@@ -83,7 +83,7 @@ class Results:
         t = self.tasks.get(task_id)
         return self._certified_summary(self._outcomes, task_id, lambda res: TaskOutcome(
             task_id=task_id, deadline=t.deadline, domain=t.schema.domain, n_classes=len(t.schema.labels),
-            annotators=tuple(AnnotatorOutcome(a.account, a.labels, a.score, a.equivocations)
+            annotators=tuple(AnnotatorOutcome(a.account, a.labels, a.score, a.equivocations, a.trust)
                              for a in res.annotators)))
 
     def _certified_summary(self, cache: dict, task_id: bytes, summarise):

@@ -136,7 +136,10 @@ class FinalityService:
                 await self._fetch_missing(task_id, fin)
                 if task_id not in self._certified_prepared and await self.prepare_certified_result(task_id):
                     self._certified_prepared.add(task_id)
+                    self._settle(task_id)
                 continue
+            if not self.node.is_open_for_labels(task_id):
+                continue  # its bounty is not escrowed: validators do not certify it (docs/ledger.md)
             for msg in self._pending.pop(task_id, []):
                 self.on_attestation(msg)
             await self._fetch_missing(task_id, fin)
@@ -197,6 +200,12 @@ class FinalityService:
             return False
         await self.node.prepare_result(task_id, ids)
         return True
+
+    def _settle(self, task_id: bytes) -> None:
+        """Release the escrow of a certified task whose certified result is reproduced here."""
+        cert, res = self.certified_result(task_id)
+        if res is not None and res.result_root == cert.result_root:
+            self.node.settle_task(task_id, res)
 
     def certified_result(self, task_id: bytes):
         """(certificate, result over exactly the certified set) — result None while

@@ -183,7 +183,8 @@ class NodeCollector:
         return []  # metrics appear and disappear with the node's state; no fixed description
 
     def collect(self):
-        for section in (self._identity, self._ingest, self._gossip, self._store, self._sync, self._tasks, self._rpc):
+        for section in (self._identity, self._ingest, self._gossip, self._store, self._sync, self._tasks, self._ledger,
+                        self._rpc):
             try:
                 yield from section()
             except Exception:  # a scrape must not take anything down
@@ -290,6 +291,33 @@ class NodeCollector:
         if fin is not None:
             yield CounterMetricFamily("labelmesh_finality_fetch_requests", "Fetches of batches pinned by a "
                                       "certificate or a leader's prevote", value=fin.fetch_requests)
+
+    def _ledger(self):
+        st = self.node.ledger
+        t = st.totals()
+        g = GaugeMetricFamily("labelmesh_ledger_credits", "Credits in this node's view of the ledger: the genesis "
+                              "supply, and where it is (balances + escrow + burned = supply)", labels=["part"])
+        for part in ("supply", "balances", "escrow", "burned"):
+            g.add_metric([part], t[part])
+        yield g
+        yield GaugeMetricFamily("labelmesh_ledger_invariant_ok", "1 if balances + escrow + burned equals the supply "
+                                "and nothing is negative here, else 0", value=int(st.check_supply()))
+        yield GaugeMetricFamily("labelmesh_ledger_orders_applied", "Debit orders (transfers, escrows) applied here",
+                                value=len(st.applied))
+        yield GaugeMetricFamily("labelmesh_ledger_validator_evidence", "Slots where a validator co-signed two "
+                                "debit orders (equivocation evidence)", value=len(st.get_evidence()))
+        keystore = self.node.keystore
+        if keystore is not None:
+            bal = GaugeMetricFamily("labelmesh_account_balance", "Spendable credits of the node's local accounts",
+                                    labels=["account"])
+            esc = GaugeMetricFamily("labelmesh_account_escrowed", "Credits of the local accounts held in the escrow "
+                                    "of their open tasks", labels=["account"])
+            for a in keystore.list():
+                pk = bytes.fromhex(a["public_key"])
+                bal.add_metric([a["name"]], st.get_balance(pk))
+                esc.add_metric([a["name"]], st.get_escrow_of(pk))
+            yield bal
+            yield esc
 
     def _rpc(self):
         rpc = getattr(self.node, "rpc", None)

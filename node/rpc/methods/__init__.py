@@ -39,14 +39,20 @@ worklist {account, [limit], [offset]}  open tasks with the items an account has 
 blob_put {data, [media_type]}        store bytes as a blob here (for a task_post item)
 ui_url {}                            the web UI's URL with its access token (node/web/)
 blob_import {files: [{file}, ...]}   copy local files into the blob store (task_post items by hash)
+balance_get {[account]}              balance, escrow, pending debits (default: every local account) and the supply
+transfer {account, to, amount, [created_at], [wait_ms]}
+                                     sign a debit order (idempotent with created_at), store and gossip it
+transfer_get {order_id}              a debit order's status here: applied | certified | pending | superseded
+ledger_history {account, [limit], [offset]}  an account's ledger entries, oldest first
 """
 from __future__ import annotations
 
-from . import annotations, blobs, consensus, info, labeling, ops, tasks
+from . import annotations, blobs, consensus, info, labeling, ledger, ops, tasks
 from .annotations import annotations_list, annotations_submit
 from .blobs import blob_get, blob_import, blob_read
 from .common import ONE
 from .consensus import certificate_get, consensus_get, reputation_get, rewards_get
+from .ledger import balance_get, ledger_history, transfer, transfer_get
 from .info import account_list, messages_arrival, node_info, peers_list, sync_status
 from .labeling import blob_put, task_items, ui_url, worklist
 from .ops import backup_create, stop
@@ -61,7 +67,8 @@ def describe(fn) -> str:
 
 def build_method_table() -> dict:
     """Every RPC method by name, ``rpc_methods`` included (it lists this very table)."""
-    table = {f.__name__: f for module in (info, tasks, annotations, consensus, ops, blobs, labeling) for f in module.METHODS}
+    table = {f.__name__: f for module in (info, tasks, annotations, consensus, ledger, ops, blobs, labeling)
+             for f in module.METHODS}
 
     async def rpc_methods(node, params):
         """Names and descriptions of every RPC method (the first paragraph of each one's

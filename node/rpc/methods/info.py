@@ -9,6 +9,7 @@ from ... import __version__
 from ...services.metrics import store_summary, task_state_counts
 from ..errors import INVALID_PARAMS, RpcError
 from ..params import MAX_LIST, get_param
+from .ledger import supply_json
 
 
 async def node_info(node, params):
@@ -37,6 +38,7 @@ async def node_info(node, params):
             # hostile-peer defences (node/policy/ratelimit.py, the per-annotator cap, p2p offender bans)
             "rate_limited": c.rate_limited, "over_batch_cap": c.over_batch_cap,
             "votes_not_stored": c.votes_not_stored,
+            "ledger_not_stored": c.ledger_not_stored, "not_funded": c.not_funded,
             "offenders_banned": (node.p2p.stats().get("offenders_banned", 0)
                                  if node.p2p is not None and hasattr(node.p2p, "stats") else 0),
         },
@@ -44,6 +46,7 @@ async def node_info(node, params):
         "sync": _sync_summary(node),
         "blobs": node.blobs.status() if node.blobs is not None else None,
         "tasks_by_state": task_state_counts(node),
+        "ledger": supply_json(node),
         "store": store_summary(node),
         "metrics_url": node.metrics.url if node.metrics is not None else None,
     }

@@ -25,6 +25,7 @@ from ..errors import APP_ERROR, INVALID_PARAMS, REJECTED, STORE_FULL, RpcError
 from ..params import get_param, hex_param, page_param, signing_key_param, task_id_param
 from .common import ONE, ingest_or_raise, item_json, store_full_error
 from .consensus import current_result
+from .ledger import MAX_WAIT_MS, sign_and_submit_debit, wait_applied
 
 
 def _parse_items(raw_items) -> tuple[Item, ...]:
@@ -108,6 +109,11 @@ async def task_post(node, params):
         bounty=get_param(params, "bounty", int, 0), gold_commitment=commitment, reward_rule=0)
     if gold is not None and any(i >= len(task.items) for i, _ in gold):
         raise RpcError(INVALID_PARAMS, f"gold item index out of range (the task has {len(task.items)} items)")
+    wait = get_param(params, "wait_ms", int, 10_000)
+    if not 0 <= wait <= MAX_WAIT_MS:
+        raise RpcError(INVALID_PARAMS, f"param 'wait_ms' must be 0..{MAX_WAIT_MS}")
+    if task.bounty:
+        _check_funds(node, task.requester, params["account"], task.bounty)
     try:
         msg = sign_message(task, sk, node.network_id)
     except Exception as e:
@@ -126,8 +132,16 @@ async def task_post(node, params):
         if gold is not None:  # refused, so never stored nor published: its secret is no use
             await node.forget_gold([msg.compute_id(node.network_id)])
         raise
-    return {"task_id": mid.hex(), "status": status, "items": len(task.items), "deadline_ms": deadline,
-            "time_ms": node.clock()}
+    out = {"task_id": mid.hex(), "status": status, "items": len(task.items), "deadline_ms": deadline,
+           "time_ms": node.clock(), "bounty": task.bounty, "funded": node.is_open_for_labels(mid)}
+    if task.bounty:
+        # the bounty goes into escrow: the task is open for labels once validators certify it
+        dest_type, dest = node.escrow_dest(mid)
+        oid, _, _ = await sign_and_submit_debit(node, params["account"], dest_type, dest, task.bounty,
+                                                created_at=task.created_at)
+        out["escrow"] = {"order_id": oid.hex(), "status": await wait_applied(node, oid, wait)}
+        out["funded"] = node.is_open_for_labels(mid)
+    return out
 
 
 def _refuse_duplicate(node, task: TaskAnnouncement, tid: bytes) -> None:
@@ -140,6 +154,16 @@ def _refuse_duplicate(node, task: TaskAnnouncement, tid: bytes) -> None:
                                       "pass allow_duplicate: true to post a second one",
                            {"duplicate_of": other_id.hex(), "title": other.title, "created_at": other.created_at,
                             "status": node.task_status(other_id)})
+
+
+def _check_funds(node, requester: bytes, account_name: str, bounty: int) -> None:
+    """Refuse a bounty the account cannot escrow, saying what it holds."""
+    view = node.account_view(requester)
+    if bounty > view["available"]:
+        raise RpcError(REJECTED, (
+            f"insufficient balance for a bounty of {bounty}: account {account_name!r} holds {view['balance']} "
+            f"credits ({view['pending_out']} of them in pending debits; {view['escrowed']} more are escrowed in "
+            f"its open tasks). Lower the bounty or receive credits first (labelmesh balance)."))
 
 
 def task_summary(node, tid: bytes, t: TaskAnnouncement) -> dict:
