@@ -17,6 +17,15 @@ How it works
    * not sent: the socket refused the connection; the batch is retried on
      another node (up to 5 times), nothing was sent so nothing may appear.
 
+   *Transfers* run beside the labels (docs/ledger.md): the requester funds
+   ``TRANSFER_ACCOUNTS`` chaos accounts, which then send pre-signed debit orders to
+   each other through random nodes -- with, for a share of them, a second,
+   conflicting order for the same sequence number sent to another node at the same
+   time (a double-spend attempt), and some orders for more than the account holds.
+   While the faults run, a sampler reads every live node's ledger once a second:
+   the supply invariant (balances + escrow + burned = supply, nothing negative)
+   must hold on every node at every sample.
+
 2. *Faults.* A seeded schedule (same seed, same schedule) of faults, one at a
    time, each for a few seconds: ``kill`` (SIGKILL, then restart the node from its
    data dir), ``pause`` (SIGSTOP ... SIGCONT) and ``partition`` (a random minority
@@ -34,7 +43,10 @@ How it works
    * lost    = acknowledged batches missing from any node (must be 0);
    * phantom = stored batches that were neither acknowledged nor in doubt:
      refused, never sent, invalid, or never submitted at all (must be 0);
-   * in doubt batches that ended up stored are reported, not judged.
+   * in doubt batches that ended up stored are reported, not judged;
+   * the ledger: every node ends with the same balances and histories of the chaos
+     accounts (so no sequence number of an account took effect twice anywhere), and
+     the supply invariant held at every sample.
 
    Exit status 0 when lost = phantom = 0, no invalid batch was acknowledged,
    and the nodes converged (and certified) within the bound; 1 otherwise.
@@ -72,6 +84,9 @@ ITEMS = 100
 LABELS = ["red", "green", "blue"]
 LABELS_PER_BATCH = 10
 MAX_SEND_TRIES = 5
+TRANSFER_ACCOUNTS = 4       # chaos accounts funded by the requester, paying each other
+TRANSFER_FUNDS = 10_000     # credits each chaos account starts with
+DOUBLE_SPEND_SHARE = 0.2    # of the transfer slots: a second, conflicting order for the same seq
 
 
 @dataclass
@@ -157,15 +172,16 @@ def sign_batches(seed: int, network_id: bytes, task_id: bytes, count: int) -> li
     return out
 
 
-def submit(sock_path: Path, raw_hex: str, timeout: float) -> tuple[str, str]:
-    """One annotations_submit call, classified: (acked | in_doubt | refused | not_sent, detail)."""
+def submit(sock_path: Path, raw_hex: str, timeout: float, method: str = "annotations_submit") -> tuple[str, str]:
+    """One submission call (``annotations_submit``, or ``transfer`` for debit orders),
+    classified: (acked | in_doubt | refused | not_sent, detail)."""
     with RpcClient(sock_path, timeout=timeout) as client:
         try:
             client.connect()
         except OSError as e:
             return "not_sent", f"connect: {e.strerror or e}"
         try:
-            result = client.call("annotations_submit", {"raw": raw_hex})
+            result = client.call(method, {"raw": raw_hex})
         except RpcCallError as e:
             return "refused", f"{e.code}: {e.message[:120]}"
         except ConnectionError:
@@ -177,8 +193,9 @@ def submit(sock_path: Path, raw_hex: str, timeout: float) -> tuple[str, str]:
 
 
 class LoadGenerator:
-    def __init__(self, root: Path, n: int, subs: list[Submission], rate: float, seed: int):
-        self.root, self.n, self.subs, self.rate = root, n, subs, rate
+    def __init__(self, root: Path, n: int, subs: list[Submission], rate: float, seed: int,
+                 method: str = "annotations_submit"):
+        self.root, self.n, self.subs, self.rate, self.method = root, n, subs, rate, method
         self.rng = random.Random(seed * 7 + 3)
         self.dead: set[int] = set()          # killed by the schedule: don't bother connecting
         self.lock = threading.Lock()
@@ -224,12 +241,136 @@ class LoadGenerator:
                 live = ([i for i in range(self.n) if i not in self.dead and i not in refused]
                         or [i for i in range(self.n) if i not in self.dead] or list(range(self.n)))
                 node = rng.choice(live)
-                outcome, detail = submit(self.root / f"node-{node}" / "node.sock", sub.raw, RPC_TIMEOUT_S)
+                outcome, detail = submit(self.root / f"node-{node}" / "node.sock", sub.raw, RPC_TIMEOUT_S,
+                                         self.method)
                 if outcome != "not_sent":
                     break
                 refused.add(node)
                 time.sleep(0.05)
             sub.outcome, sub.detail, sub.node = outcome, detail, node
+
+
+# ---------------------------------------------------------------------- transfers (the ledger)
+
+
+def chaos_keys(seed: int) -> list[nacl.signing.SigningKey]:
+    return [nacl.signing.SigningKey(hashlib.sha256(b"labelmesh-chaos-ledger/%d/%d" % (seed, k)).digest())
+            for k in range(TRANSFER_ACCOUNTS)]
+
+
+def sign_transfers(seed: int, network_id: bytes, keys, count: int) -> tuple[list[Submission], int]:
+    """About ``count`` pre-signed debit orders among the chaos accounts, in sequence per
+    account, amounts up to a third of the starting funds (some chains overspend before
+    they end); for DOUBLE_SPEND_SHARE of the slots a second order for the same sequence
+    number to another recipient (a double-spend attempt: the load sends the two, one
+    after the other, to random nodes). (orders, double-spend attempts)."""
+    from protocol.messages import DEST_ACCOUNT, Transfer, sign_message
+
+    rng = random.Random(seed * 1_000_033 + 7)
+    pubs = [bytes(k.verify_key) for k in keys]
+    now = int(time.time() * 1000)
+    out: list[Submission] = []
+    seq = [0] * len(keys)
+    doubles = 0
+    while len(out) < count:
+        a = rng.randrange(len(keys))
+        others = [b for b in range(len(keys)) if b != a]
+        double = rng.random() < DOUBLE_SPEND_SHARE
+        doubles += double
+        for variant in range(2 if double else 1):
+            body = Transfer(pubs[a], seq[a], now + variant, 1 + rng.randrange(TRANSFER_FUNDS // 3), DEST_ACCOUNT,
+                            pubs[rng.choice(others)])
+            m = sign_message(body, keys[a], network_id)
+            out.append(Submission(m.compute_id(network_id).hex(), m.raw.hex(), True))
+        seq[a] += 1
+    return out, doubles
+
+
+class LedgerLoad:
+    """The transfers of a chaos run: funding, pre-signed orders sent beside the labels, a
+    sampler of the supply invariant on every live node, and the final ledger check."""
+
+    def __init__(self, root: Path, n: int, network_id: bytes, seed: int, rate: float, duration: float, rep):
+        self.root, self.n, self.seed, self.rate = root, n, seed, rate
+        keys = chaos_keys(seed)
+        self.accounts = [bytes(k.verify_key).hex() for k in keys]
+        for a in self.accounts:  # the requester (node 0) funds each chaos account, one certified transfer each
+            r = rpc(root, 0, "transfer", {"account": "requester", "to": a, "amount": TRANSFER_FUNDS,
+                                           "wait_ms": 30_000}, timeout=40)
+            if r["status"] != "applied":
+                raise DevnetError(f"funding a chaos account did not complete: {r['status']}")
+        self.subs, rep.double_spend_attempts = sign_transfers(seed, network_id, keys, max(2, int(rate * duration / 4)))
+        self.samples = 0
+        self.violations: list[str] = []
+        self.stop = threading.Event()
+
+    def start(self, load: "LoadGenerator") -> None:
+        """Send the orders (a quarter of the label rate) and sample the invariant until ``join``."""
+        self.load = LoadGenerator(self.root, self.n, self.subs, max(0.5, self.rate / 4), self.seed + 1,
+                                  method="transfer")
+        self.load.dead = load.dead  # one view of which nodes the schedule killed
+        self.load.start(workers=1)
+        self.sampler = threading.Thread(target=self._sample, args=(load,), daemon=True)
+        self.sampler.start()
+
+    def join(self) -> None:
+        self.load.join()
+        self.stop.set()
+        self.sampler.join(timeout=30)
+
+    def _sample(self, load: "LoadGenerator") -> None:
+        while not self.stop.wait(1.0):
+            for i in range(self.n):
+                if i in load.dead:
+                    continue
+                try:
+                    led = rpc(self.root, i, "node_info", timeout=2)["ledger"]
+                except Exception:  # paused, restarting: no sample
+                    continue
+                self.samples += 1
+                if not led["invariant_ok"]:
+                    self.violations.append(f"node {i}: supply invariant broken: {led}")
+
+    def classify(self, rep, out) -> None:
+        rep.transfers_submitted = sum(1 for s in self.subs if s.outcome != "pending")
+        rep.transfers_acked = sum(1 for s in self.subs if s.outcome == "acked")
+        rep.transfers_refused = sum(1 for s in self.subs if s.outcome == "refused")
+        out(f"transfers: {rep.transfers_submitted} submitted ({rep.double_spend_attempts} double-spend attempts), "
+            f"{rep.transfers_acked} acknowledged, {rep.transfers_refused} refused (insufficient balance, slot used)")
+
+    def view(self, i: int) -> dict:
+        """Node ``i``'s balances and histories of the chaos accounts, and its ledger totals."""
+        hist = {}
+        for a in self.accounts:
+            h = rpc(self.root, i, "ledger_history", {"account": a, "limit": 10_000}, timeout=10)
+            hist[a] = (h["balance"], tuple((e["kind"], e["amount"], e["ref"]) for e in h["entries"]))
+        return {"accounts": hist, "ledger": rpc(self.root, i, "node_info", timeout=10)["ledger"]}
+
+    def check(self, rep, settle: float) -> None:
+        """Wait (within ``settle`` s) until every node shows the same ledger; the violations."""
+        rep.ledger_samples = self.samples
+        rep.violations += self.violations[:5]
+        views = None
+        end = time.monotonic() + settle
+        while time.monotonic() < end:
+            try:
+                views = [self.view(i) for i in range(self.n)]
+            except Exception:
+                views = None
+            if views and all(v == views[0] for v in views) and all(v["ledger"]["invariant_ok"] for v in views):
+                rep.ledger_converged = True
+                break
+            time.sleep(0.5)
+        if views:
+            rep.supply = views[0]["ledger"]["supply"]
+            rep.transfers_applied = sum(1 for _, h in views[0]["accounts"].values() for e in h
+                                        if e[0] == "transfer_out")
+            for v in views:
+                if not v["ledger"]["invariant_ok"]:
+                    rep.violations.append(f"supply invariant broken at the end: {v['ledger']}")
+                rep.violations += [f"account {a[:16]} negative: {b}" for a, (b, _) in v["accounts"].items() if b < 0]
+        if not rep.ledger_converged:
+            rep.violations.append("the nodes' ledgers (balances and histories of the chaos accounts) did not converge")
 
 
 # ---------------------------------------------------------------------- faults
@@ -345,6 +486,14 @@ class Report:
     set_root: str = ""
     result_root: str = ""
     task_id: str = ""
+    transfers_submitted: int = 0
+    transfers_acked: int = 0
+    transfers_refused: int = 0
+    double_spend_attempts: int = 0
+    transfers_applied: int = 0
+    ledger_samples: int = 0
+    ledger_converged: bool = False
+    supply: int = 0
     violations: list = field(default_factory=list)
     lost_examples: list = field(default_factory=list)
     phantom_examples: list = field(default_factory=list)
@@ -358,9 +507,12 @@ def run(root: Path, *, duration: float, seed: int, rate: float, settle: float, o
     """One chaos run on the devnet in ``root`` (see the module docstring); the report."""
     n, network_id, rep = _check_devnet(root, duration, seed, rate)
     task_id, deadline_ms, subs, schedule = _post_task_and_load(root, n, network_id, rep, duration, seed, rate, out)
-    last_fault_end = _run_faults(root, n, subs, schedule, duration, rate, seed, out)
+    ledger = LedgerLoad(root, n, network_id, seed, rate, duration, rep)
+    last_fault_end = _run_faults(root, n, subs, schedule, duration, rate, seed, out, ledger)
     acked, doubt, invalid = _classify_load(rep, subs, out)
+    ledger.classify(rep, out)
     views, errors = _converge(root, n, task_id, deadline_ms, acked, rep, settle, last_fault_end, out)
+    ledger.check(rep, settle)
     _check_sets(rep, n, views, errors, acked, doubt, invalid, settle)
     return rep
 
@@ -416,14 +568,15 @@ def _post_task_and_load(root: Path, n: int, network_id: bytes, rep: Report, dura
 
 
 def _run_faults(root: Path, n: int, subs: list[Submission], schedule: list[Fault], duration: float, rate: float,
-                seed: int, out) -> float:
-    """The faults of ``schedule`` under the load, always undone at the end; the monotonic
-    time the last fault ended."""
+                seed: int, out, ledger: LedgerLoad) -> float:
+    """The faults of ``schedule`` under the load (labels and transfers), always undone at
+    the end; the monotonic time the last fault ended."""
     load = LoadGenerator(root, n, subs, rate, seed)
     runner = FaultRunner(root, n, load, out)
     t0 = time.monotonic()
     last_fault_end = t0
     load.start()
+    ledger.start(load)
     try:
         for f in schedule:
             _sleep_until(t0 + f.at)
@@ -439,6 +592,7 @@ def _run_faults(root: Path, n: int, subs: list[Submission], schedule: list[Fault
     finally:
         runner.restore()
         load.join()
+        ledger.join()
     if not schedule:
         last_fault_end = time.monotonic()
     return last_fault_end
@@ -564,6 +718,10 @@ def print_report(r: Report) -> None:
     if r.stored_outside_certified_set:
         print(f"             note: {r.stored_outside_certified_set} stored batches reached the validators after "
               f"their snapshot: stored everywhere but not in the certified set")
+    print(f"transfers    {r.transfers_submitted} submitted ({r.double_spend_attempts} double-spend attempts): "
+          f"{r.transfers_acked} acknowledged, {r.transfers_refused} refused, {r.transfers_applied} applied; "
+          f"ledgers identical on all nodes: {'yes' if r.ledger_converged else 'NO'}; supply invariant held in "
+          f"{r.ledger_samples} samples of live nodes")
     print(f"roots        set {r.set_root[:16]}…  result {r.result_root[:16]}…  identical on all nodes: "
           f"{'yes' if r.converged else 'no'}")
     print(f"RESULT       {'PASS' if r.ok else 'FAIL: ' + '; '.join(r.violations)}")

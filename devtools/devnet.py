@@ -109,7 +109,9 @@ def add_annotators(keystores: list) -> list:
 
 
 def up(root: Path, n: int, netns: bool = False, shaping=None, fresh: bool = False,
-       web: bool = False) -> dict:
+       web: bool = False, balances=()) -> dict:
+    """Start an ``n``-node devnet in ``root``. ``balances``: extra (public key, credits)
+    genesis balances (benchmarks fund their own accounts)."""
     from node.config import NodeConfig
     from node.keystore import Keystore, write_private
     from protocol.genesis import make_genesis
@@ -146,7 +148,7 @@ def up(root: Path, n: int, netns: bool = False, shaping=None, fresh: bool = Fals
     # Each node's annotator account starts with ANNOTATOR_BALANCE credits (it can post tasks).
     genesis = make_genesis("devnet", int(time.time() * 1000), [(v, 1) for v in validators],
                            [(requester, "", 1 << 16)],
-                           [(requester, 10**9)] + [(a, ANNOTATOR_BALANCE) for a in annotators],
+                           [(requester, 10**9)] + [(a, ANNOTATOR_BALANCE) for a in annotators] + list(balances),
                            {"grace_period_ms": 3000, "round_timeout_ms": 4000, "reputation_lag_ms": 5000})
     ports = [free_port() for _ in range(n)]
     # each node's web UI (`labelmesh ui`), with ``web`` (scripts/devnet up; not the benchmarks'

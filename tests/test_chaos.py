@@ -98,6 +98,10 @@ def test_chaos_five_nodes_nothing_lost_nothing_invented():
         assert rep["lost"] == 0 and rep["phantom"] == 0 and rep["invalid_stored"] == 0, detail
         assert rep["acked"] > 100 and rep["invalid_acked"] == 0
         assert rep["converged"] and rep["certified"], detail
+        # the ledger under the same faults: transfers and double-spend attempts went in, every
+        # node ends with the same balances and histories, the invariant held at every sample
+        assert rep["transfers_acked"] > 0 and rep["double_spend_attempts"] > 0, detail
+        assert rep["ledger_converged"] and rep["ledger_samples"] > 0 and rep["transfers_applied"] > 0, detail
         # every node answers the same roots, now, over its own socket
         roots = set()
         for i in range(5):

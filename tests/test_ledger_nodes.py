@@ -63,7 +63,7 @@ async def test_a_transfer_is_certified_and_applied_on_every_node(tmp_path):
         bal = await call(a, "balance_get")
         assert bal["accounts"][0]["name"] == "alice" and bal["accounts"][0]["balance"] == START - 1234
         assert bal["supply"] == {"supply": START, "balances": START, "escrow": 0, "burned": 0,
-                                 "invariant_ok": True, "validator_evidence": 0}
+                                 "invariant_ok": True, "validator_evidence": 0, "orders_applied": 1}
         nursery.cancel_scope.cancel()
 
 

@@ -182,7 +182,7 @@ class Devnet:
     short temporary directory; ``close()`` stops exactly its processes and removes it.
     ``web``: every node serves its web UI (off by default: it changes the footprint)."""
 
-    def __init__(self, n: int, prefix: str = "lmb", shaping=None, web: bool = False):
+    def __init__(self, n: int, prefix: str = "lmb", shaping=None, web: bool = False, balances=()):
         from devtools import devnet, processes
 
         self.devnet = devnet
@@ -190,7 +190,8 @@ class Devnet:
         self.root = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
         self.n = n
         try:
-            self.meta = devnet.up(self.root, n, netns=shaping is not None, shaping=shaping, web=web)
+            self.meta = devnet.up(self.root, n, netns=shaping is not None, shaping=shaping, web=web,
+                                  balances=balances)
         except BaseException:
             self.close()
             raise

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import trio
 
-from protocol.messages import MAX_AMOUNT
+from protocol.errors import DecodeError
+from protocol.messages import KIND_TRANSFER, MAX_AMOUNT, decode_message
 
 from ...core.ledger import LedgerError
 from ...errors import KeystoreError
 from ..errors import INVALID_PARAMS, NOT_FOUND, REJECTED, RpcError
 from ..params import get_param, page_param
-from .common import ingest_or_raise
+from .common import MAX_RAW_PER_CALL, ingest_many_or_raise, ingest_or_raise
 
 #: The longest a call may wait for its order to be applied here (``wait_ms``).
 MAX_WAIT_MS = 60_000
@@ -62,7 +63,7 @@ def _wait_param(params) -> int:
 def supply_json(node) -> dict:
     """The ledger's totals here and whether the supply invariant holds."""
     return {**node.ledger.totals(), "invariant_ok": node.ledger.check_supply(),
-            "validator_evidence": len(node.ledger.get_evidence())}
+            "validator_evidence": len(node.ledger.get_evidence()), "orders_applied": len(node.ledger.applied)}
 
 
 async def balance_get(node, params):
@@ -110,8 +111,38 @@ async def sign_and_submit_debit(node, account_name: str, dest_type: int, dest: b
     return oid, msg.body, reused
 
 
+async def _submit_raw_orders(node, params) -> dict:
+    """Pre-signed debit orders (offline signing): {raw: hex | [hex, ...]}."""
+    raws = params["raw"]
+    single = isinstance(raws, str)
+    raws = [raws] if single else raws
+    if not isinstance(raws, list) or not raws or not all(isinstance(r, str) for r in raws):
+        raise RpcError(INVALID_PARAMS, "param 'raw' must be a hex string or a non-empty list of them")
+    if len(raws) > MAX_RAW_PER_CALL:
+        raise RpcError(INVALID_PARAMS, f"at most {MAX_RAW_PER_CALL} raw orders per call")
+    datas, msgs = [], []
+    for r in raws:
+        try:
+            data = bytes.fromhex(r)
+        except ValueError:
+            raise RpcError(INVALID_PARAMS, "param 'raw' must be hex") from None
+        try:
+            msg = decode_message(data, node.params)
+        except DecodeError as e:
+            raise RpcError(REJECTED, f"message rejected: decode: {e}") from None
+        if msg.kind != KIND_TRANSFER:
+            raise RpcError(INVALID_PARAMS, "transfer's 'raw' takes signed debit orders (Transfer) only")
+        datas.append(data)
+        msgs.append(msg)
+    out = [{"order_id": oid.hex(), "status": status, "seq": m.body.seq, "amount": m.body.amount}
+           for (oid, status), m in zip(await ingest_many_or_raise(node, datas, msgs), msgs)]
+    return out[0] if single else {"results": out}
+
+
 async def transfer(node, params):
     """Pay credits from a local account to another account (certified by the validators, no global order)."""
+    if "raw" in params:
+        return await _submit_raw_orders(node, params)
     account = get_param(params, "account", str)
     to = account_param(node, params, "to")
     amount = _amount_param(params)
