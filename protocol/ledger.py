@@ -349,6 +349,16 @@ class LedgerState:
             return ignore(f"two orders for sequence number {order.seq} of this account are held already")
         return ACCEPT
 
+    def is_refusal_final(self, order_or_vote) -> bool:
+        """Whether a message that ``order_verdict`` / ``vote_verdict`` declined can never be
+        stored here later (with less than 1/3 faulty weight): an order for a slot already
+        applied, or a vote whose every signature is held. Other refusals (funds not here
+        yet, too far ahead, two orders held) may change as the ledger grows."""
+        if isinstance(order_or_vote, Transfer):
+            return order_or_vote.seq < self.get_next_seq(order_or_vote.sender)
+        return all(oid in self.signed.get((order_or_vote.validator, s, n), ())
+                   for s, n, oid in order_or_vote.votes)
+
     def vote_verdict(self, vote: LedgerVote) -> Verdict:
         """Should a node store this (valid) ledger vote? It must add a signature this
         node can use: a triple it does not hold yet, at most two orders per (validator,

@@ -193,12 +193,13 @@ def test_order_verdicts_say_why():
     for v in votes_for(V, o):
         s.add_vote(v)
     replay = order(1, 0, 100, 3)
-    assert "already used" in s.order_verdict(oid_of(replay), replay).reason
+    assert "already used" in s.order_verdict(oid_of(replay), replay).reason and s.is_refusal_final(replay)
     assert s.order_verdict(oid_of(o), o).reason == "duplicate"
     far = order(1, 1 + DEFAULT_PARAMS.ledger_seq_window, 1, 2)
     assert "too far ahead" in s.order_verdict(oid_of(far), far).reason
     over = order(1, 1, 901, 2)
     assert "insufficient balance" in s.order_verdict(oid_of(over), over).reason
+    assert not s.is_refusal_final(over) and not s.is_refusal_final(far)  # credits may still come
     a, b, c = (order(1, 1, 10 + k, 2) for k in range(3))
     for x in (a, b):
         assert s.order_verdict(oid_of(x), x).ok
@@ -217,7 +218,7 @@ def test_vote_verdicts_and_validator_equivocation_evidence():
     va, vb, vc = (LedgerVote(V[0], T0, ((pk(1), 0, oid_of(o)),)) for o in (a, b, c))
     assert s.vote_verdict(va).ok
     s.add_vote(va)
-    assert s.vote_verdict(va).reason == "duplicate votes"
+    assert s.vote_verdict(va).reason == "duplicate votes" and s.is_refusal_final(va)
     assert s.vote_verdict(vb).ok                 # the second: kept as evidence
     s.add_vote(vb)
     assert s.get_evidence() == [(V[0], pk(1), 0, tuple(sorted([oid_of(a), oid_of(b)])))]

@@ -284,11 +284,13 @@ class NodeCore(GoldSecrets, Results, Ledger):
                     self.counters.votes_not_stored += 1
                     self._decline(mid)
             if v.ok:
-                # the ledger's storage policy (orders, votes): never declined for good, a
-                # verdict here can change as credits arrive (docs/ledger.md)
+                # the ledger's storage policy (orders, votes): most refusals can change as
+                # credits arrive (docs/ledger.md); only final ones are remembered as declined
                 lv = self.ledger_verdict(mid, msg)
                 if lv is not None and not lv.ok:
                     self.counters.ledger_not_stored += 1
+                    if self.ledger.is_refusal_final(msg.body):
+                        self._decline(mid)  # sync need not fetch it again
                     v = lv
             if v.ok and msg.kind == KIND_BATCH and not self.is_open_for_labels(msg.body.task_id):
                 self.counters.not_funded += 1
