@@ -28,7 +28,7 @@ async def web(short_dir, nursery):
     ks.create("bob", seed=bytes(key(2)))
     g = make_genesis("web", T0, [(pk(1000), 1)], [], [(pk(1), 10**9)])
     node = Node(short_dir, g, p2p_factory=None, keystore=ks, clock=FakeClock(), rpc_socket=short_dir / "node.sock",
-                http_listen="127.0.0.1:0")
+                http_listen="127.0.0.1:0", validator_key=key(1000))  # the one validator: it certifies escrows
     await nursery.start(node.run)
     assert node.web.url == f"http://127.0.0.1:{node.web.port}/"
     return node.web
