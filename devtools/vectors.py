@@ -24,12 +24,13 @@ from protocol import aggregate, codec, finality, reputation as rp, sync as sp
 from protocol.codec import pack, sha256
 from protocol.genesis import GENESIS_TAG, genesis_from_json, make_genesis
 from protocol.messages import (
-    DOMAIN_TAGS, GOLD_COMMIT_TAG, ITEM_BLOB, ITEM_BYTES, ITEM_TEXT, KIND_ATTESTATION, KIND_BATCH, KIND_GOLD,
+    DEST_ACCOUNT, DEST_ESCROW, DOMAIN_TAGS, GOLD_COMMIT_TAG, ITEM_BLOB, ITEM_BYTES, ITEM_TEXT, KIND_ATTESTATION, KIND_BATCH, KIND_GOLD,
     KIND_NAMES, KIND_TASK, PHASE_PRECOMMIT, PHASE_PREVOTE, SET_ROOT_TAG, SCHEMA_SINGLE_CHOICE, AnnotationBatch,
-    Attestation, GoldReveal, Item, LabelSchema, TaskAnnouncement, check_message, compute_gold_commitment,
+    Attestation, GoldReveal, Item, LabelSchema, LedgerVote, TaskAnnouncement, Transfer, check_message, compute_gold_commitment,
     compute_set_root, decode_message, sign_message, validate_basic, validate_in_context, verify_signature,
 )
 from protocol.errors import DecodeError, GenesisError
+from protocol.ledger import compute_ledger, compute_release
 from protocol.tally import RESULT_ROOT_TAG, compute_task_result
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository (default output: tests/vectors/)
@@ -224,6 +225,12 @@ def body_json(b) -> dict:
     if isinstance(b, GoldReveal):
         return {"requester": b.requester.hex(), "task_id": b.task_id.hex(), "created_at": jint(b.created_at),
                 "salt": b.salt.hex(), "answers": [list(p) for p in b.answers]}
+    if isinstance(b, Transfer):
+        return {"sender": b.sender.hex(), "seq": jint(b.seq), "created_at": jint(b.created_at),
+                "amount": jint(b.amount), "dest_type": b.dest_type, "dest": b.dest.hex()}
+    if isinstance(b, LedgerVote):
+        return {"validator": b.validator.hex(), "created_at": jint(b.created_at),
+                "votes": [[s.hex(), jint(n), o.hex()] for s, n, o in b.votes]}
     return {"validator": b.validator.hex(), "task_id": b.task_id.hex(), "created_at": jint(b.created_at),
             "round": b.round, "phase": b.phase, "set_root": b.set_root.hex(), "result_root": b.result_root.hex(),
             "batch_ids": [i.hex() for i in b.batch_ids]}
@@ -310,6 +317,14 @@ def build_book() -> Book:
     # both batches, every vote of the expert is an equivocation (tally.json all_votes_equivocated)
     bk.add("batch_expert_conflict", A["expert"], AnnotationBatch(A["expert"].pk, tid, T0 + 7_000,
                                                                  ((0, 1), (1, 2), (2, 0), (3, 0), (4, 2), (5, 0))))
+    # the ledger (PROTOCOL.md 5.7, 5.8, 16): the requester pays annotator-a, then escrows
+    # task_text's bounty; validator-0 co-signs both
+    bk.add("transfer_pay", A["requester"], Transfer(A["requester"].pk, 0, T0 - 1_000, 500, DEST_ACCOUNT,
+                                                    A["annotator-a"].pk))
+    bk.add("transfer_escrow", A["requester"], Transfer(A["requester"].pk, 1, T0, 1000, DEST_ESCROW, tid))
+    triples = tuple(sorted((o.sender, o.seq, bk.id(n)) for n, o in
+                           (("transfer_pay", bk.body("transfer_pay")), ("transfer_escrow", bk.body("transfer_escrow")))))
+    bk.add("ledger_vote", VALIDATORS[0], LedgerVote(VALIDATORS[0].pk, T0 + 100, triples))
     return bk
 
 
@@ -488,6 +503,24 @@ def gen_invalid() -> dict:
     case("gold_answers_unsorted", signed_raw((with_field("gold_reveal", 6, [2, 0, 0, 1])), req), "REJECT",
          "gold items must be strictly increasing", "basic")
 
+    case("transfer_amount_zero", signed_raw((with_field("transfer_pay", 5, 0)), req), "REJECT",
+         "amount must be 1..9223372036854775807", "basic")
+    case("transfer_amount_over_2_63", signed_raw((with_field("transfer_pay", 5, 1 << 63)), req), "REJECT",
+         "amount must be 1..9223372036854775807", "basic", note="2^63 fits a uint64 but not an amount")
+    case("transfer_to_oneself", signed_raw((with_field("transfer_pay", 7, req.pk)), req), "REJECT",
+         "a transfer to oneself moves nothing", "basic")
+    case("transfer_unknown_dest_type", signed_raw((with_field("transfer_pay", 6, 2)), req), "REJECT",
+         "unknown transfer destination type 2", "basic")
+    case("transfer_nine_fields", signed_raw((fields_of("transfer_pay") + [0]), req), "REJECT",
+         "transfer must have 8 fields", "decode")
+    vote_flat = fields_of("ledger_vote")[4]
+    case("ledger_vote_unsorted", signed_raw((with_field("ledger_vote", 4, vote_flat[3:] + vote_flat[:3])),
+                                            VALIDATORS[0]), "REJECT", "sorted by (sender, seq)", "basic")
+    case("ledger_vote_empty", signed_raw((with_field("ledger_vote", 4, [])), VALIDATORS[0]), "REJECT",
+         "ledger vote must hold 1..4096 votes", "basic")
+    case("ledger_vote_not_triples", signed_raw((with_field("ledger_vote", 4, vote_flat[:2])), VALIDATORS[0]),
+         "REJECT", "length a multiple of 3", "decode")
+
     # --- signature: REJECT "bad signature"
     case("bad_signature_bit_flip", pack([batch.body_bytes, bytes(flipped)]), "REJECT", "bad signature", "signature")
     case("signed_for_other_network", signed_raw(batch.body_bytes, ann, network_id=other_net, kind=KIND_BATCH),
@@ -534,6 +567,10 @@ def gen_invalid() -> dict:
     case("attestation_by_non_validator", signed_raw((with_field("attestation_precommit_0", 2, A["outsider"].pk)),
                                                     A["outsider"]), "REJECT", "not a validator", "context",
          ctx={"tasks": ["task_text"], "now_ms": T0 + 70_000})
+    case("ledger_vote_by_non_validator", signed_raw((with_field("ledger_vote", 2, A["outsider"].pk)),
+                                                    A["outsider"]), "REJECT", "not a validator", "context")
+    case("transfer_from_the_future", signed_raw((with_field("transfer_pay", 4, T0 + 30_000 + 30_001)), req),
+         "IGNORE", "in the future", "context")
     case("attestation_before_its_round", signed_raw((with_field("attestation_precommit_0", 5, 5)), v0), "REJECT",
          "before the round starts", "context", ctx={"tasks": ["task_text"], "now_ms": T0 + 70_000})
     # and the valid ones, through the same pipeline
@@ -1127,6 +1164,89 @@ def gen_bundles() -> dict:
 
 # --------------------------------------------------------------------------- main
 
+def gen_ledger() -> dict:
+    """Ledger scenarios (PROTOCOL.md 16): genesis balances, tasks, orders, votes and releases
+    -> the state every node must reach, whatever the order of arrival."""
+    A, V = ACCOUNTS, VALIDATORS
+    weights = {v.pk: w for v, w in zip(V, [1, 2, 3, 4])}   # total 10: a quorum needs > 20/3, i.e. 7
+    tid = BOOK.id("task_text")
+    task = BOOK.body("task_text")
+    scenarios = []
+
+    def order(acct, seq, amount, dest, dest_type=DEST_ACCOUNT, t=0):
+        m = sign_message(Transfer(acct.pk, seq, T0 + t, amount, dest_type, dest), acct.key, NET)
+        return m
+
+    def vote(v, *orders, t=0):
+        triples = tuple(sorted((o.body.sender, o.body.seq, o.compute_id(NET)) for o in orders))
+        return sign_message(LedgerVote(v.pk, T0 + t, triples), v.key, NET)
+
+    def scenario(name, note, *, balances, orders, votes, tasks=(), releases=(), params=None):
+        p = P.with_overrides(params or {})
+        st = compute_ledger([(acct.pk, c) for acct, c in balances], weights, p, tasks=[(t, r.pk, b) for t, r, b in tasks],
+                            orders=[(m.compute_id(NET), m.body) for m in orders], votes=[m.body for m in votes],
+                            releases=releases)
+        assert st.check_supply()
+        scenarios.append({
+            "name": name, "note": note, "params": params or {},
+            "balances": [[a.pk.hex(), jint(c)] for a, c in balances],
+            "tasks": [{"task_id": t.hex(), "requester": r.pk.hex(), "bounty": jint(b)} for t, r, b in tasks],
+            "orders": [{"id": m.compute_id(NET).hex(), "envelope_hex": m.raw.hex(), "body": body_json(m.body)}
+                       for m in orders],
+            "votes": [{"id": m.compute_id(NET).hex(), "envelope_hex": m.raw.hex(), "body": body_json(m.body)}
+                      for m in votes],
+            "releases": [{"task_id": r.task_id.hex(), "requester": r.requester.hex(), "time": jint(r.time),
+                          "rewards": [[a.hex(), jint(c)] for a, c in r.rewards], "fee": jint(r.fee)}
+                         for r in releases],
+            "expected": {
+                "balances": [[a.hex(), jint(c)] for a, c in sorted(st.balance.items()) if c],
+                "escrow": [[t.hex(), jint(c)] for t, c in sorted(st.escrow.items()) if c],
+                "burned": jint(st.burned), "supply": jint(st.supply),
+                "next_seq": [[a.hex(), n] for a, n in sorted(st.next_seq.items())],
+                "applied": sorted(o.hex() for o in st.applied),
+                "certified_not_applied": sorted(o.hex() for s, o in st.certified.items() if o not in st.applied),
+                "released": sorted(t.hex() for t in st.released),
+                "funded": sorted(t.hex() for t, _, _ in tasks if st.is_funded(t)),
+                "evidence": [[v.hex(), s.hex(), n, [i.hex() for i in ids]] for v, s, n, ids in st.get_evidence()],
+            }})
+
+    req, a, b = A["requester"], A["annotator-a"], A["annotator-b"]
+    pay = order(req, 0, 500, a.pk)
+    scenario("transfer_certified", "validators 3+4 = 7 of 10 > 2/3: applied", balances=[(req, 1000)],
+             orders=[pay], votes=[vote(V[2], pay), vote(V[3], pay)])
+    scenario("transfer_no_quorum", "validators 2+4 = 6 of 10: not certified, nothing moves",
+             balances=[(req, 1000)], orders=[pay], votes=[vote(V[1], pay), vote(V[3], pay)])
+    x, y = order(req, 0, 800, a.pk), order(req, 0, 800, b.pk)
+    scenario("double_spend_one_wins", "two orders for slot 0: x gets 7 of 10, y 3 (validator-2 alone) -- "
+             "only x takes effect", balances=[(req, 1000)], orders=[x, y],
+             votes=[vote(V[2], y), vote(V[0], x), vote(V[1], x), vote(V[3], x)])
+    chain_b = order(a, 0, 300, b.pk)
+    scenario("waits_for_credit", "annotator-a's order is certified but a holds nothing until the requester's "
+             "transfer to it is applied", balances=[(req, 1000)], orders=[chain_b, pay],
+             votes=[vote(v, chain_b, pay) for v in V[2:]])
+    scenario("certified_but_uncovered", "annotator-a pays 300 with no credits at all: certified (by a faulty "
+             "quorum), never applied", balances=[(req, 1000)], orders=[chain_b], votes=[vote(v, chain_b) for v in V])
+    esc = order(req, 0, task.bounty, tid, DEST_ESCROW)
+    rel = compute_release(tid, req.pk, task.deadline, task.bounty, [(a.pk, 600), (b.pk, 250)], P)
+    scenario("escrow_and_release", "the bounty escrowed, the task certified: rewards paid, 150 refunded",
+             balances=[(req, 5000)], tasks=[(tid, req, task.bounty)], orders=[esc],
+             votes=[vote(v, esc) for v in V[2:]], releases=[rel])
+    scenario("release_waits_for_escrow", "a release without a certified escrow pays nothing",
+             balances=[(req, 5000)], tasks=[(tid, req, task.bounty)], orders=[esc], votes=[vote(V[3], esc)],
+             releases=[rel])
+    fee_p = {"ledger_fee_bps": 250, "ledger_fee_to": 1}
+    pf = P.with_overrides(fee_p)
+    rel_fee = compute_release(tid, req.pk, task.deadline, task.bounty, [(a.pk, 500), (b.pk, 400)], pf)
+    scenario("fee_to_validators", "2.5% of 1000 = 25 split 2/5/7/10 by weight, 1 burned", params=fee_p,
+             balances=[(req, 5000)], tasks=[(tid, req, task.bounty)], orders=[esc],
+             votes=[vote(v, esc) for v in V[2:]], releases=[rel_fee])
+    scenario("validator_equivocation", "validator-3 signs both orders of slot 0 (evidence); x still certified "
+             "by 3+4", balances=[(req, 1000)], orders=[x, y],
+             votes=[vote(V[3], x), vote(V[3], y), vote(V[2], x)])
+    return {"format": FORMAT_VERSION, "genesis": "vectors", "network_id": NET.hex(),
+            "validators": [[v.pk.hex(), w] for v, w in zip(V, [1, 2, 3, 4])], "scenarios": scenarios}
+
+
 GENERATORS = {
     "codec.json": gen_codec,
     "genesis.json": gen_genesis,
@@ -1139,6 +1259,7 @@ GENERATORS = {
     "finality.json": gen_finality,
     "reputation.json": gen_reputation,
     "bundles.json": gen_bundles,
+    "ledger.json": gen_ledger,
 }
 
 

@@ -25,7 +25,7 @@ from protocol.errors import DecodeError
 from protocol.genesis import genesis_from_json
 from protocol.messages import (
     DOMAIN_TAGS, GOLD_COMMIT_TAG, KIND_NAMES, SET_ROOT_TAG, AnnotationBatch, Attestation, GoldReveal, Item,
-    LabelSchema, Outcome, TaskAnnouncement, check_message, compute_gold_commitment, compute_set_root,
+    LabelSchema, LedgerVote, Outcome, TaskAnnouncement, Transfer, check_message, compute_gold_commitment, compute_set_root,
     decode_message, sign_message, validate_basic, validate_in_context, verify_signature,
 )
 from protocol.tally import RESULT_ROOT_TAG, compute_task_result
@@ -33,7 +33,7 @@ from protocol.tally import RESULT_ROOT_TAG, compute_task_result
 ROOT = Path(__file__).resolve().parent.parent
 VECTORS = ROOT / "tests" / "vectors"
 FILES = ["codec.json", "genesis.json", "messages.json", "invalid.json", "roots.json", "aggregate.json", "tally.json",
-         "sync.json", "finality.json", "reputation.json", "bundles.json"]
+         "sync.json", "finality.json", "reputation.json", "bundles.json", "ledger.json"]
 
 
 def load(name: str) -> dict:
@@ -87,6 +87,12 @@ def body_from_json(kind: int, b: dict):
         return AnnotationBatch(h(b["annotator"]), h(b["task_id"]), jint(b["created_at"]), pairs(b["labels"]))
     if kind == 3:
         return GoldReveal(h(b["requester"]), h(b["task_id"]), jint(b["created_at"]), h(b["salt"]), pairs(b["answers"]))
+    if kind == 5:
+        return Transfer(h(b["sender"]), jint(b["seq"]), jint(b["created_at"]), jint(b["amount"]), b["dest_type"],
+                        h(b["dest"]))
+    if kind == 6:
+        return LedgerVote(h(b["validator"]), jint(b["created_at"]),
+                          tuple((h(s), jint(n), h(o)) for s, n, o in b["votes"]))
     return Attestation(h(b["validator"]), h(b["task_id"]), jint(b["created_at"]), b["round"], b["phase"],
                        h(b["set_root"]), h(b["result_root"]), tuple(h(i) for i in b["batch_ids"]))
 
@@ -598,3 +604,50 @@ def test_invalid_bundle_vectors_fail_to_decode(case):
     with pytest.raises(DecodeError):
         for raw in split_payload(bytes.fromhex(case["payload_hex"]), P):
             decode_message(raw, P)
+
+
+# --------------------------------------------------------------------------- ledger (PROTOCOL.md 16)
+
+LEDGER = load("ledger.json")
+
+
+@pytest.mark.parametrize("sc", LEDGER["scenarios"], ids=lambda s: s["name"])
+def test_ledger_scenarios_in_every_order(sc):
+    """Each scenario's inputs (decoded from their envelopes, signatures checked) give the
+    expected state, fed from scratch in the file's order and incrementally in 50 random
+    orders."""
+    import random
+
+    from protocol.ledger import LedgerState, Release
+    from protocol.params import Params
+
+    h = bytes.fromhex
+    params = Params().with_overrides({**dict(GENESIS.param_overrides), **sc["params"]})
+    validators = {h(a): w for a, w in LEDGER["validators"]}
+    balances = [(h(a), jint(c)) for a, c in sc["balances"]]
+    inputs = [("task", (h(t["task_id"]), h(t["requester"]), jint(t["bounty"]))) for t in sc["tasks"]]
+    for kind in ("orders", "votes"):
+        for m in sc[kind]:
+            msg = decode_message(h(m["envelope_hex"]), params)
+            assert verify_signature(msg, NET) and msg.compute_id(NET).hex() == m["id"]
+            assert msg.body == body_from_json(msg.kind, m["body"])
+            inputs.append(("order", (msg.compute_id(NET), msg.body)) if kind == "orders" else ("vote", msg.body))
+    for r in sc["releases"]:
+        inputs.append(("release", Release(h(r["task_id"]), h(r["requester"]), jint(r["time"]),
+                                          tuple((h(a), jint(c)) for a, c in r["rewards"]), jint(r["fee"]))))
+    e = sc["expected"]
+    rng = random.Random(sc["name"])
+    orders = [list(inputs)] + [rng.sample(inputs, len(inputs)) for _ in range(50)]
+    for seq in orders:
+        st = LedgerState(balances, validators, params)
+        for kind, x in seq:
+            {"task": lambda x: st.add_task(*x), "order": lambda x: st.add_order(*x), "vote": st.add_vote,
+             "release": st.add_release}[kind](x)
+            assert st.check_supply()
+        assert [[a.hex(), c] for a, c in sorted(st.balance.items()) if c] == [[a, jint(c)] for a, c in e["balances"]]
+        assert [[t.hex(), c] for t, c in sorted(st.escrow.items()) if c] == [[t, jint(c)] for t, c in e["escrow"]]
+        assert st.burned == jint(e["burned"]) and st.supply == jint(e["supply"])
+        assert [[a.hex(), n] for a, n in sorted(st.next_seq.items())] == e["next_seq"]
+        assert sorted(o.hex() for o in st.applied) == e["applied"]
+        assert sorted(t.hex() for t in st.released) == e["released"]
+        assert [[v.hex(), s.hex(), n, [i.hex() for i in ids]] for v, s, n, ids in st.get_evidence()] == e["evidence"]
