@@ -120,14 +120,14 @@ export async function dashboard(root) {
     if (ledgerMissing === null) ledgerMissing = !('balance_get' in (await api('rpc_methods')).methods);
     if (ledgerMissing) return;
     try {
-      const { accounts } = await api('account_list');
-      const rows = [];
-      for (const a of accounts) {
-        const b = await api('balance_get', { account: a.public_key });
-        rows.push(h('tr', {}, h('td', {}, a.name), h('td', {}, fmt.credits(b.balance ?? b.available)),
-          h('td', {}, fmt.credits(b.escrow ?? b.locked ?? 0))));
-      }
-      ledger.replaceChildren(h('h2', {}, 'Balances of this node\'s accounts'), table(['account', 'balance', 'in escrow'], rows, { id: 'balances-table' }));
+      const { accounts, supply } = await api('balance_get');  // every local account, and the supply
+      const rows = accounts.map((a) => h('tr', {}, h('td', {}, a.name ?? fmt.short(a.account, 12)),
+        h('td', {}, fmt.credits(a.balance)), h('td', {}, fmt.credits(a.escrowed)), h('td', {}, fmt.credits(a.pending_out))));
+      const ok = supply.invariant_ok ? 'holds' : 'BROKEN';
+      ledger.replaceChildren(h('h2', {}, 'Balances of this node\'s accounts'),
+        table(['account', 'balance', 'in escrow', 'pending'], rows, { id: 'balances-table' }),
+        h('p', { class: 'muted', id: 'supply' }, `supply ${fmt.credits(supply.supply)} = balances ${fmt.credits(supply.balances)}` +
+          ` + escrow ${fmt.credits(supply.escrow)} + burned ${fmt.credits(supply.burned)} (${ok} on this node)`));
     } catch (e) {
       if (e.status === 404) { ledgerMissing = true; ledger.replaceChildren(); } else ledger.replaceChildren(errorBox(e));
     }
