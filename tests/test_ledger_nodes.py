@@ -12,7 +12,9 @@ from node.rpc.errors import RpcError
 from protocol.messages import DEST_ACCOUNT, Transfer
 
 from .fakenet import FakeNet
-from .helpers import FakeClock, advance, fake_node, key, make_batch, make_test_genesis, pk, signed, wait_for
+from .helpers import (
+    FakeClock, advance, fake_node, key, make_batch, make_task, make_test_genesis, pk, signed, wait_for,
+)
 
 START = 10**9  # pk(1)'s genesis balance in make_test_genesis
 
@@ -158,7 +160,9 @@ async def test_balances_survive_a_restart(tmp_path):
         nursery.cancel_scope.cancel()
 
 
-async def test_the_rpc_refuses_what_the_ledger_cannot_do(tmp_path):
+async def test_the_rpc_refuses_what_the_ledger_cannot_do(tmp_path, monkeypatch):
+    from node.rpc.methods import annotations
+
     async with trio.open_nursery() as nursery:
         g, net, clock, nodes = await start_net(nursery, tmp_path, names=("a",),
                                                genesis=make_test_genesis(n_validators=1))
@@ -186,9 +190,15 @@ async def test_the_rpc_refuses_what_the_ledger_cannot_do(tmp_path):
         assert (await refused("ledger_history", account=pk(5).hex(), limit=0))[0] == -32602
         assert (await refused("transfer_get", order_id="zz"))[0] == -32602
         assert (await refused("transfer_get", order_id="00" * 32))[0] == -32001
-        # a task whose bounty is not escrowed takes no labels
-        raw_task = await call(a, "task_post", account="alice", title="t", labels=["x", "y"], items=["i"],
-                              bounty=10, wait_ms=0)
-        tid = bytes.fromhex(raw_task["task_id"])
-        await wait_for(lambda: a.is_open_for_labels(tid))
+        # the escrow of task_post's own task arrives at once here (this node is the validator);
+        # a task whose bounty nobody escrows takes no labels: the RPC waits, then refuses
+        posted = await call(a, "task_post", account="alice", title="t", labels=["x", "y"], items=["i"],
+                            bounty=10, wait_ms=0)
+        await wait_for(lambda: a.is_open_for_labels(bytes.fromhex(posted["task_id"])))
+        unfunded = make_task(bounty=10, nonce=99)
+        v, tid = await a.ingest(signed(unfunded, 1, g.network_id).raw, "rpc")
+        assert v.ok and not a.is_open_for_labels(tid)
+        monkeypatch.setattr(annotations, "FUNDING_WAIT_S", 0.05)
+        code, msg = await refused("annotations_submit", account="alice", task_id=tid.hex(), labels=[[0, 0]])
+        assert code == -32002 and "task not funded yet" in msg
         nursery.cancel_scope.cancel()

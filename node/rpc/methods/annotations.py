@@ -11,6 +11,24 @@ from ..params import get_param, page_param, signing_key_param, task_id_param
 from .common import MAX_RAW_PER_CALL, ingest_many_or_raise, ingest_or_raise
 
 
+#: How long annotations_submit waits for a known task's escrow to reach this node before it
+#: refuses the labels ("task not funded yet"): the escrow is certified within a second of the
+#: task_post that returned on the requester's node, but other nodes learn of it a moment
+#: later (docs/ledger.md).
+FUNDING_WAIT_S = 5.0
+
+
+async def await_funding(node, task_ids) -> None:
+    """Wait (at most FUNDING_WAIT_S) until every known task of ``task_ids`` is open for
+    labels here; what is still not funded then is refused by the ingest pipeline."""
+    waiting = [t for t in set(task_ids) if t in node.tasks and not node.is_open_for_labels(t)]
+    if not waiting:
+        return
+    with trio.move_on_after(FUNDING_WAIT_S):
+        while not all(node.is_open_for_labels(t) for t in waiting):
+            await trio.sleep(0.02)
+
+
 async def annotations_submit(node, params):
     """Submit labels: signed here by a local 'account', or pre-signed envelopes in 'raw'.
     Acknowledged only once durably stored; then gossiped."""
@@ -38,6 +56,7 @@ async def annotations_submit(node, params):
                 raise RpcError(INVALID_PARAMS, "annotations_submit takes annotation batches; use task_post for tasks")
             datas.append(data)
             msgs.append(decoded)
+        await await_funding(node, [m.body.task_id for m in msgs])
         for (mid, status), m in zip(await ingest_many_or_raise(node, datas, msgs), msgs):
             out.append({"batch_id": mid.hex(), "status": status, "labels": len(m.body.labels)})
         return out[0] if single else {"results": out}
@@ -64,6 +83,7 @@ async def annotations_submit(node, params):
     batch = AnnotationBatch(annotator=bytes(sk.verify_key), task_id=tid, created_at=node.clock(),
                             labels=tuple(sorted(parsed.items())))
     msg = sign_message(batch, sk, node.network_id)
+    await await_funding(node, [tid])
     mid, status = await ingest_or_raise(node, msg.raw)
     return {"batch_id": mid.hex(), "status": status, "labels": len(batch.labels)}
 
