@@ -784,17 +784,19 @@ def gen_aggregate() -> dict:
 # --------------------------------------------------------------------------- tally
 
 
-def _tally_case(name, task_name, batch_names, gold_name, weights: dict, note=""):
+def _tally_case(name, task_name, batch_names, gold_name, weights: dict, note="", params: dict | None = None):
     task = BOOK.body(task_name)
+    p = P.with_overrides({**dict(GENESIS.param_overrides), **params}) if params else P
     tid = BOOK.id(task_name)
     batches = {BOOK.id(n): BOOK.body(n) for n in batch_names}
     gold = BOOK.body(gold_name) if gold_name else None
     fresh = P.fresh_weight
     gold_id = BOOK.id(gold_name) if gold_name else None   # a revealed gold is part of the pinned set
-    res = compute_task_result(tid, task, batches, gold, lambda a: weights.get(a, fresh), P, gold_id=gold_id)
+    res = compute_task_result(tid, task, batches, gold, lambda a: weights.get(a, fresh), p, gold_id=gold_id)
     canon = pack(res.canonical())
     return {
-        "name": name, "note": note, "task": task_name, "task_id": tid.hex(), "batches": batch_names,
+        "name": name, "note": note, **({"params": params} if params else {}),
+        "task": task_name, "task_id": tid.hex(), "batches": batch_names,
         "batch_ids": [BOOK.id(n).hex() for n in batch_names], "gold": gold_name,
         "weights": [{"account": a.hex(), "weight": w} for a, w in sorted(weights.items())],
         "fresh_weight": fresh,
@@ -802,9 +804,10 @@ def _tally_case(name, task_name, batch_names, gold_name, weights: dict, note="")
             "set_root": res.set_root.hex(), "label": list(res.label), "confidence": list(res.confidence),
             "agreement": list(res.agreement), "votes": list(res.votes),
             "annotators": [{"account": a.account.hex(), "labels": a.labels, "equivocations": a.equivocations,
-                            "accuracy": a.accuracy, "score": a.score, "reward": a.reward} for a in res.annotators],
+                            "accuracy": a.accuracy, "score": a.score, "reward": a.reward, "trust": a.trust}
+                           for a in res.annotators],
             "equivocations": [[a.hex(), i] for a, i in res.equivocations],
-            "alpha": res.alpha, "refund": res.refund, "gold_items": res.gold_items,
+            "alpha": res.alpha, "refund": res.refund, "gold_items": res.gold_items, "fee": res.fee,
             "canonical_hex": canon.hex(), "result_root": res.result_root.hex()},
     }
 
@@ -822,7 +825,18 @@ def gen_tally() -> dict:
                     "gold_reveal", {}, note="gold items 0 and 2 are scored against the gold answers"),
         _tally_case("no_batches", "task_text", [], None, {}, note="nothing to aggregate: the whole bounty is refunded"),
         _all_votes_equivocated(rep),
+        _tally_case("gold_reputable_requester", "task_gold_mixed_items", ["batch_gold_a", "batch_gold_b", "batch_gold_c"],
+                    "gold_reveal", {A["requester"].pk: 1 << 16},
+                    note="gold_revealed with a requester of weight ONE: the requester of a pinned gold reveal is "
+                         "a witness, so each annotator's trust is (64 + 64 + 65536) // 3"),
+        _tally_case("fee_and_penalty", "task_text",
+                    ["batch_a", "batch_b", "batch_c", "batch_d1", "batch_d2", "batch_expert"], None, rep,
+                    note="expert_and_equivocator under a genesis with ledger_fee_bps 250: a fee of 25 of the 1000, "
+                         "975 split; annotator-d's equivocated item costs it ten labels' worth of pay",
+                    params={"ledger_fee_bps": 250}),
     ]
+    assert cases[-1]["result"]["fee"] == 25
+    assert {a["trust"] for a in cases[-2]["result"]["annotators"]} == {(64 + 64 + (1 << 16)) // 3}
     return {"format": FORMAT_VERSION, "network_id": NET.hex(), "ONE": 1 << 16, "cases": cases}
 
 
@@ -1074,13 +1088,24 @@ def gen_reputation() -> dict:
     def outcome(name, deadline, domain, k, rows):
         return rp.TaskOutcome(task_id=sha256(b"labelmesh-vectors/v1/task/" + name.encode()), deadline=deadline,
                               domain=domain, n_classes=k,
-                              annotators=tuple(rp.AnnotatorOutcome(A[a].pk, labels, score, eq) for a, labels, score, eq in rows))
+                              annotators=tuple(rp.AnnotatorOutcome(A[a].pk, labels, score, eq, trust)
+                                               for a, labels, score, eq, trust in rows))
+    # trust (the result's per-annotator field, 10.4): ONE next to the expert, a fraction next to
+    # half-reputable witnesses, a fresh key's weight among fresh keys, 0 for a lone annotator;
+    # annotator-b's gain on t1 is negative (below chance), floored toward -inf
     outcomes = [
-        outcome("t1", T0 - 3_600_000, "animals", 3, [("expert", 100, 95 * ONE, 0), ("annotator-a", 100, 60 * ONE, 0),
-                                                     ("annotator-b", 50, 10 * ONE, 0), ("annotator-d", 40, 30 * ONE, 2)]),
-        outcome("t2", T0 - 1_800_000, "animals", 2, [("expert", 20, 19 * ONE + ONE // 3, 0), ("annotator-c", 20, 10 * ONE, 0)]),
-        outcome("t3", T0 - 60_000, "animals", 3, [("annotator-a", 500, 500 * ONE, 0)]),
-        outcome("t4", T0 - 7_200_000, "", 4, [("annotator-b", 80, 70 * ONE, 1)]),
+        outcome("t1", T0 - 3_600_000, "animals", 3, [("expert", 100, 95 * ONE, 0, 21867),
+                                                     ("annotator-a", 100, 60 * ONE, 0, ONE * 2 // 3),
+                                                     ("annotator-b", 50, 10 * ONE, 0, 32789),
+                                                     ("annotator-d", 40, 30 * ONE, 2, 32789)]),
+        outcome("t2", T0 - 1_800_000, "animals", 2, [("expert", 20, 19 * ONE + ONE // 3, 0, P.fresh_weight),
+                                                     ("annotator-c", 20, 10 * ONE, 0, ONE)]),
+        outcome("t3", T0 - 60_000, "animals", 3, [("annotator-a", 500, 500 * ONE, 0, 0)]),
+        outcome("t4", T0 - 7_200_000, "", 4, [("annotator-b", 80, 70 * ONE, 1, 40000)]),
+        # the outsider's gain on t5 is -327679 * 1 / ONE: floored to -5 (not -4), which makes its
+        # earned reputation in "plants" (4044 - 5) // 40 = 100, not 4040 // 40 = 101
+        outcome("t5", T0 - 2_400_000, "plants", 2, [("outsider", 10, 1, 0, 1)]),
+        outcome("t6", T0 - 2_000_000, "plants", 2, [("outsider", 10, 5 * ONE + 4044, 0, ONE)]),
     ]
     created_at = T0
     window = [o for o in outcomes if rp.is_in_window(o, created_at, P)]
@@ -1096,7 +1121,8 @@ def gen_reputation() -> dict:
             "genesis_reputation": [{"account": a.hex(), "domain": d, "weight": w} for a, d, w in GENESIS.reputation],
             "outcomes": [{"task_id": o.task_id.hex(), "deadline": o.deadline, "domain": o.domain, "n_classes": o.n_classes,
                           "annotators": [{"account": x.account.hex(), "labels": x.labels, "score": x.score,
-                                          "equivocations": x.equivocations} for x in o.annotators]} for o in outcomes],
+                                          "equivocations": x.equivocations, "trust": x.trust} for x in o.annotators]}
+                         for o in outcomes],
             "created_at": created_at,
             "in_window": [o.task_id.hex() for o in window],
             "earned": [{"account": a.hex(), "domain": d, "earned": v} for (a, d), v in sorted(earned.items())],

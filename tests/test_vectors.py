@@ -28,6 +28,7 @@ from protocol.messages import (
     LabelSchema, LedgerVote, Outcome, TaskAnnouncement, Transfer, check_message, compute_gold_commitment, compute_set_root,
     decode_message, sign_message, validate_basic, validate_in_context, verify_signature,
 )
+from protocol.params import Params
 from protocol.tally import RESULT_ROOT_TAG, compute_task_result
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -360,19 +361,23 @@ def test_tally_result_root(case):
     weights = {bytes.fromhex(w["account"]): w["weight"] for w in case["weights"]}
     assert case["fresh_weight"] == P.fresh_weight
     gold_id = id_of(case["gold"]) if case["gold"] else None
+    params = Params().with_overrides({**dict(GENESIS.param_overrides), **case.get("params", {})})
     res = compute_task_result(bytes.fromhex(case["task_id"]), task, batches, gold,
-                              lambda a: weights.get(a, P.fresh_weight), P, gold_id=gold_id)
+                              lambda a: weights.get(a, P.fresh_weight), params, gold_id=gold_id)
     want = case["result"]
     assert res.set_root.hex() == want["set_root"]
     assert list(res.label) == want["label"] and list(res.confidence) == want["confidence"]
     assert list(res.agreement) == want["agreement"] and list(res.votes) == want["votes"]
     assert [{"account": a.account.hex(), "labels": a.labels, "equivocations": a.equivocations,
-             "accuracy": a.accuracy, "score": a.score, "reward": a.reward} for a in res.annotators] == want["annotators"]
+             "accuracy": a.accuracy, "score": a.score, "reward": a.reward, "trust": a.trust}
+            for a in res.annotators] == want["annotators"]
     pinned = [bytes.fromhex(i) for i in case["batch_ids"]] + ([gold_id] if gold_id else [])
     assert compute_set_root(bytes.fromhex(case["task_id"]), pinned).hex() == want["set_root"]
     assert [[a.hex(), i] for a, i in res.equivocations] == want["equivocations"]
-    assert (res.alpha, res.refund, res.gold_items) == (want["alpha"], want["refund"], want["gold_items"])
-    assert sum(a["reward"] for a in want["annotators"]) + want["refund"] == task.bounty
+    assert (res.alpha, res.refund, res.gold_items, res.fee) == (want["alpha"], want["refund"], want["gold_items"],
+                                                                want["fee"])
+    assert want["fee"] == task.bounty * params.ledger_fee_bps // 10_000
+    assert sum(a["reward"] for a in want["annotators"]) + want["refund"] + want["fee"] == task.bounty
     assert pack(res.canonical()).hex() == want["canonical_hex"]
     assert res.result_root.hex() == want["result_root"]
     assert sha256(RESULT_ROOT_TAG + bytes.fromhex(want["canonical_hex"])).hex() == want["result_root"]
@@ -562,7 +567,7 @@ def test_reputation_window_earned_and_weights():
     assert doc["genesis_reputation"] == [{"account": a.hex(), "domain": d, "weight": w} for a, d, w in GENESIS.reputation]
     outcomes = [rp.TaskOutcome(bytes.fromhex(o["task_id"]), o["deadline"], o["domain"], o["n_classes"],
                                tuple(rp.AnnotatorOutcome(bytes.fromhex(a["account"]), a["labels"], a["score"],
-                                                         a["equivocations"]) for a in o["annotators"]))
+                                                         a["equivocations"], a["trust"]) for a in o["annotators"]))
                 for o in doc["outcomes"]]
     window = [o for o in outcomes if rp.is_in_window(o, doc["created_at"], P)]
     assert [o.task_id.hex() for o in window] == doc["in_window"]
