@@ -72,6 +72,12 @@ const bodyFromJson = (kind, b) => {
   }
   if (kind === 2) return { kind, annotator: h(b.annotator), task_id: h(b.task_id), created_at: big(b.created_at), labels: b.labels }
   if (kind === 3) return { kind, requester: h(b.requester), task_id: h(b.task_id), created_at: big(b.created_at), salt: h(b.salt), answers: b.answers }
+  if (kind === 5) {
+    return {
+      kind, sender: h(b.sender), seq: big(b.seq), created_at: big(b.created_at), amount: big(b.amount), dest_type: b.dest_type, dest: h(b.dest)
+    }
+  }
+  if (kind === 6) return { kind, validator: h(b.validator), created_at: big(b.created_at), votes: b.votes.map(([s, n, o]) => [h(s), big(n), h(o)]) }
   return {
     kind, validator: h(b.validator), task_id: h(b.task_id), created_at: big(b.created_at), round: b.round, phase: b.phase,
     set_root: h(b.set_root), result_root: h(b.result_root), batch_ids: b.batch_ids.map(h)
@@ -191,21 +197,24 @@ for (const c of tally.cases) {
   eq(hex(d[0]), c.task_id, `tally ${c.name} task id`)
   eq(hex(d[1]), r.set_root, `tally ${c.name} set root field`)
   eq(canon(d.slice(2, 6)), canon([r.label, r.confidence, r.agreement, r.votes]), `tally ${c.name} per-item fields`)
-  eq(canon(d[6].map(a => hex(a[0]))), canon(r.annotators.map(a => a.account)), `tally ${c.name} annotators`)
-  eq(canon(d.slice(8)), canon([r.alpha, r.refund, r.gold_items]), `tally ${c.name} alpha, refund, gold items`)
+  eq(canon(d[6]), canon(r.annotators.map(a => [a.account, a.labels, a.equivocations, a.accuracy, a.score, a.reward, a.trust])),
+    `tally ${c.name} annotator rows`)
+  eq(canon(d.slice(8)), canon([r.alpha, r.refund, r.gold_items, r.fee]), `tally ${c.name} alpha, refund, gold items, fee`)
   eq(hex(P.computeResultRoot(unhex(r.canonical_hex))), r.result_root, `tally ${c.name} result root of the listed bytes`)
   const pinned = c.batch_ids.map(unhex)
   if (c.gold) pinned.push(unhex(byName[c.gold].id))
   eq(hex(P.computeSetRoot(unhex(c.task_id), pinned)), r.set_root, `tally ${c.name} set root`)
+  const feeBps = (c.params ?? {}).ledger_fee_bps ?? params.ledger_fee_bps
   const bounty = BigInt(tasks[c.task] ? tasks[c.task].bounty : 0)
-  let paid = BigInt(r.refund)
+  let paid = BigInt(r.refund) + BigInt(r.fee)
   for (const a of r.annotators) paid += BigInt(a.reward)
-  if (tasks[c.task]) eq(paid, bounty, `tally ${c.name} rewards + refund = bounty`)
+  if (tasks[c.task]) eq(paid, bounty, `tally ${c.name} rewards + refund + fee = bounty`)
+  eq(BigInt(r.fee), (bounty * BigInt(feeBps)) / 10000n, `tally ${c.name} fee = bounty * ledger_fee_bps // 10000`)
   // recompute the whole result from the signed messages (section 10 and the appendix)
   const body = (name) => P.decodeMessage(unhex(byName[name].envelope_hex), params).body
   const weights = new Map(c.weights.map(x => [x.account, BigInt(x.weight)]))
   const got = T.computeTaskResult(unhex(c.task_id), body(c.task), c.batches.map(n => ({ id: unhex(byName[n].id), body: body(n) })),
-    c.gold ? { id: unhex(byName[c.gold].id), body: body(c.gold) } : null, (a) => weights.get(a) ?? BigInt(c.fresh_weight))
+    c.gold ? { id: unhex(byName[c.gold].id), body: body(c.gold) } : null, (a) => weights.get(a) ?? BigInt(c.fresh_weight), feeBps)
   eq(hex(got.bytes), r.canonical_hex, `tally ${c.name} task result recomputed from the messages`)
   eq(hex(got.resultRoot), r.result_root, `tally ${c.name} result root recomputed from the messages`)
 }
@@ -281,38 +290,21 @@ for (const c of fin.malformed_certificates) {
 // ------------------------------------------------------------------ reputation (PROTOCOL.md section 12), integers only
 const rep = load('reputation.json')
 {
-  const ONE = BigInt(rep.ONE)
-  const lag = BigInt(rep.reputation_lag_ms)
-  const window = rep.outcomes.filter(o => BigInt(o.deadline) <= BigInt(rep.created_at) - lag)
+  eq(ints([rep.ONE, rep.PRIOR_LABELS, rep.EQUIVOCATION_PENALTY]), ints([T.ONE, T.PRIOR_LABELS, T.EQUIVOCATION_PENALTY]), 'reputation constants')
+  const rp = { ...params, fresh_weight: rep.fresh_weight, max_weight: rep.max_weight }
+  const window = rep.outcomes.filter(o => BigInt(o.deadline) <= BigInt(rep.created_at) - BigInt(rep.reputation_lag_ms))
   eq(canon(window.map(o => o.task_id)), canon(rep.in_window), 'reputation window')
-  const acc = new Map() // "account/domain" -> { excess, labels, eq }
-  for (const o of [...window].sort((a, b) => a.task_id < b.task_id ? -1 : 1)) {
-    for (const a of o.annotators) {
-      const key = `${a.account}/${o.domain}`
-      const v = acc.get(key) ?? { excess: 0n, labels: 0n, eq: 0n }
-      v.excess += BigInt(a.score) - (BigInt(a.labels) * ONE) / BigInt(Math.max(o.n_classes, 1))
-      v.labels += BigInt(a.labels)
-      v.eq += BigInt(a.equivocations)
-      acc.set(key, v)
-    }
-  }
-  const earned = new Map()
-  for (const [key, v] of acc) {
-    let x = v.excess - BigInt(rep.EQUIVOCATION_PENALTY) * ONE * v.eq
-    if (x < 0n) x = 0n
-    earned.set(key, x / (v.labels + BigInt(rep.PRIOR_LABELS)))
-  }
+  for (const o of rep.outcomes) for (const a of o.annotators) check(a.trust !== undefined, `reputation outcome ${o.task_id.slice(0, 8)}: annotator without trust`)
+  const earned = T.earnedReputation(window)
+  eq(canon([...earned.keys()].sort()), canon(rep.earned.map(e => `${e.account}/${e.domain}`)), 'earned reputation keys')
   for (const e of rep.earned) eq(earned.get(`${e.account}/${e.domain}`), BigInt(e.earned), `earned reputation ${e.account.slice(0, 8)}/${e.domain}`)
-  // weight(a, d) = min(max_weight, earned(a, d) + G(a, d)); G counts each genesis entry of domain d or "" once
-  const weight = (account, domain, genesisRep) => {
-    let x = earned.get(`${account}/${domain}`) ?? 0n
-    for (const g of genesisRep) if (g.account === account && (g.domain === '' || g.domain === domain)) x += BigInt(g.weight)
-    if (x > BigInt(rep.max_weight)) x = BigInt(rep.max_weight)
-    return x > 0n ? x : BigInt(rep.fresh_weight)
+  const entries = (list) => list.map(g => [g.account, g.domain, g.weight])
+  for (const w of rep.weights) {
+    eq(T.reputationWeight(w.account, w.domain, earned, entries(rep.genesis_reputation), rp), BigInt(w.weight), `reputation weight of ${w.name} in '${w.domain}'`)
   }
-  for (const w of rep.weights) eq(weight(w.account, w.domain, rep.genesis_reputation), BigInt(w.weight), `reputation weight of ${w.name} in '${w.domain}'`)
   for (const w of rep.genesis_weights.cases) {
-    eq(weight(w.account, w.domain, rep.genesis_weights.genesis_reputation), BigInt(w.weight), `genesis_weights: weight of ${w.name} in '${w.domain}'`)
+    eq(T.reputationWeight(w.account, w.domain, earned, entries(rep.genesis_weights.genesis_reputation), rp), BigInt(w.weight),
+      `genesis_weights: weight of ${w.name} in '${w.domain}'`)
   }
 }
 

@@ -1,6 +1,7 @@
-// The labelmesh protocol, version 1, written from PROTOCOL.md (sections 4-8, 10-11):
-// genesis and network id, messages (encode, decode, sign, verify, validate), roots,
-// sync frames and fingerprints, finality leaders and certificates. No I/O here.
+// The labelmesh protocol, version 1, written from PROTOCOL.md revision 2.0 (sections 4-8,
+// 10-11): genesis and network id, messages of the six kinds (encode, decode, sign, verify,
+// validate), roots, sync frames and fingerprints, finality leaders and certificates.
+// The ledger's state machine (section 16) is ledger.mjs. No I/O here.
 import crypto from 'node:crypto'
 import { DecodeError, compareBytes, concat, decode, encode, equalBytes, hex } from './msgpack.mjs'
 import { sign, verify } from './ed25519.mjs'
@@ -9,14 +10,16 @@ const ascii = (s) => new TextEncoder().encode(s)
 const tag = (s) => concat([ascii(s), Uint8Array.of(0)])
 export const sha256 = (...parts) => new Uint8Array(crypto.createHash('sha256').update(concat(parts)).digest())
 
-export const KIND = { TASK: 1, BATCH: 2, GOLD: 3, ATTESTATION: 4 }
-export const KIND_NAMES = { 1: 'task', 2: 'batch', 3: 'gold', 4: 'attestation' }
+export const KIND = { TASK: 1, BATCH: 2, GOLD: 3, ATTESTATION: 4, TRANSFER: 5, LEDGER_VOTE: 6 }
+export const KIND_NAMES = { 1: 'task', 2: 'batch', 3: 'gold', 4: 'attestation', 5: 'transfer', 6: 'ledger_vote' }
 export const VERSION = 1
 export const DOMAIN_TAGS = {
   1: tag('labelmesh/task/v1'),
   2: tag('labelmesh/batch/v1'),
   3: tag('labelmesh/gold/v1'),
-  4: tag('labelmesh/attestation/v1')
+  4: tag('labelmesh/attestation/v1'),
+  5: tag('labelmesh/transfer/v1'),
+  6: tag('labelmesh/ledger-vote/v1')
 }
 export const GENESIS_TAG = tag('labelmesh/genesis/v1')
 export const GOLD_COMMIT_TAG = tag('labelmesh/gold-commitment/v1')
@@ -24,8 +27,10 @@ export const SET_ROOT_TAG = tag('labelmesh/set-root/v1')
 export const RESULT_ROOT_TAG = tag('labelmesh/result-root/v1')
 export const FP_TAG = tag('labelmesh/fp/v1')
 export const LEADER_TAG = tag('labelmesh/finality-leader/v1')
-const FIELD_COUNT = { 1: 13, 2: 6, 3: 7, 4: 10 }
-const U64 = (1n << 64n) - 1n
+const FIELD_COUNT = { 1: 13, 2: 6, 3: 7, 4: 10, 5: 8, 6: 5 }
+const MAX_I63 = (1n << 63n) - 1n
+/** The ledger bucket (6.3): the pseudo task id of transfers and ledger votes. */
+export const LEDGER_BUCKET = new Uint8Array(32)
 
 // ------------------------------------------------------------------ params and genesis (section 4)
 
@@ -48,7 +53,39 @@ export const DEFAULT_PARAMS = {
   round_timeout_ms: 5000,
   fresh_weight: 64,
   reputation_lag_ms: 600000,
-  max_weight: 1 << 20
+  max_weight: 1 << 20,
+  max_votes_per_ledger_vote: 4096,
+  ledger_seq_window: 256,
+  ledger_fee_bps: 0,
+  ledger_fee_to: 0
+}
+
+const DAY = 86400000
+/** The range of each parameter (4.1): a genesis with a value outside is refused. */
+const PARAM_RANGES = {
+  max_message_bytes: [1024, 983040],
+  max_items_per_task: [1, 100000],
+  max_classes: [2, 1024],
+  max_labels_per_batch: [1, 100000],
+  max_string_bytes: [8, 4096],
+  max_inline_item_bytes: [0, 2 ** 20],
+  max_blob_bytes: [0, 2 ** 32],
+  max_batch_ids_per_attestation: [1, 30000],
+  max_bounty: [0, 2 ** 62],
+  max_redundancy: [1, 100000],
+  max_batches_per_annotator: [1, 1000000],
+  clock_skew_ms: [0, 3600000],
+  min_task_duration_ms: [0, DAY],
+  max_task_duration_ms: [1, 3650 * DAY],
+  grace_period_ms: [0, DAY],
+  round_timeout_ms: [100, 3600000],
+  fresh_weight: [0, 65536],
+  reputation_lag_ms: [0, 365 * DAY],
+  max_weight: [1, 2 ** 30],
+  max_votes_per_ledger_vote: [1, 10000],
+  ledger_seq_window: [1, 65536],
+  ledger_fee_bps: [0, 10000],
+  ledger_fee_to: [0, 1]
 }
 
 function cmpCodePoints (a, b) {
@@ -76,7 +113,10 @@ const hex32 = (s, where) => {
   return b
 }
 
-/** Parse a genesis JSON document: { name, canonical, networkId, params, validators: Map(hex -> weight) }. */
+/**
+ * Parse a genesis JSON document: { name, canonical, networkId, params, validators: Map(hex -> weight),
+ * reputation, balances: Map(hex -> credits, summed per account), supply }.
+ */
 export function genesisFromJson (doc) {
   if (typeof doc === 'string') doc = JSON.parse(doc)
   const version = doc.version ?? 1
@@ -91,7 +131,15 @@ export function genesisFromJson (doc) {
   const params = { ...DEFAULT_PARAMS }
   for (const [k, v] of overrides) {
     if (!(k in params)) throw new Error(`unknown param ${k}`)
+    const [lo, hi] = PARAM_RANGES[k]
+    if (v < BigInt(lo) || v > BigInt(hi)) throw new Error(`param ${k} must be ${lo}..${hi}, got ${v}`)
     params[k] = Number(v)
+  }
+  if (params.min_task_duration_ms > params.max_task_duration_ms) throw new Error('min_task_duration_ms exceeds max_task_duration_ms')
+  const credits = new Map()
+  for (const [a, c] of balances) {
+    if (c < 0n || c > MAX_I63) throw new Error('balances: credits must be 0..2^63-1')
+    credits.set(hex(a), (credits.get(hex(a)) ?? 0n) + c)
   }
   const canonical = encode([version, doc.name, doc.genesis_time_ms, validators, reputation, balances, overrides])
   const networkId = sha256(GENESIS_TAG, canonical)
@@ -101,7 +149,9 @@ export function genesisFromJson (doc) {
     networkId,
     params,
     validators: new Map(validators.map(([a, w]) => [hex(a), w])),
-    reputation
+    reputation,
+    balances: credits,
+    supply: balances.reduce((s, [, c]) => s + c, 0n)
   }
 }
 
@@ -121,11 +171,17 @@ export function bodyFields (b) {
     case 2: return [2, VERSION, b.annotator, b.task_id, b.created_at, b.labels.flat()]
     case 3: return [3, VERSION, b.requester, b.task_id, b.created_at, b.salt, b.answers.flat()]
     case 4: return [4, VERSION, b.validator, b.task_id, b.created_at, b.round, b.phase, b.set_root, b.result_root, b.batch_ids]
+    case 5: return [5, VERSION, b.sender, b.seq, b.created_at, b.amount, b.dest_type, b.dest]
+    case 6: return [6, VERSION, b.validator, b.created_at, b.votes.flat()]
   }
   throw new Error(`unknown kind ${b.kind}`)
 }
 
-export const signerOf = (b) => b.kind === 2 ? b.annotator : b.kind === 4 ? b.validator : b.requester
+export const signerOf = (b) => ({ 2: b.annotator, 4: b.validator, 5: b.sender, 6: b.validator })[b.kind] ?? b.requester
+
+/** The task a message belongs to (6.3): a task to itself, transfers and ledger votes to the ledger bucket. */
+export const bucketOf = (msg, id) => msg.kind === KIND.TASK ? id
+  : msg.kind === KIND.TRANSFER || msg.kind === KIND.LEDGER_VOTE ? LEDGER_BUCKET : msg.body.task_id
 
 export function signedBytes (kind, networkId, bodyBytes) {
   return concat([DOMAIN_TAGS[kind], networkId, bodyBytes])
@@ -143,7 +199,8 @@ export function signMessage (body, key, networkId) {
 function limits (p) {
   return {
     maxBytes: p.max_message_bytes,
-    maxArray: Math.max(p.max_items_per_task, 2 * p.max_labels_per_batch, p.max_batch_ids_per_attestation, p.max_classes, 16),
+    maxArray: Math.max(p.max_items_per_task, 2 * p.max_labels_per_batch, p.max_batch_ids_per_attestation,
+      3 * p.max_votes_per_ledger_vote, p.max_classes, 16),
     maxBin: Math.max(p.max_inline_item_bytes, 64),
     maxStr: Math.max(p.max_string_bytes, p.max_inline_item_bytes)
   }
@@ -165,6 +222,16 @@ const pairs = (v, name) => {
   for (const x of v) need(isInt(x) && x >= 0, `${name} entries must be non-negative integers`)
   const out = []
   for (let i = 0; i < v.length; i += 2) out.push([v[i], v[i + 1]])
+  return out
+}
+
+const triples = (v, name) => {
+  list(v, name)
+  need(v.length % 3 === 0, `${name} must hold (sender, seq, order id) triples: length a multiple of 3`)
+  const out = []
+  for (let i = 0; i < v.length; i += 3) {
+    out.push([bin(v[i], 'vote sender', 32), uint(v[i + 1], 'vote seq'), bin(v[i + 2], 'vote order id', 32)])
+  }
   return out
 }
 
@@ -251,6 +318,18 @@ export function decodeMessage (raw, params) {
       kind, requester: signer, task_id: bin(f[3], 'task_id', 32), created_at: uint(f[4], 'created_at'),
       salt: bin(f[5], 'salt', 32), answers: pairs(f[6], 'answers')
     }
+  } else if (kind === 5) {
+    body = {
+      kind,
+      sender: signer,
+      seq: uint(f[3], 'seq'),
+      created_at: uint(f[4], 'created_at'),
+      amount: uint(f[5], 'amount'),
+      dest_type: uint(f[6], 'dest_type'),
+      dest: bin(f[7], 'dest', 32)
+    }
+  } else if (kind === 6) {
+    body = { kind, validator: signer, created_at: uint(f[3], 'created_at'), votes: triples(f[4], 'votes') }
   } else {
     body = {
       kind,
@@ -274,6 +353,8 @@ export function verifyMessage (msg, networkId) {
 }
 
 const utf8len = (s) => Buffer.byteLength(s, 'utf8')
+/** Order of two slots [sender, seq, ...]: bytewise on the sender, then the integer (5.8). */
+export const compareSlots = (x, y) => compareBytes(x[0], y[0]) || (BigInt(x[1]) < BigInt(y[1]) ? -1 : BigInt(x[1]) > BigInt(y[1]) ? 1 : 0)
 const increasing = (ps) => ps.every((p, i) => i === 0 || BigInt(p[0]) > BigInt(ps[i - 1][0]))
 
 /** Stateless size and range checks: null if fine, else the REJECT reason. */
@@ -305,6 +386,19 @@ export function validateBasic (msg, p) {
   } else if (b.kind === 3) {
     if (b.answers.length > p.max_items_per_task) return 'too many gold answers'
     if (!increasing(b.answers)) return 'gold items must be strictly increasing'
+  } else if (b.kind === 5) {
+    if (BigInt(b.amount) < 1n || BigInt(b.amount) > MAX_I63) return `amount must be 1..${MAX_I63} credits, got ${b.amount}`
+    if (BigInt(b.seq) > MAX_I63) return `seq must be 0..${MAX_I63}`
+    if (b.dest_type !== 0 && b.dest_type !== 1) return `unknown transfer destination type ${b.dest_type}; 0 = account, 1 = task escrow`
+    if (b.dest_type === 0 && equalBytes(b.dest, b.sender)) return 'a transfer to oneself moves nothing'
+    if (equalBytes(b.dest, LEDGER_BUCKET)) return 'transfer destination must not be 32 zero bytes'
+  } else if (b.kind === 6) {
+    const n = b.votes.length
+    if (n < 1 || n > p.max_votes_per_ledger_vote) return `ledger vote must hold 1..${p.max_votes_per_ledger_vote} votes, holds ${n}`
+    for (let i = 0; i < n; i++) {
+      if (BigInt(b.votes[i][1]) > MAX_I63) return `vote seq must be 0..${MAX_I63}`
+      if (i && compareSlots(b.votes[i - 1], b.votes[i]) >= 0) return 'ledger votes must be sorted by (sender, seq), one per slot'
+    }
   } else {
     if (b.phase !== 0 && b.phase !== 1) return `unknown attestation phase ${b.phase}`
     if (b.batch_ids.length > p.max_batch_ids_per_attestation) return 'too many batch ids'
@@ -337,7 +431,11 @@ export function checkMessage (raw, ctx, networkId, nowMs, params) {
 
 function validateInContext (b, ctx, now, p) {
   if (BigInt(b.created_at) > now + BigInt(p.clock_skew_ms)) return ['IGNORE', 'created_at is in the future beyond the clock-skew tolerance']
-  if (b.kind === 1) return ['ACCEPT', '']
+  if (b.kind === KIND.TASK || b.kind === KIND.TRANSFER) return ['ACCEPT', ''] // funding is section 16's business
+  if (b.kind === KIND.LEDGER_VOTE) {
+    if (!(ctx.validatorWeight(b.validator) > 0n)) return ['REJECT', 'ledger vote signer is not a validator of this network']
+    return ['ACCEPT', '']
+  }
   const task = ctx.getTask(b.task_id)
   if (!task) return ['IGNORE', 'unknown task (not received yet)']
   const nItems = task.items.length; const nClasses = task.schema.labels.length

@@ -1,6 +1,7 @@
 // The tally and the consensus estimator, written from PROTOCOL.md section 10 and
 // PROTOCOL-APPENDIX-consensus.md only: from a task's pinned set to its task result and
-// result_root. Exact integers (BigInt) throughout; slow but small. No I/O here.
+// result_root; and reputation (section 12) from certified task results. Exact integers
+// (BigInt) throughout; slow but small. No I/O here.
 import { compareBytes, encode, hex } from './msgpack.mjs'
 import { RESULT_ROOT_TAG, computeSetRoot, sha256 } from './protocol.mjs'
 
@@ -303,12 +304,32 @@ export const aggregateEncoding = (r) => encode([1, ONE, r.label, r.confidence, r
 
 // ------------------------------------------------------------------ the tally (PROTOCOL.md 10.1-10.5)
 
+export const EQUIVOCATION_PENALTY = 10n // labels' worth of pay (10.4) and of reputation (12) per equivocated item
+export const PRIOR_LABELS = 20n // section 12
+const floorDiv = (a, b) => { const q = a / b; return (a % b !== 0n && (a < 0n) !== (b < 0n)) ? q - 1n : q }
+
+/**
+ * Trust of each annotator (10.4): the mean capped prior weight of the task's other witnesses,
+ * the annotators with a counted vote and the requester if a gold reveal is pinned (a set).
+ * accounts: hex keys; capped[j], labels[j] per annotator; requester: hex or null (no gold).
+ */
+function computeTrust (accounts, capped, labels, requester, requesterCapped) {
+  const witnesses = new Map()
+  accounts.forEach((a, j) => { if (labels[j] >= 1n) witnesses.set(a, capped[j]) })
+  if (requester !== null) witnesses.set(requester, requesterCapped)
+  return accounts.map(a => {
+    const others = [...witnesses].filter(([x]) => x !== a)
+    return others.length ? sum(others.map(([, c]) => c)) / BigInt(others.length) : 0n
+  })
+}
+
 /**
  * task: a decoded TaskAnnouncement body; batches: [{ id, body }] (AnnotationBatch bodies);
- * gold: { id, body } of the pinned GoldReveal or null; weightOf(accountHex) -> BigInt prior weight.
- * Returns { result (the array of 10.5), bytes, resultRoot, setRoot }.
+ * gold: { id, body } of the pinned GoldReveal or null; weightOf(accountHex) -> BigInt prior weight;
+ * feeBps: the genesis' ledger_fee_bps.
+ * Returns { result (the array of 10.5), bytes, resultRoot, setRoot, fee, rewards }.
  */
-export function computeTaskResult (taskId, task, batches, gold, weightOf) {
+export function computeTaskResult (taskId, task, batches, gold, weightOf, feeBps = 0) {
   const n = task.items.length
   const k = task.schema.labels.length
   const accounts = [...new Map(batches.map(b => [hex(b.body.annotator), b.body.annotator])).values()].sort(compareBytes)
@@ -316,7 +337,8 @@ export function computeTaskResult (taskId, task, batches, gold, weightOf) {
   const rows = []
   for (const b of batches) for (const [i, l] of b.body.labels) rows.push([Number(i), index.get(hex(b.body.annotator)), Number(l)])
   const { votes, equivocations } = canonicalVotes(rows)
-  const capped = accounts.map(a => min(max(BigInt(weightOf(hex(a))), 0n), ONE))
+  const cap = (a) => min(max(BigInt(weightOf(a)), 0n), ONE)
+  const capped = accounts.map(a => cap(hex(a)))
   const top = capped.length ? maxOf(capped) : 0n
   const w = capped.map(c => top === 0n ? 0n : (c * ONE) / top)
   const goldMap = new Map((gold ? gold.body.answers : []).map(([i, l]) => [Number(i), Number(l)]))
@@ -331,20 +353,62 @@ export function computeTaskResult (taskId, task, batches, gold, weightOf) {
     if (goldMap.has(i)) score[a] += l === goldMap.get(i) ? ONE : 0n
     else score[a] += l === res.label[i] ? res.confidence[i] : 0n
   }
-  const pay = score.map((s, a) => max(0n, s - (labels[a] * ONE) / BigInt(k)))
-  const total = sum([0n, ...pay])
-  const bounty = BigInt(task.bounty)
-  const reward = pay.map(p => total === 0n ? 0n : (bounty * p) / total)
-  const refund = bounty - sum([0n, ...reward])
   const eqCount = Array(accounts.length).fill(0)
   for (const [, a] of equivocations) eqCount[a]++
+  // 10.4: pay nets out chance (1/k of the labels) and ten labels' worth per equivocated item
+  const pay = score.map((s, a) => max(0n, s - (labels[a] * ONE) / BigInt(k) - EQUIVOCATION_PENALTY * ONE * BigInt(eqCount[a])))
+  const total = sum([0n, ...pay])
+  const bounty = BigInt(task.bounty)
+  const fee = (bounty * BigInt(feeBps)) / 10000n
+  const net = bounty - fee
+  const reward = pay.map(p => total === 0n ? 0n : (net * p) / total)
+  const refund = net - sum([0n, ...reward])
+  const requester = gold ? hex(task.requester) : null
+  const trust = computeTrust(accounts.map(hex), capped, labels, requester, requester && cap(requester))
   const eqList = equivocations.map(([i, a]) => [accounts[a], i])
     .sort((x, y) => compareBytes(x[0], y[0]) || x[1] - y[1])
   const pinned = batches.map(b => b.id).concat(gold ? [gold.id] : [])
   const setRoot = computeSetRoot(taskId, pinned)
   const result = [taskId, setRoot, res.label, res.confidence, res.agreement, nVotes,
-    accounts.map((a, j) => [a, labels[j], eqCount[j], res.accuracy[j], score[j], reward[j]]),
-    eqList, res.alpha, refund, goldMap.size]
+    accounts.map((a, j) => [a, labels[j], eqCount[j], res.accuracy[j], score[j], reward[j], trust[j]]),
+    eqList, res.alpha, refund, goldMap.size, fee]
   const bytes = encode(result)
-  return { result, bytes, setRoot, resultRoot: sha256(RESULT_ROOT_TAG, bytes) }
+  const rewards = accounts.map((a, j) => [a, reward[j]]).filter(([, r]) => r > 0n)
+  return { result, bytes, setRoot, resultRoot: sha256(RESULT_ROOT_TAG, bytes), fee, refund, rewards }
+}
+
+// ------------------------------------------------------------------ reputation (PROTOCOL.md 12)
+
+/**
+ * Earned reputation per "accountHex/domain" from the certified task results in the window
+ * (section 12): outcomes = [{ domain, n_classes, annotators: [{ account, labels, score,
+ * equivocations, trust }] }], each task once. Returns Map("account/domain" -> BigInt).
+ */
+export function earnedReputation (outcomes) {
+  const acc = new Map()
+  for (const o of outcomes) {
+    const k = BigInt(Math.max(o.n_classes, 1))
+    for (const a of o.annotators) {
+      const key = `${a.account}/${o.domain}`
+      const v = acc.get(key) ?? { gain: 0n, labels: 0n, eq: 0n }
+      const excess = BigInt(a.score) - (BigInt(a.labels) * ONE) / k
+      v.gain += floorDiv(excess * BigInt(a.trust), ONE) // floor toward -inf for a negative excess
+      v.labels += BigInt(a.labels)
+      v.eq += BigInt(a.equivocations)
+      acc.set(key, v)
+    }
+  }
+  const earned = new Map()
+  for (const [key, v] of acc) earned.set(key, max(0n, v.gain - EQUIVOCATION_PENALTY * ONE * v.eq) / (v.labels + PRIOR_LABELS))
+  return earned
+}
+
+/**
+ * weight(a, d) = min(max_weight, max(fresh_weight, earned(a, d) + G(a, d))) (section 12), where
+ * G counts each genesis entry [account, domain, weight] of domain d or "" once.
+ */
+export function reputationWeight (accountHex, domain, earned, genesisReputation, params) {
+  let x = earned.get(`${accountHex}/${domain}`) ?? 0n
+  for (const [a, d, w] of genesisReputation) if (a === accountHex && (d === '' || d === domain)) x += BigInt(w)
+  return min(BigInt(params.max_weight), max(BigInt(params.fresh_weight), x))
 }
