@@ -7,6 +7,7 @@ import { DecodeError, decode, encode, equalBytes, hex, unhex } from './src/msgpa
 import { keyFromSeed, verify, verifyOpenSSLOnly } from './src/ed25519.mjs'
 import * as P from './src/protocol.mjs'
 import * as T from './src/tally.mjs'
+import { LedgerState } from './src/ledger.mjs'
 
 const here = dirname(fileURLToPath(import.meta.url))
 const dir = process.argv[2] ?? join(here, '..', 'tests', 'vectors')
@@ -306,6 +307,65 @@ const rep = load('reputation.json')
     eq(T.reputationWeight(w.account, w.domain, earned, entries(rep.genesis_weights.genesis_reputation), rp), BigInt(w.weight),
       `genesis_weights: weight of ${w.name} in '${w.domain}'`)
   }
+}
+
+// ------------------------------------------------------------------ the ledger (PROTOCOL.md 16)
+const led = load('ledger.json')
+eq(led.network_id, hex(NET), 'ledger network id')
+eq(ints([...led.validators].sort()), ints([...genesis.validators].sort()), 'ledger validators = genesis validators')
+/** A deterministic shuffle (xorshift32 seeded by the scenario's name and the round). */
+function shuffled (xs, seedText) {
+  let x = new DataView(P.sha256(new TextEncoder().encode(seedText)).buffer).getUint32(0) || 1
+  const out = [...xs]
+  for (let i = out.length - 1; i > 0; i--) {
+    x ^= x << 13; x >>>= 0; x ^= x >>> 17; x ^= x << 5; x >>>= 0
+    const j = x % (i + 1);
+    [out[i], out[j]] = [out[j], out[i]]
+  }
+  return out
+}
+const LEDGER_ORDERS = 50
+for (const sc of led.scenarios) {
+  const lp = { ...params, ...sc.params }
+  const validators = new Map(led.validators.map(([a, w]) => [a, BigInt(w)]))
+  const ctx = { getTask: () => null, validatorWeight: (a) => validators.get(hex(a)) ?? 0n }
+  const inputs = sc.tasks.map(t => ['task', t])
+  for (const kind of ['orders', 'votes']) {
+    for (const m of sc[kind]) {
+      // every envelope goes through the pipeline of 6.2 (decode, basic, signature, context) first
+      const r = P.checkMessage(unhex(m.envelope_hex), ctx, NET, 1800000000000, lp)
+      eq(r.outcome, 'ACCEPT', `ledger ${sc.name}: ${kind} ${m.id.slice(0, 8)} is valid (${r.reason})`)
+      if (!r.msg) continue
+      eq(hex(P.messageId(r.msg, NET)), m.id, `ledger ${sc.name}: ${kind} ${m.id.slice(0, 8)} id`)
+      eq(canon(r.msg.body), canon(bodyFromJson(kind === 'orders' ? 5 : 6, m.body)), `ledger ${sc.name}: ${kind} ${m.id.slice(0, 8)} fields`)
+      inputs.push(kind === 'orders' ? ['order', [m.id, r.msg.body]] : ['vote', r.msg.body])
+    }
+  }
+  for (const rel of sc.releases) inputs.push(['release', rel])
+  const e = sc.expected
+  const want = ints([e.balances, e.escrow, e.burned, e.supply, e.next_seq, e.applied, e.certified_not_applied, e.released, e.funded, e.evidence])
+  const runs = [inputs, [...inputs].reverse()]
+  for (let k = 0; k < LEDGER_ORDERS; k++) runs.push(shuffled(inputs, `${sc.name}/${k}`))
+  let same = 0
+  let supplyHeld = true
+  runs.forEach((run, k) => {
+    const st = new LedgerState(new Map(sc.balances.map(([a, c]) => [a, BigInt(big(c))])), validators, lp)
+    for (const [kind, x] of run) {
+      if (kind === 'task') st.addTask(x.task_id, x.requester, big(x.bounty))
+      else if (kind === 'order') st.addOrder(x[0], x[1])
+      else if (kind === 'vote') st.addVote(x)
+      else st.addRelease({ task_id: x.task_id, requester: x.requester, rewards: x.rewards.map(([a, c]) => [a, big(c)]), fee: big(x.fee) })
+      supplyHeld &&= st.checkSupply()
+    }
+    const nonzero = (m) => [...m].filter(([, c]) => c !== 0n).sort(([a], [b]) => a < b ? -1 : 1)
+    const got = ints([nonzero(st.balance), nonzero(st.escrow), st.burned, st.supply,
+      [...st.nextSeq].sort(([a], [b]) => a < b ? -1 : 1), [...st.applied].sort(), st.certifiedNotApplied(),
+      [...st.released].sort(), [...st.tasks.keys()].filter(t => st.isFunded(t)).sort(), st.evidence()])
+    if (k === 0) eq(got, want, `ledger ${sc.name}: the expected state, inputs in the file's order`)
+    if (got === want) same++
+  })
+  eq(same, runs.length, `ledger ${sc.name}: the same state in ${runs.length} orders of arrival`)
+  check(supplyHeld, `ledger ${sc.name}: supply invariant broken at some step`)
 }
 
 // ------------------------------------------------------------------ gossip bundles
