@@ -1,17 +1,19 @@
 // A labelmesh peer on js-libp2p, written from PROTOCOL.md.
 //
-// It joins a network (genesis JSON + a bootstrap multiaddr), subscribes to the four
+// It joins a network (genesis JSON + a bootstrap multiaddr), subscribes to the six
 // gossip topics with its own three-way validator, serves the sync protocol from what
-// it holds, and annotates tasks: for every open task it learns (from gossip, or by
-// pulling sync SUMMARY/GET from its peers), it signs one AnnotationBatch with its own
-// ed25519 account key, publishes it on the batch topic and then asks a peer for it
-// back over sync GET, which proves the peer validated and stored it.
+// it holds, keeps the ledger (section 16) from the transfers and ledger votes it meets,
+// and annotates tasks: for every open task it learns (from gossip, or by pulling sync
+// SUMMARY/GET from its peers), once the task's bounty is escrowed in its own view, it
+// signs one AnnotationBatch with its own ed25519 account key, publishes it on the batch
+// topic and then asks a peer for it back over sync GET, which proves the peer validated
+// and stored it.
 //
 // Usage:
 //   node src/peer.mjs --genesis G.json --bootstrap /ip4/127.0.0.1/tcp/P/p2p/ID [--bootstrap ...]
 //        [--seed HEX32] [--tasks N] [--timeout-s S] [--label-offset K] [--linger-s S]
 //
-// Output: one JSON object per line on stdout ("event": ready | task | published |
+// Output: one JSON object per line on stdout ("event": ready | task | funded | published |
 // confirmed | done | error ...); diagnostics on stderr. Exit 0 once N tasks are
 // confirmed (then it lingers --linger-s seconds serving sync), 1 on timeout or error.
 import './polyfill.mjs'
@@ -28,6 +30,7 @@ import { multiaddr } from '@multiformats/multiaddr'
 import { compareBytes, concat, equalBytes, hex, unhex } from './msgpack.mjs'
 import { keyFromSeed } from './ed25519.mjs'
 import * as P from './protocol.mjs'
+import { LedgerState } from './ledger.mjs'
 
 const { values: opt } = parseArgs({
   options: {
@@ -62,9 +65,15 @@ const labelOffset = Number(opt['label-offset'])
 
 // ------------------------------------------------------------------ local state: a grow-only set of valid messages
 const store = new Map() // id hex -> raw envelope
-const taskIds = new Map() // task id hex -> sorted array of message ids (Uint8Array) of that task
+const taskIds = new Map() // task id hex (or the ledger bucket) -> sorted array of message ids (Uint8Array)
 const tasks = new Map() // task id hex -> TaskAnnouncement body
 const annotated = new Map() // task id hex -> { batchId, via, confirmed }
+const unfunded = new Map() // task id hex -> via: open tasks waiting for their escrow (section 16)
+// The ledger of this node's view: the genesis balances, then every stored task, transfer and
+// ledger vote. It follows no certificate, so it never sees a release: it tells which tasks are
+// funded (open for labels), not the balances after rewards.
+const ledger = new LedgerState(genesis.balances, genesis.validators, params)
+const LEDGER_HEX = hex(P.LEDGER_BUCKET)
 
 const ctx = {
   getTask: (id) => tasks.get(hex(id)) ?? null,
@@ -86,12 +95,18 @@ function ingest (raw, via) {
     const id = P.messageId(probe.msg, NET)
     if (store.has(hex(id))) return { ...probe, outcome: 'IGNORE', reason: 'duplicate', id }
     if (probe.outcome !== 'ACCEPT') return { ...probe, id }
-    store.set(hex(id), raw)
     const b = probe.msg.body
-    const tid = b.kind === P.KIND.TASK ? id : b.task_id
-    if (b.kind === P.KIND.TASK) tasks.set(hex(id), b)
-    addToIndex(hex(tid), id)
-    if (b.kind === P.KIND.TASK) onTask(id, b, via)
+    // a batch of a task not funded in our view: IGNORE (no penalty); sync brings it back later (6.2, 16)
+    if (b.kind === P.KIND.BATCH && !ledger.isFunded(hex(b.task_id))) return { ...probe, outcome: 'IGNORE', reason: 'task not funded yet', id }
+    store.set(hex(id), raw)
+    addToIndex(hex(P.bucketOf(probe.msg, id)), id)
+    if (b.kind === P.KIND.TASK) {
+      tasks.set(hex(id), b)
+      ledger.addTask(hex(id), hex(b.requester), b.bounty)
+      onTask(id, b, via)
+    } else if (b.kind === P.KIND.TRANSFER) ledger.addOrder(hex(id), b)
+    else if (b.kind === P.KIND.LEDGER_VOTE) ledger.addVote(b)
+    if (b.kind === P.KIND.TASK || b.kind === P.KIND.TRANSFER || b.kind === P.KIND.LEDGER_VOTE) onLedger(via)
     return { ...probe, id }
   }
   return probe
@@ -224,15 +239,42 @@ await node.handle(SYNC_PROTOCOL, async (stream, connection) => {
   }
 })
 
-// Sync client: learn tasks we do not hold (SUMMARY, then GET the announcement by its id).
+/** GET the ids we lack (in chunks of MAX_GET_IDS) and run each envelope through the pipeline. */
+async function fetchIds (peerId, ids) {
+  for (let i = 0; i < ids.length; i += P.SYNC.MAX_GET_IDS) {
+    const raws = P.decodeGetResponse(await request(peerId, P.encodeGetRequest(ids.slice(i, i + P.SYNC.MAX_GET_IDS))), params.max_message_bytes)
+    for (const raw of raws) ingest(raw, 'sync')
+  }
+}
+
+/** The ids of one bucket that peerId holds and we lack: RANGE, recursing into the parts that differ (8.2). */
+async function missingIds (peerId, bucket, lo = new Uint8Array(0), hi = null, depth = 0) {
+  const r = P.decodeRangeResponse(await request(peerId, P.encodeRangeRequest(bucket, lo, hi)))
+  const mine = taskIds.get(hex(bucket)) ?? []
+  if (r.mode === 'ids') return r.ids.filter(id => !store.has(hex(id)))
+  if (depth >= 16) throw new Error('sync: range recursion deeper than 16')
+  const out = []
+  for (const [subLo, subHi, count, fp] of r.parts) {
+    const [a, b] = P.rangeSlice(mine, subLo, subHi)
+    if (count > 0 && (count !== b - a || !equalBytes(fp, P.computeFingerprint(mine.slice(a, b))))) {
+      out.push(...await missingIds(peerId, bucket, subLo, subHi, depth + 1))
+    }
+  }
+  return out
+}
+
+// Sync client: learn the tasks we do not hold (SUMMARY, then GET each announcement by its id),
+// and the ledger bucket's transfers and votes (RANGE, then GET what differs).
 async function pullTasks (peerId) {
   let cursor = new Uint8Array(0)
   for (let page = 0; page < 100; page++) {
     const { rows, next } = P.decodeSummaryResponse(await request(peerId, P.encodeSummaryRequest(cursor, P.SYNC.MAX_SUMMARY_TASKS)))
-    const missing = rows.map(r => r[0]).filter(t => !tasks.has(hex(t)))
-    for (let i = 0; i < missing.length; i += P.SYNC.MAX_GET_IDS) {
-      const raws = P.decodeGetResponse(await request(peerId, P.encodeGetRequest(missing.slice(i, i + P.SYNC.MAX_GET_IDS))), params.max_message_bytes)
-      for (const raw of raws) ingest(raw, 'sync')
+    const ids = rows.map(r => r[0])
+    await fetchIds(peerId, ids.filter(t => !tasks.has(hex(t)) && hex(t) !== LEDGER_HEX))
+    const lrow = rows.find(r => hex(r[0]) === LEDGER_HEX)
+    const mine = taskIds.get(LEDGER_HEX) ?? []
+    if (lrow && (lrow[1] !== mine.length || !equalBytes(lrow[2], P.computeFingerprint(mine)))) {
+      await fetchIds(peerId, await missingIds(peerId, P.LEDGER_BUCKET))
     }
     if (!next) return
     cursor = next
@@ -254,8 +296,19 @@ function onTask (id, task, via) {
   emit('task', { task_id: tid, via, title: task.title, items: task.items.length, labels, deadline_ms: Number(task.deadline) })
   if (annotated.has(tid)) return
   if (BigInt(Date.now()) > BigInt(task.deadline)) { emit('skipped', { task_id: tid, reason: 'deadline passed' }); return }
-  annotated.set(tid, { via, batchId: null, confirmed: false })
-  pending.push(id)
+  unfunded.set(tid, via)
+}
+
+/** After a ledger input: every waiting task that is now funded is open for labels (section 16). */
+function onLedger (via) {
+  for (const [tid, taskVia] of unfunded) {
+    if (!ledger.isFunded(tid)) continue
+    unfunded.delete(tid)
+    const orders = [...ledger.orders].filter(([id, o]) => o.dest_type === 1 && o.dest === tid && ledger.applied.has(id)).map(([id]) => id)
+    emit('funded', { task_id: tid, via, bounty: Number(tasks.get(tid).bounty), escrowed: Number(ledger.escrowed.get(tid) ?? 0n), orders })
+    annotated.set(tid, { via: taskVia, batchId: null, confirmed: false })
+    pending.push(unhex(tid))
+  }
 }
 
 async function annotate (taskId) {
@@ -334,14 +387,17 @@ try {
     }
     const done = [...annotated.values()].filter(a => a.confirmed).length
     if (done >= wantTasks) break
-    if (Date.now() - lastPull > 15000) { // a task that gossip failed to bring: sync repairs
+    for (const tid of unfunded.keys()) if (BigInt(Date.now()) > BigInt(tasks.get(tid).deadline)) { unfunded.delete(tid); emit('skipped', { task_id: tid, reason: 'deadline passed before the escrow was certified' }) }
+    // a task or ledger message that gossip failed to bring: sync repairs (every second while a task waits for its escrow)
+    if (Date.now() - lastPull > (unfunded.size ? 1000 : 15000)) {
       for (const p of peers) await pullTasks(p).catch(e => log(`pull: ${e.message}`))
       lastPull = Date.now()
     }
     await sleep(100)
   }
   const linger = Number(opt['linger-s']) * 1000
-  emit('done', { tasks: [...annotated.keys()], served_sync_requests: served, lingering_s: linger / 1000 })
+  const ledgerView = { orders: ledger.orders.size, applied: ledger.applied.size, votes: (taskIds.get(LEDGER_HEX) ?? []).length - ledger.orders.size, supply_ok: ledger.checkSupply() }
+  emit('done', { tasks: [...annotated.keys()], served_sync_requests: served, lingering_s: linger / 1000, ledger: ledgerView })
   if (linger) await sleep(Math.min(linger, Math.max(0, deadlineAt - Date.now())))
   emit('exit', { served_sync_requests: served })
   await shutdown(0)
