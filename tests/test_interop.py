@@ -6,10 +6,14 @@ matches ``package-lock.json``). Then:
 * ``node interop/verify-vectors.mjs`` replays every test vector with the JS code;
 * a 3-node Python devnet starts on 127.0.0.1; task A is posted before the JS peer
   joins (it must pull it through sync), task B after it is meshed (it must receive
-  it through gossip); the JS peer signs one AnnotationBatch per task with its own
-  account key and publishes it; every Python node must store both batches, count
-  the JS annotator in ``consensus_get``, and certify results that include it; the
-  bootstrap node must have synced from the JS peer's sync server.
+  it through gossip); each task's bounty is escrowed (``task_post`` returns once the
+  escrow order is certified), and the JS peer must see that order applied in its own
+  ledger (transfers and ledger votes through sync or gossip, section 16) before it
+  annotates; it signs one AnnotationBatch per task with its own account key and
+  publishes it; every Python node must store both batches, count the JS annotator in
+  ``consensus_get``, and certify results that include it; the bootstrap node must have
+  synced from the JS peer's sync server without penalising it (so no ledger message
+  the JS peer stored and served was refused).
 
 Node.js and npm are required: without them the tests FAIL (they do not skip).
 """
@@ -161,6 +165,7 @@ def test_js_peer_annotates_through_gossip_and_sync(js, devnet):
     genesis = root / "node-0" / "genesis.json"
     # Task A exists before the JS peer joins: it has to come through sync.
     task_a = _post(root, 0, "before", 8, 15)
+    assert task_a["funded"], task_a            # the escrow is certified: the task is open for labels
     _wait(lambda: all(any(t["task_id"] == task_a["task_id"] for t in _rpc(root, i, "tasks_list")["tasks"])
                       for i in range(n)), 30, "task A on every node")
     peer = JsPeer(js, ["--genesis", str(genesis), "--bootstrap", meta["addrs"][1], "--seed", JS_SEED, "--tasks", "2", "--timeout-s", "120",
@@ -172,6 +177,7 @@ def test_js_peer_annotates_through_gossip_and_sync(js, devnet):
         # Task B is posted (on node 0, which holds the requester key; the JS peer is connected to
         # node 1) once the JS peer is in the mesh: it has to come through gossip, over two hops.
         task_b = _post(root, 0, "after", 5, 10)
+        assert task_b["funded"], task_b
         got = {}
         for t in (task_a, task_b):
             ev = peer.wait_event(lambda e, t=t: e["event"] == "confirmed" and e["task_id"] == t["task_id"], 60,
@@ -181,6 +187,16 @@ def test_js_peer_annotates_through_gossip_and_sync(js, devnet):
         assert via[task_a["task_id"]] == "sync"
         assert via[task_b["task_id"]] == "gossip"
         items = {task_a["task_id"]: 8, task_b["task_id"]: 5}
+        # The JS peer's own ledger applied each task's escrow order (the one the node signed)
+        # before it annotated: it annotates funded tasks only.
+        for t in (task_a, task_b):
+            funded = [(k, e) for k, e in enumerate(peer.events) if e["event"] == "funded" and e["task_id"] == t["task_id"]]
+            published = [k for k, e in enumerate(peer.events) if e["event"] == "published" and e["task_id"] == t["task_id"]]
+            assert funded and published and funded[0][0] < published[0], peer.events
+            assert funded[0][1]["escrowed"] == funded[0][1]["bounty"] == 1000
+            assert t["escrow"]["order_id"] in funded[0][1]["orders"]
+        done = peer.wait_event(lambda e: e["event"] == "done", 30, "done event")
+        assert done["ledger"]["supply_ok"] and done["ledger"]["applied"] >= 2 and done["ledger"]["votes"] >= 1
 
         # Every Python node stores both batches, signed by the JS account.
         def stored_everywhere():
