@@ -264,13 +264,14 @@ async function missingIds (peerId, bucket, lo = new Uint8Array(0), hi = null, de
 }
 
 // Sync client: learn the tasks we do not hold (SUMMARY, then GET each announcement by its id),
-// and the ledger bucket's transfers and votes (RANGE, then GET what differs).
-async function pullTasks (peerId) {
+// and the ledger bucket's transfers and votes (RANGE, then GET what differs); withTasks false:
+// the ledger bucket only.
+async function pullTasks (peerId, withTasks = true) {
   let cursor = new Uint8Array(0)
   for (let page = 0; page < 100; page++) {
     const { rows, next } = P.decodeSummaryResponse(await request(peerId, P.encodeSummaryRequest(cursor, P.SYNC.MAX_SUMMARY_TASKS)))
     const ids = rows.map(r => r[0])
-    await fetchIds(peerId, ids.filter(t => !tasks.has(hex(t)) && hex(t) !== LEDGER_HEX))
+    if (withTasks) await fetchIds(peerId, ids.filter(t => !tasks.has(hex(t)) && hex(t) !== LEDGER_HEX))
     const lrow = rows.find(r => hex(r[0]) === LEDGER_HEX)
     const mine = taskIds.get(LEDGER_HEX) ?? []
     if (lrow && (lrow[1] !== mine.length || !equalBytes(lrow[2], P.computeFingerprint(mine)))) {
@@ -373,6 +374,7 @@ try {
     tasks_known: tasks.size
   })
   let lastPull = Date.now()
+  let lastLedgerPull = lastPull
   while (true) {
     while (pending.length) await annotate(pending.shift())
     for (const [tid, a] of annotated) {
@@ -388,10 +390,13 @@ try {
     const done = [...annotated.values()].filter(a => a.confirmed).length
     if (done >= wantTasks) break
     for (const tid of unfunded.keys()) if (BigInt(Date.now()) > BigInt(tasks.get(tid).deadline)) { unfunded.delete(tid); emit('skipped', { task_id: tid, reason: 'deadline passed before the escrow was certified' }) }
-    // a task or ledger message that gossip failed to bring: sync repairs (every second while a task waits for its escrow)
-    if (Date.now() - lastPull > (unfunded.size ? 1000 : 15000)) {
-      for (const p of peers) await pullTasks(p).catch(e => log(`pull: ${e.message}`))
-      lastPull = Date.now()
+    // a task or ledger message that gossip failed to bring: sync repairs (the ledger bucket every
+    // second while a task waits for its escrow, everything every 15 s)
+    const full = Date.now() - lastPull > 15000
+    if (full || (unfunded.size && Date.now() - lastLedgerPull > 1000)) {
+      for (const p of peers) await pullTasks(p, full).catch(e => log(`pull: ${e.message}`))
+      lastLedgerPull = Date.now()
+      if (full) lastPull = lastLedgerPull
     }
     await sleep(100)
   }
