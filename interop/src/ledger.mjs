@@ -136,15 +136,40 @@ export class LedgerState {
     return true
   }
 
+  /** The reported state of section 16 (the fields of ledger.json → expected), every list sorted. */
+  report () {
+    const byKey = ([a], [b]) => a < b ? -1 : a > b ? 1 : 0
+    const nonzero = (m) => [...m].filter(([, c]) => c !== 0n).sort(byKey)
+    return {
+      balances: nonzero(this.balance),
+      escrow: nonzero(this.escrow),
+      burned: this.burned,
+      supply: this.supply,
+      next_seq: [...this.nextSeq].sort(byKey),
+      applied: [...this.applied].sort(),
+      certified_not_applied: this.certifiedNotApplied(),
+      released: [...this.released].sort(),
+      funded: [...this.tasks.keys()].filter(t => this.isFunded(t)).sort(),
+      evidence: this.evidence()
+    }
+  }
+
   /** Σ balance + Σ escrow + burned = supply, nothing negative (the invariant of section 16). */
   checkSupply () {
     const terms = [...this.balance.values(), ...this.escrow.values()]
     return terms.every(x => x >= 0n) && terms.reduce((a, x) => a + x, this.burned) === this.supply
   }
 
-  /** Certified orders (held) that are not applied: waiting for credits, or the loser of a faulty slot. */
+  /** For each slot none of whose orders is applied, its certified order if any: waiting for credits or an earlier slot. */
   certifiedNotApplied () {
-    return [...this.orders.keys()].filter(id => !this.applied.has(id) && this.isCertified(id)).sort()
+    const out = []
+    for (const [key, ids] of this.slots) {
+      if ([...ids].some(id => this.applied.has(id))) continue
+      const [sender, seq] = key.split('/')
+      const id = this.slotOrder(sender, BigInt(seq))
+      if (id !== null) out.push(id)
+    }
+    return out.sort()
   }
 
   /** Validators that signed two or more orders of one slot: [[validator, sender, seq, [order ids sorted]]], sorted. */
