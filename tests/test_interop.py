@@ -4,6 +4,9 @@
 matches ``package-lock.json``). Then:
 
 * ``node interop/verify-vectors.mjs`` replays every test vector with the JS code;
+* ``node interop/ledger-replay.mjs`` runs the JS ledger on 400 random cases of ledger inputs
+  (debits, votes of honest and faulty validators, escrows, releases, in random order) and
+  must reach the reference's state in every one;
 * a 3-node Python devnet starts on 127.0.0.1; task A is posted before the JS peer
   joins (it must pull it through sync), task B after it is meshed (it must receive
   it through gossip); each task's bounty is escrowed (``task_post`` returns once the
@@ -74,6 +77,122 @@ def test_js_replays_every_vector(js):
     r = subprocess.run([js, str(INTEROP / "verify-vectors.mjs")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert ", 0 failed" in r.stdout, r.stdout
+
+
+def _random_ledger_case(rng, case: int) -> tuple[dict, list]:
+    """Random ledger inputs (four accounts, four validators, two tasks): debits in random slots, some
+    uncovered or unescrowed, votes from random subsets of validators, equivocating votes, releases."""
+    from protocol.ledger import Release
+    from protocol.messages import LedgerVote, Transfer
+
+    def h(s):
+        return hashlib.sha256(s.encode()).digest()
+    accts = [h(f"a{case}/{i}") for i in range(4)]
+    vals = {h(f"v{i}"): rng.randint(1, 4) for i in range(4)}
+    params = {"ledger_fee_bps": rng.choice([0, 250, 10_000]), "ledger_fee_to": rng.randint(0, 1)}
+    balances = [(a, rng.randint(0, 1500)) for a in accts[:2]]
+    tasks = [(h(f"t{case}/{i}"), rng.choice(accts[:2]), rng.choice([0, 300, 700])) for i in range(2)]
+    inputs: list = [("task", t) for t in tasks if rng.random() < 0.9]
+    orders = []
+    for k in range(rng.randint(1, 8)):
+        s, seq = rng.choice(accts), rng.randint(0, 2)
+        if rng.random() < 0.5:      # an escrow, mostly the requester's for the whole bounty
+            t = rng.choice(tasks)
+            if rng.random() < 0.7:
+                s, seq = t[1], rng.randint(0, 1)
+            body = Transfer(s, seq, 1, rng.choice([t[2] or 1, rng.randint(1, 900)]), 1, t[0])
+        else:
+            body = Transfer(s, seq, 1, rng.randint(1, 900), 0, rng.choice([a for a in accts if a != s]))
+        orders.append((h(f"o{case}/{k}"), body))
+        inputs.append(("order", orders[-1]))
+    for v in vals:
+        signed = {(o.sender, o.seq): (o.sender, o.seq, oid) for oid, o in orders if rng.random() < 0.7}
+        if signed:
+            inputs.append(("vote", LedgerVote(v, 1, tuple(sorted(signed.values())))))
+        if rng.random() < 0.3:      # a second vote: the same order again, or another of one slot (evidence)
+            oid, o = rng.choice(orders)
+            inputs.append(("vote", LedgerVote(v, 2, ((o.sender, o.seq, oid),))))
+    if rng.random() < 0.15:         # a faulty quorum signs everything: two certified orders in one slot
+        inputs += [("vote", LedgerVote(v, 3, ((o.sender, o.seq, oid),))) for v in vals for oid, o in orders]
+    for t, requester, bounty in tasks:
+        if bounty and rng.random() < 0.6:
+            fee = bounty * params["ledger_fee_bps"] // 10_000
+            r1 = rng.randint(0, bounty - fee)
+            r2 = rng.randint(0, bounty - fee - r1)
+            rewards = tuple((a, r) for a, r in zip(rng.sample(accts, 2), (r1, r2)) if r > 0)
+            inputs.append(("release", Release(t, requester, 5, rewards, fee)))
+    rng.shuffle(inputs)
+    return {"params": params, "validators": vals, "balances": balances, "tasks": tasks}, inputs
+
+
+def _certified_twice(case: dict) -> bool:
+    """Does some slot of this serialized case hold two orders that are both certified?"""
+    weight = dict(map(tuple, case["validators"]))
+    signers: dict = {}
+    for inp in case["inputs"]:
+        if inp[0] == "vote":
+            for s, n, o in inp[1]["votes"]:
+                signers.setdefault((s, n, o), set()).add(inp[1]["validator"])
+    certified = [(x[2]["sender"], x[2]["seq"]) for x in case["inputs"] if x[0] == "order" and
+                 3 * sum(weight[v] for v in signers.get((x[2]["sender"], x[2]["seq"], x[1]), ())) > 2 * sum(weight.values())]
+    return len(certified) > len(set(certified))
+
+
+def test_js_ledger_matches_the_reference_on_random_inputs(js):
+    """interop/src/ledger.mjs (written from PROTOCOL.md 16) and protocol/ledger.py reach the same
+    reported state from the same random inputs: balances, escrow, burned, sequence numbers,
+    applied and certified orders, releases, funded tasks, evidence."""
+    import random
+
+    from protocol.ledger import LedgerState
+    from protocol.params import Params
+
+    rng = random.Random(17)
+    cases, want = [], []
+    for case in range(400):
+        c, inputs = _random_ledger_case(rng, case)
+        st = LedgerState(c["balances"], c["validators"], Params().with_overrides(c["params"]))
+        ser = []
+        for kind, x in inputs:
+            {"task": lambda x: st.add_task(*x), "order": lambda x: st.add_order(*x), "vote": st.add_vote,
+             "release": st.add_release}[kind](x)
+            if kind == "task":
+                ser.append(["task", {"task_id": x[0].hex(), "requester": x[1].hex(), "bounty": x[2]}])
+            elif kind == "order":
+                o = x[1]
+                ser.append(["order", x[0].hex(), {"sender": o.sender.hex(), "seq": o.seq, "amount": o.amount,
+                                                  "dest_type": o.dest_type, "dest": o.dest.hex()}])
+            elif kind == "vote":
+                ser.append(["vote", {"validator": x.validator.hex(), "votes": [[s.hex(), n, i.hex()] for s, n, i in x.votes]}])
+            else:
+                ser.append(["release", {"task_id": x.task_id.hex(), "requester": x.requester.hex(), "fee": x.fee,
+                                        "rewards": [[a.hex(), r] for a, r in x.rewards]}])
+        cases.append({"params": c["params"], "validators": [[a.hex(), w] for a, w in c["validators"].items()],
+                      "balances": [[a.hex(), x] for a, x in c["balances"]], "inputs": ser})
+        want.append({
+            "balances": [[a.hex(), x] for a, x in sorted(st.balance.items()) if x],
+            "escrow": [[t.hex(), x] for t, x in sorted(st.escrow.items()) if x],
+            "burned": st.burned, "supply": st.supply,
+            "next_seq": [[a.hex(), n] for a, n in sorted(st.next_seq.items())],
+            "applied": sorted(o.hex() for o in st.applied),
+            "certified_not_applied": sorted(o.hex() for o in st.certified.values() if o not in st.applied),
+            "released": sorted(t.hex() for t in st.released),
+            "funded": sorted(t.hex() for t, _, _ in c["tasks"] if st.is_funded(t) and any(
+                k == "task" and x[0] == t for k, x in inputs)),
+            "evidence": [[v.hex(), s.hex(), n, [i.hex() for i in ids]] for v, s, n, ids in st.get_evidence()],
+            "supply_held": st.check_supply()})
+    r = subprocess.run([js, str(INTEROP / "ledger-replay.mjs")], input=json.dumps(cases), capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    assert len(got) == len(want)
+    for k, (g, w) in enumerate(zip(got, want)):
+        assert g == w, f"case {k}: inputs {cases[k]['inputs']}"
+    # the random cases reach every part of the ledger
+    reached = {f: sum(1 for w in want if w[f]) for f in ("escrow", "certified_not_applied", "released", "evidence")}
+    reached["slot_certified_twice"] = sum(1 for c in cases if _certified_twice(c))
+    assert min(reached.values()) >= 10, reached
+    print("random ledger cases reaching each part:", reached)
 
 
 # --------------------------------------------------------------------------- the devnet scenario
