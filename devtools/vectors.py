@@ -1188,6 +1188,59 @@ def gen_bundles() -> dict:
             "invalid": [{"name": n, "payload_hex": p.hex(), "why": w} for n, p, w in bad]}
 
 
+# --------------------------------------------------------------------------- keep rule
+
+def gen_keep() -> dict:
+    """protocol/keep.py: which of a task's batches a node keeps (PROTOCOL.md 6.3). The rule
+    reads only ids and (item, label) pairs, so the cases use plain ids, not signed batches."""
+    from protocol.keep import AnnotatorVotes, compute_kept_batches
+
+    def bid(name: str) -> bytes:
+        return sha256(b"labelmesh-vectors/v1/keep/" + name.encode())
+
+    def case(name: str, rows: list, note: str) -> dict:
+        batches = [(bid(n), AnnotationBatch(annotator=ACCOUNTS[a].pk, task_id=bytes(32), created_at=0,
+                                            labels=tuple(pairs))) for n, a, pairs in rows]
+        kept = compute_kept_batches(batches)
+        # the same batches arriving in the listed order, one at a time: what each displaces
+        votes: dict[bytes, AnnotatorVotes] = {}
+        arrivals = []
+        for (n, _, _), (i, b) in zip(rows, batches):
+            ok, gone = votes.setdefault(b.annotator, AnnotatorVotes()).add_batch(i, b.labels)
+            arrivals.append({"batch": n, "kept": ok, "displaces": sorted(g.hex() for g in gone)})
+        return {"name": name, "note": note,
+                "batches": [{"name": n, "id": i.hex(), "annotator": b.annotator.hex(),
+                             "labels": [list(p) for p in b.labels]} for (n, _, _), (i, b) in zip(rows, batches)],
+                "kept": sorted(i.hex() for i in kept), "arrivals": arrivals}
+
+    ids = {n: bid(n) for n in "abcdefgh"}
+    order = sorted(ids, key=ids.get)  # names by ascending id, to build cases with known orders
+    lo, mid, hi = order[0], order[3], order[7]
+    rng = np.random.default_rng(22)
+    flood = [(f"f{k}", "annotator-a", [(int(rng.integers(0, 4)), int(rng.integers(0, 3)))]) for k in range(60)]
+    cases = [
+        case("distinct_items_all_kept", [(n, "annotator-a", [(k, k % 3)]) for k, n in enumerate("abcdefgh")],
+             "an annotator that never labels an item twice keeps every batch"),
+        case("same_label_smallest_id_wins", [(hi, "annotator-a", [(0, 1)]), (mid, "annotator-a", [(0, 1)]),
+                                             (lo, "annotator-a", [(0, 1)])],
+             "three batches with the same label: only the smallest id is kept; each arrival displaces the last"),
+        case("new_item_keeps_a_batch", [(lo, "annotator-a", [(0, 1)]), (hi, "annotator-a", [(0, 1), (5, 2)])],
+             "a repeat that also labels a new item is kept (it owns the new label)"),
+        case("third_label_pushes_out_the_largest", [(lo, "annotator-a", [(0, 2)]), (mid, "annotator-a", [(0, 1)]),
+                                                    (hi, "annotator-a", [(0, 0)])],
+             "labels 2, 1, 0 for one item: the two smallest (0, 1) count; the batch of label 2 is displaced"),
+        case("annotators_are_independent", [(lo, "annotator-a", [(0, 1)]), (hi, "annotator-b", [(0, 1)])],
+             "the same label from two annotators: both kept"),
+        case("flood_of_one_annotator", flood, "60 one-label batches on 4 items and 3 labels: at most 2 per item kept"),
+    ]
+    return {"format": FORMAT_VERSION,
+            "rule": "per (task, annotator): the counted labels of an item are the two smallest label indexes the "
+                    "annotator gave it; the owner of a counted (item, label) is the batch with the smallest id that "
+                    "carries it; a batch is kept iff it owns at least one counted label",
+            "gold_rule": "of a task's valid gold reveals, the one with the smallest id is kept",
+            "cases": cases}
+
+
 # --------------------------------------------------------------------------- main
 
 def gen_ledger() -> dict:
@@ -1286,6 +1339,7 @@ GENERATORS = {
     "reputation.json": gen_reputation,
     "bundles.json": gen_bundles,
     "ledger.json": gen_ledger,
+    "keep.json": gen_keep,
 }
 
 

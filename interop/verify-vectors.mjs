@@ -384,6 +384,21 @@ for (const c of bun.invalid) {
   check(threw, `invalid bundle ${c.name} was accepted`)
 }
 
+// ------------------------------------------------------------------ the keep rule
+const keep = load('keep.json')
+for (const c of keep.cases) {
+  const rows = c.batches.map(b => ({ id: unhex(b.id), annotator: unhex(b.annotator), labels: b.labels }))
+  eq([...P.computeKeptBatches(rows)].sort().join(','), c.kept.join(','), `keep rule ${c.name}`)
+  // arrival by arrival: what the node holds is the rule over what it has seen
+  for (let n = 1; n <= rows.length; n++) {
+    const now = P.computeKeptBatches(rows.slice(0, n))
+    const before = P.computeKeptBatches(rows.slice(0, n - 1))
+    const a = c.arrivals[n - 1]
+    eq(now.has(hex(rows[n - 1].id)), a.kept, `keep rule ${c.name}: arrival ${a.batch} kept`)
+    eq([...before].filter(i => !now.has(i)).sort().join(','), a.displaces.join(','), `keep rule ${c.name}: ${a.batch} displaces`)
+  }
+}
+
 // ------------------------------------------------------------------ verdict
 console.log(`verify-vectors: ${checks} checks, ${failures.length} failed; ${reasonMatches}/${inv.cases.length} validation reasons also match the reference's wording`)
 for (const f of failures.slice(0, 50)) console.log(`FAIL ${f}`)

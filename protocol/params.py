@@ -25,8 +25,6 @@ class Params:
     max_batch_ids_per_attestation: int = 20_000  # batch ids listed in one prevote attestation
     max_bounty: int = 10**15                # credits; integer upper bound of a task bounty
     max_redundancy: int = 1_000             # wanted annotations per item
-    max_batches_per_annotator: int = 1_024  # batches of one annotator per task a node stores from gossip/sync/RPC;
-                                            # more are IGNOREd (a storage bound, not validity: see SECURITY.md). Range 1..1_000_000
 
     # ---- time ----
     clock_skew_ms: int = 30_000             # ms; messages stamped further in the future are IGNOREd (retried later)
@@ -63,7 +61,6 @@ class Params:
             "max_batch_ids_per_attestation": (1, 30_000),
             "max_bounty": (0, 2**62),
             "max_redundancy": (1, 100_000),
-            "max_batches_per_annotator": (1, 1_000_000),
             "clock_skew_ms": (0, 3_600_000),
             "min_task_duration_ms": (0, 86_400_000),
             "max_task_duration_ms": (1, 3650 * 86_400_000),

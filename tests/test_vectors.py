@@ -34,7 +34,8 @@ from protocol.tally import RESULT_ROOT_TAG, compute_task_result
 ROOT = Path(__file__).resolve().parent.parent
 VECTORS = ROOT / "tests" / "vectors"
 FILES = ["codec.json", "genesis.json", "messages.json", "invalid.json", "roots.json", "aggregate.json", "tally.json",
-         "sync.json", "finality.json", "reputation.json", "bundles.json", "ledger.json"]
+         "sync.json", "finality.json", "reputation.json", "bundles.json", "ledger.json",
+         "keep.json"]
 
 
 def load(name: str) -> dict:
@@ -656,3 +657,23 @@ def test_ledger_scenarios_in_every_order(sc):
         assert sorted(o.hex() for o in st.applied) == e["applied"]
         assert sorted(t.hex() for t in st.released) == e["released"]
         assert [[v.hex(), s.hex(), n, [i.hex() for i in ids]] for v, s, n, ids in st.get_evidence()] == e["evidence"]
+
+
+# --------------------------------------------------------------------------- keep rule
+
+KEEP = load("keep.json")
+
+
+@pytest.mark.parametrize("case", KEEP["cases"], ids=lambda c: c["name"])
+def test_keep_rule(case):
+    from protocol.keep import AnnotatorVotes, compute_kept_batches
+    from protocol.messages import AnnotationBatch
+
+    rows = [(bytes.fromhex(b["id"]), AnnotationBatch(annotator=bytes.fromhex(b["annotator"]), task_id=bytes(32),
+                                                     created_at=0, labels=tuple(map(tuple, b["labels"]))))
+            for b in case["batches"]]
+    assert sorted(i.hex() for i in compute_kept_batches(rows)) == case["kept"]
+    votes: dict = {}
+    for (i, b), want in zip(rows, case["arrivals"]):
+        ok, gone = votes.setdefault(b.annotator, AnnotatorVotes()).add_batch(i, b.labels)
+        assert (ok, sorted(g.hex() for g in gone)) == (want["kept"], want["displaces"])

@@ -63,7 +63,7 @@ const wantTasks = Number(opt.tasks)
 const deadlineAt = Date.now() + Number(opt['timeout-s']) * 1000
 const labelOffset = Number(opt['label-offset'])
 
-// ------------------------------------------------------------------ local state: a grow-only set of valid messages
+// ------------------------------------------------------------------ local state: the set of valid messages (PROTOCOL.md 6.3)
 const store = new Map() // id hex -> raw envelope
 const taskIds = new Map() // task id hex (or the ledger bucket) -> sorted array of message ids (Uint8Array)
 const tasks = new Map() // task id hex -> TaskAnnouncement body
@@ -88,6 +88,30 @@ function addToIndex (taskIdHex, id) {
   ids.splice(at, 0, id)
 }
 
+function removeFromIndex (taskIdHex, idHex) {
+  store.delete(idHex)
+  const ids = taskIds.get(taskIdHex)
+  const at = ids.findIndex(x => hex(x) === idHex)
+  if (at >= 0) ids.splice(at, 1)
+}
+
+/** The keep rule (PROTOCOL.md 6.3) after storing a batch or gold reveal of a task: drop
+ * what it does not keep; false if the new message itself is not kept. */
+function applyKeepRule (taskIdHex, b, idHex) {
+  const mine = []
+  for (const id of taskIds.get(taskIdHex)) {
+    const m = P.decodeMessage(store.get(hex(id)), params)
+    if (m.kind === b.kind && (b.kind === P.KIND.GOLD || equalBytes(m.body.annotator, b.annotator))) {
+      mine.push({ id, annotator: m.body.annotator ?? m.body.requester, labels: m.body.labels })
+    }
+  }
+  const kept = b.kind === P.KIND.GOLD
+    ? new Set([mine.map(x => hex(x.id)).sort()[0]])
+    : P.computeKeptBatches(mine)
+  for (const x of mine) if (!kept.has(hex(x.id))) removeFromIndex(taskIdHex, hex(x.id))
+  return kept.has(idHex)
+}
+
 /** Run the validation pipeline and store what it accepts: returns the check result. */
 function ingest (raw, via) {
   const probe = P.checkMessage(raw, ctx, NET, Date.now(), params)
@@ -99,7 +123,11 @@ function ingest (raw, via) {
     // a batch of a task not funded in our view: IGNORE (no penalty); sync brings it back later (6.2, 16)
     if (b.kind === P.KIND.BATCH && !ledger.isFunded(hex(b.task_id))) return { ...probe, outcome: 'IGNORE', reason: 'task not funded yet', id }
     store.set(hex(id), raw)
-    addToIndex(hex(P.bucketOf(probe.msg, id)), id)
+    const tid = P.bucketOf(probe.msg, id)
+    addToIndex(hex(tid), id)
+    if ((b.kind === P.KIND.BATCH || b.kind === P.KIND.GOLD) && !applyKeepRule(hex(tid), b, hex(id))) {
+      return { ...probe, outcome: 'IGNORE', reason: 'not stored: redundant (keep rule)', id }
+    }
     if (b.kind === P.KIND.TASK) {
       tasks.set(hex(id), b)
       ledger.addTask(hex(id), hex(b.requester), b.bounty)

@@ -45,7 +45,6 @@ export const DEFAULT_PARAMS = {
   max_batch_ids_per_attestation: 20000,
   max_bounty: 10 ** 15,
   max_redundancy: 1000,
-  max_batches_per_annotator: 1024,
   clock_skew_ms: 30000,
   min_task_duration_ms: 1000,
   max_task_duration_ms: 90 * 86400000,
@@ -473,6 +472,43 @@ export function computeGoldCommitment (salt, answers) {
 }
 
 export const computeResultRoot = (canonicalResultBytes) => sha256(RESULT_ROOT_TAG, canonicalResultBytes)
+
+// ------------------------------------------------------------------ the keep rule (section 6.3)
+
+/**
+ * Which of one task's batches a node keeps: a Set of id hex strings. ``batches`` are
+ * {id: Uint8Array, annotator: Uint8Array, labels: [[item, label], ...]}. Per annotator and
+ * item, the counted labels are the two smallest label indexes it gave; the owner of a counted
+ * (item, label) is the batch with the smallest id carrying it; a batch is kept iff it owns one.
+ */
+export function computeKeptBatches (batches) {
+  const kept = new Set()
+  const byAnnotator = new Map()
+  for (const b of batches) {
+    const a = hex(b.annotator)
+    if (!byAnnotator.has(a)) byAnnotator.set(a, [])
+    byAnnotator.get(a).push(b)
+  }
+  for (const rows of byAnnotator.values()) {
+    const labelsOf = new Map() // item -> Set of labels
+    const owner = new Map() // "item/label" -> smallest id hex carrying it
+    for (const b of rows) {
+      const id = hex(b.id)
+      for (const [item, label] of b.labels) {
+        const i = Number(item)
+        const l = Number(label)
+        if (!labelsOf.has(i)) labelsOf.set(i, new Set())
+        labelsOf.get(i).add(l)
+        const k = `${i}/${l}`
+        if (!owner.has(k) || id < owner.get(k)) owner.set(k, id) // same-length lowercase hex: bytewise order
+      }
+    }
+    for (const [i, ls] of labelsOf) {
+      for (const l of [...ls].sort((x, y) => x - y).slice(0, 2)) kept.add(owner.get(`${i}/${l}`))
+    }
+  }
+  return kept
+}
 
 // ------------------------------------------------------------------ sync (section 8.2)
 
