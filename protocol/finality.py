@@ -260,6 +260,15 @@ class TaskFinality:
             return None
         return self._ids.get(self.certificate.set_root)
 
+    def get_own_prevoted_ids(self) -> set[bytes]:
+        """The batch ids of every value the local validator prevoted (known ids only):
+        what it vouched for, and must go on holding until the task is certified."""
+        out: set[bytes] = set()
+        for (_, phase), value in self._sent.items():
+            if phase == PHASE_PREVOTE:
+                out.update(self._ids.get(value[0], ()))
+        return out
+
     def missing_batch_ids(self, have: Callable[[bytes], bool]) -> set[bytes]:
         """Batch ids listed by prevotes of a polka value or of the certified value that
         ``have(id)`` says we do not hold: what to fetch through sync."""

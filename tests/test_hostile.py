@@ -28,9 +28,10 @@ from node.keystore import ENV_PASSPHRASE, Keystore
 from node.policy.ratelimit import GossipRateLimiter, RateLimitConfig
 from protocol.codec import pack
 from protocol.genesis import make_genesis
+from node.core.verdicts import KEPT_OVERLAPPING, SURPLUS
 from protocol.messages import (
-    DEST_ACCOUNT, DOMAIN_TAGS, KIND_ATTESTATION, KIND_BATCH, KIND_GOLD, KIND_TASK, PHASE_PRECOMMIT, Attestation,
-    LedgerVote, Outcome, Transfer, check_message, compute_set_root, decode_message, verify_signature,
+    ACCEPT, DEST_ACCOUNT, DOMAIN_TAGS, KIND_ATTESTATION, KIND_BATCH, KIND_GOLD, KIND_TASK, PHASE_PRECOMMIT,
+    Attestation, LedgerVote, Outcome, Transfer, check_message, compute_set_root, decode_message, verify_signature,
 )
 
 from .fakenet import FakeNet
@@ -370,29 +371,44 @@ async def test_account_limit_and_forgeries_cannot_drain_it(tmp_path, nursery, mo
     assert Outcome.REJECT not in outs  # relayers of an over-limit account are not penalised
 
 
-async def test_per_annotator_batch_cap(tmp_path):
-    g = make_test_genesis(max_batches_per_annotator=5)
+async def test_keep_rule_stores_what_counts_and_drops_what_a_smaller_id_repeats(tmp_path):
+    """One vote per (annotator, item) (protocol/keep.py) through a node: from gossip, sync
+    and RPC alike; a repeat with a smaller id displaces the stored batch (deleted from the
+    store and the sync index); across a restart the rule goes on from the store."""
+    g = make_test_genesis()
     task = make_task(n_items=10)
     tm = signed(task, 1, g.network_id)
     tid = tm.compute_id(g.network_id)
-    batches = [signed(make_batch(5, tid, [(k, 1)], created_at=T0 + k), 5, g.network_id) for k in range(9)]
+    # annotator 5 labels item 0 with label 1 in nine batches (different created_at)
+    copies = sorted((signed(make_batch(5, tid, [(0, 1)], created_at=T0 + k), 5, g.network_id) for k in range(9)),
+                    key=lambda m: m.compute_id(g.network_id))
+    ids = [m.compute_id(g.network_id) for m in copies]
     async with trio.open_nursery() as nursery:
         node = await run_node(nursery, tmp_path / "n", g)
         assert (await node.ingest(tm.raw, "rpc"))[0].ok
-        res = await node.ingest_many([b.raw for b in batches[:7]], "sync")
-        assert [v.outcome for v, _ in res] == [Outcome.ACCEPT] * 5 + [Outcome.IGNORE] * 2
-        assert "cap" in res[5][0].reason
-        assert await node.gossip_validate(node.topics[KIND_BATCH], batches[7].raw, "p", "p") is Outcome.IGNORE
-        # another annotator is not affected
-        assert (await node.ingest(signed(make_batch(6, tid, [(0, 1)]), 6, g.network_id).raw, "gossip"))[0].ok
-        # batches pinned by attestations/certificates are stored past the cap
-        assert (await node.ingest(batches[8].raw, "pinned"))[0].ok
+        assert (await node.ingest(copies[4].raw, "sync"))[0] == ACCEPT
+        v, _ = await node.ingest(copies[6].raw, "gossip")          # a larger id: redundant, not stored
+        assert v == SURPLUS and not node.store.has(ids[6])
+        assert await node.gossip_validate(node.topics[KIND_BATCH], copies[7].raw, "p", "p") is Outcome.IGNORE
+        v, _ = await node.ingest(copies[2].raw, "rpc")              # a smaller id: kept, 4 is dropped
+        assert v == KEPT_OVERLAPPING
+        assert node.task_batches(tid).keys() == {ids[2]} and ids[4] not in node.task_index.ids[tid]
+        assert node.store.count_by_kind()[KIND_BATCH] == 1 and node.counters.dropped == 1
+        # a new item in the same batch keeps it; another annotator is not affected
+        assert (await node.ingest(signed(make_batch(5, tid, [(0, 1), (3, 2)], created_at=T0 + 50), 5,
+                                         g.network_id).raw, "gossip"))[0] == KEPT_OVERLAPPING
+        assert (await node.ingest(signed(make_batch(6, tid, [(0, 1)]), 6, g.network_id).raw, "gossip"))[0] == ACCEPT
+        # what finality names is stored anyway (source "pinned"), counted all the same
+        assert (await node.ingest(copies[8].raw, "pinned"))[0].ok and node.store.has(ids[8])
         nursery.cancel_scope.cancel()
-    async with trio.open_nursery() as nursery:  # the count is rebuilt from the store after a restart
+    async with trio.open_nursery() as nursery:  # after a restart the rule is rebuilt from the store
         node = await run_node(nursery, tmp_path / "n", g)
-        v, _ = await node.ingest(batches[6].raw, "gossip")
-        assert v.outcome is Outcome.IGNORE and "cap" in v.reason
-        assert len(node.task_batches(tid)) == 7
+        v, _ = await node.ingest(copies[3].raw, "gossip")
+        assert v == SURPLUS
+        v, _ = await node.ingest(copies[0].raw, "rpc")
+        assert v == KEPT_OVERLAPPING and not node.store.has(ids[2])
+        assert await node.drop_redundant(tid, frozenset()) == 1 and not node.store.has(ids[8])  # the pinned one
+        assert {b.annotator for b in node.task_batches(tid).values()} == {pk(5), pk(6)}
         nursery.cancel_scope.cancel()
 
 

@@ -35,7 +35,7 @@ def out(args, obj, human: str | None = None) -> None:
         print(human)
 
 
-def client(args):
+def client(args, timeout: float = 60.0):
     dd = Path(args.data_dir)
     sock = dd / "node.sock"
     try:
@@ -45,12 +45,12 @@ def client(args):
     if not sock.exists():
         raise CliError(f"no node is running with data dir {dd} (no {sock}); start it with `labelmesh run --data-dir {dd}`",
                        EXIT_UNAVAILABLE)
-    return RpcClient(sock)
+    return RpcClient(sock, timeout=timeout)
 
 
-def call(args, method: str, params: dict | None = None):
+def call(args, method: str, params: dict | None = None, timeout: float = 60.0):
     try:
-        with client(args) as c:
+        with client(args, timeout) as c:
             return c.call(method, params or {})
     except RpcCallError as e:
         raise CliError(f"{method}: {e.message} (code {e.code})") from None

@@ -12,7 +12,7 @@ import sys
 
 from protocol.errors import LabelmeshError
 
-from . import daemon, ledger, ops, results, tasks, ui
+from . import daemon, ledger, ops, results, sign, tasks, ui
 from .common import EXIT_USER, CliError, common_parser, default_data_dir
 
 
@@ -29,6 +29,7 @@ def build_parser(with_offline: bool = True) -> argparse.ArgumentParser:
     daemon.add_parsers(sub, common)  # init, run
     ops.add_parsers(sub, common)  # status, config, account, backup, restore, completion
     tasks.add_parsers(sub, common)  # rpc, task, label, consensus
+    sign.add_parsers(sub, common)  # sign (offline)
     if with_offline:  # node.cli.aggregate imports numpy (~11 MB RSS): the daemon (`run`) never needs it
         from . import aggregate
         s = aggregate.add_parser(sub)

@@ -6,6 +6,7 @@ import argparse
 import csv
 import json
 import sys
+import time
 from pathlib import Path
 
 from ..rpc.errors import RpcCallError
@@ -182,9 +183,15 @@ def cmd_label(args) -> int:
         pairs.append([item, _label_value(args.pairs[i + 1])])
     if not 0 <= args.wait <= 600:
         raise CliError("--wait takes 0..600 seconds")
+    if not 0 < args.timeout <= 3600:
+        raise CliError("--timeout must be more than 0 and at most 3600 seconds")
     tid = resolve_task(args, args.task_id, wait=args.wait)
     full = _items_at_redundancy(args, tid, [p[0] for p in pairs])
-    r = call(args, "annotations_submit", {"account": args.account, "task_id": tid, "labels": pairs})
+    # created_at chosen here, once: a retry after a timeout signs the same bytes (the same
+    # batch id), so the node answers "duplicate" instead of storing a second batch
+    created_at = args.created_at if args.created_at is not None else int(time.time() * 1000)
+    params = {"account": args.account, "task_id": tid, "labels": pairs, "created_at": created_at}
+    r = call_with_retries(args, "annotations_submit", params)
     note = ""
     if full:
         shown = ", ".join(map(str, full[:10])) + (" …" if len(full) > 10 else "")
@@ -193,7 +200,9 @@ def cmd_label(args) -> int:
                 "lists the items that still need votes")
         if not args.json:
             print(note.strip(), file=sys.stderr)
-    out(args, r, f"batch {r['batch_id']} {r['status']} ({r['labels']} labels)")
+    status_note = STATUS_NOTES.get(r["status"], "")
+    out(args, r, f"batch {r['batch_id']} {r['status']} ({r['labels']} labels, --created-at {created_at})"
+        + (f"\n  {status_note}" if status_note else ""))
     return 0
 
 
@@ -210,6 +219,40 @@ def _items_at_redundancy(args, tid: str, items: list[int]) -> list[int]:
         return []  # an older node without task_items: no note
     want = set(items)
     return [it["item"] for it in r["items"] if it["item"] in want and it["annotators"] >= r["redundancy"]]
+
+
+#: ``labelmesh label`` sends its batch again this many times when the node does not answer
+#: (timeout, connection closed): safe, since the retry is the same batch.
+LABEL_TRIES = 3
+
+
+def call_with_retries(args, method: str, params: dict):
+    """``call``, sent again (the same request) when the node did not answer in time or
+    closed the connection; other failures are not retried."""
+    for attempt in range(1, LABEL_TRIES + 1):
+        try:
+            with client(args, args.timeout) as c:
+                return c.call(method, params)
+        except RpcCallError as e:
+            raise CliError(f"{method}: {e.message} (code {e.code})") from None
+        except (TimeoutError, ConnectionError) as e:
+            if attempt == LABEL_TRIES:
+                raise CliError(f"no answer from the node after {LABEL_TRIES} tries ({e}); the batch may or may not "
+                               f"be stored: run the same command again with --created-at {params.get('created_at')} to find out",
+                               EXIT_UNAVAILABLE) from None
+            print(f"labelmesh: no answer ({e or type(e).__name__}); sending the same batch again "
+                  f"({attempt + 1}/{LABEL_TRIES})", file=sys.stderr)
+        except OSError as e:
+            raise CliError(f"cannot reach the node's RPC socket: {e}", EXIT_UNAVAILABLE) from None
+
+
+#: What ``label`` adds to a status that needs saying (docs/rpc.md, annotations_submit).
+STATUS_NOTES = {
+    "duplicate": "this very batch was stored already (a retry): nothing new",
+    "accepted_overlapping": "stored; this account labelled some of these items before: the labels are kept, "
+                            "but this batch may be dropped if an earlier one carries the same labels",
+    "redundant": "not stored: batches of this account with smaller ids carry all these labels (they are kept)",
+}
 
 
 def cmd_consensus(args) -> int:
@@ -438,6 +481,11 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     s.add_argument("--account", default="default", help="local account that signs (default: default)")
     s.add_argument("--wait", type=float, default=10.0, metavar="SECONDS",
                    help="wait this long for a task this node has not received yet (default 10; 0 = not at all)")
+    s.add_argument("--created-at", type=int, metavar="MS",
+                   help="the batch's timestamp, ms since the epoch (default: now); the same labels with the same "
+                        "--created-at are the same batch, so repeating a command that timed out is safe")
+    s.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the node's answer (default 60); "
+                   f"unanswered, the same batch is sent again, {LABEL_TRIES} tries in all")
     s.set_defaults(fn=cmd_label)
 
     s = sub.add_parser("consensus", parents=[common], help="consensus labels, roots and agreement of a task, "

@@ -31,6 +31,13 @@ class TaskIndex:
         lst.add(mid)
         self.sums[task_id] = (self.sums[task_id] + int.from_bytes(mid, "big")) % (1 << 256)
 
+    def remove(self, task_id: bytes, mid: bytes) -> None:
+        lst = self.ids.get(task_id)
+        if lst is None or mid not in lst:
+            return
+        lst.remove(mid)
+        self.sums[task_id] = (self.sums[task_id] - int.from_bytes(mid, "big")) % (1 << 256)
+
     def fingerprint(self, task_id: bytes) -> tuple[int, bytes]:
         lst = self.ids.get(task_id)
         if lst is None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -36,7 +36,7 @@ from protocol.genesis import Genesis
 from protocol.messages import (
     ACCEPT, KIND_ATTESTATION, KIND_BATCH, KIND_GOLD, KIND_NAMES, KIND_TASK, LEDGER_BUCKET, UNKNOWN_TASK,
     AnnotationBatch, Outcome,
-    SignedMessage, TaskAnnouncement, Verdict, decode_message, ignore, reject, validate_basic, validate_in_context,
+    SignedMessage, TaskAnnouncement, Verdict, decode_message, reject, validate_basic, validate_in_context,
 )
 
 from ..policy.ratelimit import GossipRateLimiter
@@ -47,21 +47,23 @@ from ..storage.writer import StoreWriter
 from .gold import GoldSecrets
 from .indexes import TaskIndex
 from .ledger import TASK_NOT_FUNDED, Ledger
+from .keep import BatchKeeper
 from .results import Results
-from .verdicts import DECLINED_BEFORE, DUPLICATE
+from .verdicts import DECLINED_BEFORE, DUPLICATE, SURPLUS
 from .verifier import Verifier, verify_all
 
 log = logging.getLogger("labelmesh.node")
 
 MAX_ORPHANS = 20_000
-# Sources whose batches are stored even past the per-annotator cap: our own messages and
-# batches that a validator's attestation or a certificate pins (fetched by the finality
-# service); everything else (gossip, sync, rpc) is capped.
-UNCAPPED_SOURCES = frozenset({"local", "pinned"})
+# Sources whose batches and gold reveals are stored even when the keep rule (node/core/keep.py)
+# finds them redundant: our own messages, and what a validator's prevote or a certificate
+# names (fetched by the finality service, which must hold a set to check or reproduce it).
+# They are counted all the same, and dropped later if nothing protects them.
+STORED_ANYWAY_SOURCES = frozenset({"local", "pinned"})
 ARRIVALS_KEPT = 200_000  # stored-at times remembered for messages_arrival (RPC)
-#: Ids of valid messages this node declined to store under its storage policy (the
-#: per-annotator batch cap, FinalityService.storage_verdict), most recent kept: sync does
-#: not fetch them again from peers that hold them (32 bytes each, ~20 MB at most).
+#: Ids of valid messages this node declined to store (or dropped) under its storage policy
+#: (the keep rule, FinalityService.storage_verdict), most recent kept: sync does not fetch
+#: them again from peers that hold them (32 bytes each, ~20 MB at most).
 DECLINED_KEPT = 262_144
 VERIFY_OFFLOAD_MIN = 16  # signatures verified off the event loop (node/core/verifier.py) from this many per group on
 
@@ -82,7 +84,9 @@ class Counters:
     duplicates: int = 0
     published: int = 0  # gossip messages published (a bundle counts once)
     published_envelopes: int = 0  # accepted messages gossiped (each envelope of a bundle counts)
-    over_batch_cap: int = 0  # batches IGNOREd by the per-annotator, per-task cap
+    redundant: int = 0  # batches and gold reveals the keep rule did not store (node/core/keep.py)
+    dropped: int = 0  # stored messages deleted since: batches and gold reveals made redundant by a later
+    # arrival, votes from rounds after the task's certificate
     votes_not_stored: int = 0  # attestations IGNOREd by the finality storage bound (storage_verdict)
     ledger_not_stored: int = 0  # transfers and ledger votes IGNOREd by the ledger's storage policy
     not_funded: int = 0  # batches IGNOREd (parked) because their task's bounty is not escrowed yet
@@ -116,7 +120,7 @@ class NodeCore(GoldSecrets, Results, Ledger):
         self.ratelimit = GossipRateLimiter(rate_limits)  # rate_limits: a policy.ratelimit.RateLimitConfig or None
         # big groups' signatures: in helper processes (labelmesh run), or threads if 0 (in-process nodes)
         self.verifier = Verifier(self.network_id, verify_processes)
-        self._batch_counts: dict[bytes, Counter] = {}  # task -> annotator -> batches stored (for the cap)
+        self.keeper = BatchKeeper(self.store, self.params)  # which batches and gold reveals are kept
         self._declined: OrderedDict[bytes, None] = OrderedDict()  # see DECLINED_KEPT
         self._init_results()
         self._init_ledger()
@@ -213,9 +217,13 @@ class NodeCore(GoldSecrets, Results, Ledger):
         now = self.clock()
         checked = await self._screen(group, source, results)
         sig_ok = await self._verify_signatures([msg for _, _, msg, v in checked if v.ok], source)
-        records, accepted = self._decide(checked, sig_ok, source, now, results)
+        records, accepted, kept_as, displaced = self._decide(checked, sig_ok, source, now, results)
+        if displaced:  # batches displaced within this group are not written at all
+            records, accepted = self._skip_displaced(records, accepted, displaced, results)
         if records:
-            await self._commit(records, accepted, publish, results)
+            await self._commit(records, accepted, publish, results, kept_as)
+        if displaced:
+            await self._drop_displaced(displaced)
 
     async def _screen(self, group, source: str, results: list) -> list:
         """Drop what is stored already (waiting for writes in flight) and what the storage
@@ -256,12 +264,16 @@ class NodeCore(GoldSecrets, Results, Ledger):
             return iter(await self.verifier.verify(msgs))
         return iter(verify_all(msgs, self.network_id))
 
-    def _decide(self, checked: list, sig_ok, source: str, now: int, results: list) -> tuple[list, list]:
-        """Signature, then state (validate_in_context), then the storage policy (the
-        per-annotator batch cap, the finality storage bound): the records to write and
-        their (k, id, msg); every other message gets its verdict in ``results``."""
+    def _decide(self, checked: list, sig_ok, source: str, now: int, results: list) -> tuple[list, list, dict, list]:
+        """Signature, then state (validate_in_context), then what is kept (the keep rule of
+        batches and gold reveals, the finality storage bound): the records to write, their
+        (k, id, msg), the accepted ones whose ACCEPT carries a note (KEPT_OVERLAPPING) and the
+        (task, kind, id) of stored messages the keep rule now drops; every other message gets
+        its verdict in ``results``."""
         records, accepted, seen = [], [], set()
-        pending_batches: Counter = Counter()  # (task, annotator) -> batches admitted in this group
+        kept_as: dict[bytes, Verdict] = {}
+        displaced: list[tuple[bytes, int, bytes]] = []
+        pending_gold: dict = {}  # task -> smallest gold reveal admitted in this group
         pending_votes: dict = {}  # (task, validator, round, phase) -> values admitted in this group
         for k, mid, msg, v in checked:
             if mid in seen:
@@ -274,10 +286,8 @@ class NodeCore(GoldSecrets, Results, Ledger):
                 v = reject("bad signature")
             if v.ok:
                 v = validate_in_context(msg, self, now, self.params)
-            if v.ok and msg.kind == KIND_BATCH and source not in UNCAPPED_SOURCES:
-                v = self._check_batch_cap(msg.body, pending_batches)
-                if not v.ok:
-                    self._decline(mid)
+            if v.ok and msg.kind in (KIND_BATCH, KIND_GOLD):
+                v = self._check_keep(mid, msg, source, displaced, pending_gold)
             if v.ok and msg.kind == KIND_ATTESTATION and self.finality is not None:
                 v = self.finality.storage_verdict(msg, pending_votes)
                 if not v.ok:
@@ -303,12 +313,26 @@ class NodeCore(GoldSecrets, Results, Ledger):
                 results[k] = (v, mid)
                 continue
             seen.add(mid)
+            if v != ACCEPT:
+                kept_as[mid] = v  # e.g. KEPT_OVERLAPPING
             task_id = mid if msg.kind == KIND_TASK else msg.body.task_id
             records.append(Record(msg_id=mid, kind=msg.kind, task_id=task_id, raw=msg.raw))
             accepted.append((k, mid, msg))
-        return records, accepted
+        return records, accepted, kept_as, displaced
 
-    async def _commit(self, records: list[Record], accepted: list, publish: bool, results: list) -> None:
+    def _skip_displaced(self, records: list[Record], accepted: list, displaced: list, results: list):
+        """``records`` and ``accepted`` without what a later message of the same group made
+        redundant (its verdict becomes SURPLUS)."""
+        gone = {d[2] for d in displaced}
+        for k, mid, _ in accepted:
+            if mid in gone:
+                self.counters.redundant += 1
+                self._decline(mid)
+                results[k] = (SURPLUS, mid)
+        return [r for r in records if r.msg_id not in gone], [a for a in accepted if a[1] not in gone]
+
+    async def _commit(self, records: list[Record], accepted: list, publish: bool, results: list,
+                      kept_as: dict) -> None:
         """One group commit; then the accepted messages update the indexes, are queued for
         gossip (``publish``) and adopt the orphans waiting for a new task."""
         written = trio.Event()  # one for the group: set when its commit is done (or failed)
@@ -316,6 +340,10 @@ class NodeCore(GoldSecrets, Results, Ledger):
             self._inflight[mid] = written
         try:
             flags = await self.writer.put(records)
+        except StoreError:
+            self.keeper.forget()  # it counted this group's batches
+            self._declined.clear()  # some verdicts may rest on them
+            raise
         finally:
             for _, mid, _ in accepted:
                 self._inflight.pop(mid, None)
@@ -327,7 +355,7 @@ class NodeCore(GoldSecrets, Results, Ledger):
                 continue
             self.counters.accepted += 1
             self._on_accepted(mid, msg)
-            results[k] = (ACCEPT, mid)
+            results[k] = (kept_as.get(mid, ACCEPT), mid)
             if publish and self.p2p is not None:
                 # Never make an acknowledged write wait for gossip: the publisher is paced
                 # (token bucket) far below what ingest accepts, and gossip is best effort
@@ -360,32 +388,66 @@ class NodeCore(GoldSecrets, Results, Ledger):
         self.task_index.add(mid if msg.kind == KIND_TASK else msg.body.task_id, mid)
         if self.sync is not None:
             self.sync.touch(mid if msg.kind == KIND_TASK else msg.body.task_id)
-        if msg.kind == KIND_BATCH:
-            counts = self._batch_counts.get(msg.body.task_id)
-            if counts is not None:
-                counts[msg.body.annotator] += 1
         if msg.kind == KIND_ATTESTATION and self.finality is not None:
             self.finality.on_attestation(msg)
         self._feed_ledger(mid, msg)
         log.debug("stored %s %s", KIND_NAMES[msg.kind], mid.hex()[:16])
 
-    def _check_batch_cap(self, batch: AnnotationBatch, pending: Counter) -> Verdict:
-        """IGNORE a batch past ``params.max_batches_per_annotator`` batches of its annotator
-        for its task (a local storage bound, never a REJECT; see SECURITY.md for why this
-        is safe with sync and finality). Admits it into ``pending`` otherwise."""
-        counts = self._batch_counts.get(batch.task_id)
-        if counts is None:  # first batch for this task since start: count what is stored
-            counts = self._batch_counts[batch.task_id] = Counter(
-                decode_message(raw, self.params).body.annotator
-                for raw in self.store.task_messages(batch.task_id, KIND_BATCH))
-        key = (batch.task_id, batch.annotator)
-        cap = self.params.max_batches_per_annotator
-        if counts[batch.annotator] + pending[key] >= cap:
-            self.counters.over_batch_cap += 1
-            return ignore(f"annotator already has {cap} batches for this task (the per-annotator cap); "
-                          f"put more labels in each batch")
-        pending[key] += 1
-        return ACCEPT
+    def _check_keep(self, mid: bytes, msg: SignedMessage, source: str, displaced: list, pending_gold: dict) -> Verdict:
+        """The keep rule (node/core/keep.py) for a valid batch or gold reveal: ACCEPT (or
+        KEPT_OVERLAPPING), or IGNORE as redundant; what it displaces goes to ``displaced``.
+        Sources in STORED_ANYWAY_SOURCES store it even when redundant."""
+        if msg.kind == KIND_BATCH:
+            v, gone = self.keeper.check_batch(mid, msg.body)
+        else:
+            v, gone = self.keeper.check_gold(mid, msg.body.task_id, pending_gold)
+        displaced.extend((msg.body.task_id, msg.kind, g) for g in gone)
+        if v.ok or source in STORED_ANYWAY_SOURCES:
+            return ACCEPT if not v.ok else v
+        self.counters.redundant += 1
+        self._decline(mid)
+        return v
+
+    async def _drop_displaced(self, displaced: list[tuple[bytes, int, bytes]], protected=None) -> int:
+        """Delete stored batches and gold reveals that a newer arrival made redundant,
+        except what finality still needs (FinalityService.protected_batch_ids)."""
+        doomed, keep = [], {}
+        for task_id, kind, mid in displaced:
+            if task_id not in keep:
+                keep[task_id] = protected if protected is not None else (
+                    self.finality.protected_batch_ids(task_id) if self.finality is not None else frozenset())
+            if mid not in keep[task_id] and self.store.has(mid):
+                doomed.append((task_id, kind, mid))
+        return await self.remove_messages(doomed)
+
+    async def remove_messages(self, doomed: list[tuple[bytes, int, bytes]]) -> int:
+        """Delete stored messages ``(task_id, kind, id)`` that a storage rule no longer
+        keeps (the keep rule here, votes after a certificate: FinalityService), durably, and
+        from the sync index; they are remembered as declined, so sync does not fetch them
+        back. Returns how many were stored."""
+        if not doomed:
+            return 0
+        n = await self.writer.write(self.store.delete_messages, doomed)
+        for task_id, kind, mid in doomed:
+            self.task_index.remove(task_id, mid)
+            self.arrival_ms.pop(mid, None)
+            self._decline(mid)
+        self.counters.dropped += n
+        log.info("dropped %d stored messages no longer kept", n, extra={"task": doomed[0][0].hex()[:16]})
+        return n
+
+    async def drop_redundant(self, task_id: bytes, protected: frozenset) -> int:
+        """Delete the task's stored batches and gold reveals that the keep rule does not
+        keep and nothing ``protected`` (e.g. stored as ``pinned`` for finality, or left by a
+        crash between a write and the deletion it caused); returns how many. Run when the
+        task is certified: then every node holds the same set."""
+        batches = self.store.task_message_ids(task_id, KIND_BATCH)
+        golds = sorted(self.store.task_message_ids(task_id, KIND_GOLD))
+        doomed = [(task_id, KIND_GOLD, g) for g in golds[1:] if g not in protected]
+        if not protected.issuperset(batches):
+            kept = self.keeper.kept_batch_ids(task_id)
+            doomed += [(task_id, KIND_BATCH, b) for b in batches if b not in kept and b not in protected]
+        return await self._drop_displaced(doomed, protected)
 
     def _decline(self, mid: bytes) -> None:
         self._declined[mid] = None

@@ -28,8 +28,8 @@ bundle of up to 256 (protocol/bundle.py).
    signer's bucket has a token, and takes one only once its signature verified
    and it was stored or parked (so forgeries cannot drain an honest account's
    bucket). Empty -> IGNORE. This bounds what one key can make the network
-   carry; Sybil keys are bounded by (1) and (3) per peer and by ``Params.
-   max_batches_per_annotator`` per task.
+   carry; Sybil keys are bounded by (1) and (3) per peer, and each key per task by
+   the keep rule (node/core/keep.py: two batches per item at most are stored).
 
 **Abuse -> REJECT.** A message over the origin *message* limit (2) whose
 forwarder *is* its origin -- the peer is flooding us with its own messages at a

@@ -57,6 +57,7 @@ class FinalityService:
         self._pending: dict[bytes, list[SignedMessage]] = {}  # attestations the machine IGNOREd for now
         self._certified_logged: set[bytes] = set()
         self._certified_prepared: set[bytes] = set()  # certified result computed once (prepare_certified_result)
+        self._votes_trimmed: set[bytes] = set()  # votes after the certificate's round deleted
         self._order: list = []  # the node's tasks by (deadline, id), re-sorted when one is added
         self._snapshots: dict[bytes, frozenset] = {}
         self.fetch_requests = 0
@@ -99,6 +100,18 @@ class FinalityService:
             held.add((att.set_root, att.result_root))
         return v
 
+    def protected_batch_ids(self, task_id: bytes) -> frozenset:
+        """Batches (and gold reveals) the node must not drop under the keep rule even when
+        redundant: once the task is certified, the certified set (every node keeps exactly
+        it, so every node can reproduce the result); before, the sets this validator
+        prevoted (so a certificate made of its votes can be fetched from it)."""
+        fin = self.tasks.get(task_id)
+        if fin is None:
+            return frozenset()
+        if fin.certificate is not None:
+            return frozenset(fin.certified_batch_ids or ())
+        return frozenset(fin.get_own_prevoted_ids())
+
     def is_certified(self, task_id: bytes) -> bool:
         fin = self.tasks.get(task_id)
         return fin is not None and fin.certificate is not None
@@ -137,6 +150,9 @@ class FinalityService:
                 if task_id not in self._certified_prepared and await self.prepare_certified_result(task_id):
                     self._certified_prepared.add(task_id)
                     self._settle(task_id)
+                    await self.node.drop_redundant(task_id, self.protected_batch_ids(task_id))
+                if task_id not in self._votes_trimmed and await self._drop_votes_after_certificate(task_id, fin):
+                    self._votes_trimmed.add(task_id)
                 continue
             if not self.node.is_open_for_labels(task_id):
                 continue  # its bounty is not escrowed: validators do not certify it (docs/ledger.md)
@@ -171,12 +187,36 @@ class FinalityService:
             lv = fin.get_leader_value(fin.round)
             if lv is not None:
                 ids = fin.get_batch_ids(lv[0])
-                if ids is not None and snap.issubset(ids) and all(self.node.store.has(i) for i in ids):
+                # (a snapshot batch that the keep rule dropped since need not be in it)
+                if (ids is not None and all(i in set(ids) or not self.node.store.has(i) for i in snap - set(ids))
+                        and all(self.node.store.has(i) for i in ids)):
                     res = await self.node.prepare_result(task_id, ids)
                     if res.result_root == lv[1]:
                         return (res.set_root, res.result_root, res.batch_ids)
         res = await self.node.prepare_result(task_id)
         return (res.set_root, res.result_root, res.batch_ids)
+
+    async def _drop_votes_after_certificate(self, task_id: bytes, fin: TaskFinality) -> bool:
+        """Delete the task's stored attestations from rounds after its certificate's: they
+        can change nothing any more, and a node stores them or not depending on whether it
+        held the certificate when they came (storage_verdict), so without this nodes would
+        end with different sets. Done (True) once a prevote of the certificate's round or
+        earlier lists the certified ids here (the later ones are then not needed for them)."""
+        cert = fin.certificate
+        after, listed = [], False
+        ids = self.node.store.task_message_ids(task_id, KIND_ATTESTATION)
+        for mid, raw in zip(ids, self.node.store.get_many(ids)):
+            if raw is None:
+                continue
+            att = decode_message(raw, self.node.params).body
+            if att.round > cert.round:
+                after.append((task_id, KIND_ATTESTATION, mid))
+            elif att.phase == PHASE_PREVOTE and att.set_root == cert.set_root:
+                listed = True
+        if not listed:
+            return False
+        await self.node.remove_messages(after)
+        return True
 
     async def _fetch_missing(self, task_id: bytes, fin: TaskFinality) -> None:
         want = fin.missing_batch_ids(self.node.store.has)

@@ -211,7 +211,7 @@ class NodeCollector:
         yield m
         from dataclasses import fields
         ev = CounterMetricFamily("labelmesh_node_events", "Other ingest counters of the node (e.g. "
-                                 "rate_limited, over_batch_cap, publish_dropped)", labels=["event"])
+                                 "rate_limited, redundant, dropped, publish_dropped)", labels=["event"])
         for f in fields(c):
             if f.name not in ("accepted", "rejected", "ignored", "duplicates", "published"):
                 ev.add_metric([f.name], getattr(c, f.name))

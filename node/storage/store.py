@@ -2,9 +2,11 @@
 
 How it works
 ------------
-The node's durable state is a grow-only set of signed messages.  Each one is written as a
+The node's durable state is a set of signed messages.  Each one is written as a
 ``Record(msg_id, kind, task_id, raw)``; writing an id that is already stored is a no-op, so
-every write is idempotent and replaying gossip or sync is harmless.  Each newly stored
+every write is idempotent and replaying gossip or sync is harmless.  The set only grows,
+except that ``delete_messages`` removes what the keep rule drops (node/core/keep.py: batches
+that another batch of the same annotator makes redundant, extra gold reveals).  Each newly stored
 message gets the next value of a local arrival counter ``seq`` (1, 2, 3, ...; 0 means
 "nothing yet"), assigned in the order the records were handed to ``put_records`` and never
 reused.  ``seq`` is local bookkeeping, not part of any message: two nodes number the same
@@ -520,6 +522,45 @@ class Store:
         flags, next_seq = self._write(body)
         self._next_seq = next_seq  # only after the commit succeeded
         return flags
+
+    def delete_messages(self, doomed: Sequence[tuple[bytes, int, bytes]]) -> int:
+        """Remove messages ``(task_id, kind, msg_id)`` from the set in ONE write transaction,
+        durable when this returns (the batches and gold reveals the keep rule drops,
+        node/core/keep.py).  Ids not stored are skipped.  Returns how many were removed.
+        Costs one scan of each (task, kind) index range named (there is no id -> seq index)."""
+        wanted: dict[tuple[bytes, int], set[bytes]] = {}
+        for task_id, kind, msg_id in doomed:
+            wanted.setdefault((check_id(task_id, "task_id"), check_kind(kind)), set()).add(check_id(msg_id, "msg_id"))
+        if not wanted:
+            return 0
+
+        def body(txn: Any) -> int:
+            removed = 0
+            counts = unpack_counts(txn.get(META_KIND_COUNTS.encode(), db=self._meta))
+            for (task_id, kind), ids in sorted(wanted.items()):
+                prefix = task_id + KIND_BYTES[kind]
+                found: list[tuple[bytes, bytes]] = []  # (by_task key, msg_id)
+                with txn.cursor(db=self._by_task) as cur:
+                    ok = cur.set_range(prefix)
+                    while ok and len(found) < len(ids):
+                        key, value = cur.item()
+                        if not key.startswith(prefix):
+                            break
+                        if value in ids:
+                            found.append((key, value))
+                        ok = cur.next()
+                for key, msg_id in found:
+                    seq = key[-SEQ_LEN:]
+                    txn.delete(msg_id, db=self._msgs)
+                    txn.delete(seq, db=self._arrival)
+                    txn.delete(key, db=self._by_task)
+                    txn.delete(KIND_BYTES[kind] + seq, db=self._by_kind)
+                counts[kind] = counts.get(kind, 0) - len(found)
+                removed += len(found)
+            txn.put(META_KIND_COUNTS.encode(), msgpack.packb(counts), db=self._meta)
+            return removed
+
+        return self._write(body)
 
     def put_derived(self, key: bytes, value: bytes) -> None:
         """Set a cache entry (overwrites).  Durable when it returns."""

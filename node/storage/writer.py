@@ -42,7 +42,7 @@ class StoreWriter:
 
     Start it with ``await nursery.start(writer.run)``.  Cancelling ``put`` while it waits
     for its group does not withdraw the records: they may still be stored (harmless: the
-    store is a grow-only set).  When ``run`` exits, queued puts fail with StoreError and
+    a write of an id already stored is a no-op).  When ``run`` exits, queued puts fail with StoreError and
     new puts are refused.
 
     Counters (for tests and metrics): ``commits`` (successful put_records calls, i.e.

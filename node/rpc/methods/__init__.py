@@ -18,18 +18,20 @@ task_post {account, title, labels, items, [domain], [duration_s | deadline_ms],
                                      sign (with a local account) and publish a task
 task_get {task_id}                   the task announcement, decoded
 tasks_list {[limit], [offset]}       {"tasks": [{task_id, title, status, ...}]}
-annotations_submit {account, task_id, labels: [[item, label], ...]}  or  {raw: hex | [hex, ...]}
+annotations_submit {account, task_id, labels: [[item, label], ...], [created_at]}  or  {raw: hex | [hex, ...]}
                                      store durably (acknowledged = on disk) and gossip
 annotations_list {task_id, [limit], [offset]}
 consensus_get {task_id, [items: bool], [limit], [offset]}
                                      per item label/confidence/votes, set_root, result_root
-certificate_get {task_id}            finality certificate (hex) and round state
+certificate_get {task_id, [ids: bool], [limit], [offset]}
+                                     finality certificate (hex), round state, a page of the pinned ids
 gold_reveal {task_id} | {raw}        reveal a task's hidden gold after its deadline
 rewards_get {[account], [task_id]}   rewards from certified tasks, per task and totals
 reputation_get {[account], [domain]} reputation per (account, domain) and the resulting weight
 task_export {task_id, [format]}      consensus dataset: jsonl | csv | labelstudio
 account_list {}                      local accounts (public keys only)
 messages_arrival {ids: [hex, ...]}   when this node stored each message (ms), for benchmarks
+messages_held {ids: [hex, ...]}      which of these messages this node holds (from the store)
 backup_create {dest}                 consistent hot backup of the node (store, config, genesis, keys) into dest
 stop {}                              stop the node cleanly (like SIGTERM), after replying
 blob_get {task_id, item} | {sha256}  make sure a blob is stored here (fetched from peers if needed)
@@ -53,7 +55,7 @@ from .blobs import blob_get, blob_import, blob_read
 from .common import ONE
 from .consensus import certificate_get, consensus_get, reputation_get, rewards_get
 from .ledger import balance_get, ledger_history, transfer, transfer_get
-from .info import account_list, messages_arrival, node_info, peers_list, sync_status
+from .info import account_list, messages_arrival, messages_held, node_info, peers_list, sync_status
 from .labeling import blob_put, task_items, ui_url, worklist
 from .ops import backup_create, stop
 from .tasks import gold_reveal, task_export, task_get, task_post, tasks_list
@@ -83,7 +85,7 @@ METHODS = build_method_table()
 
 __all__ = [
     "METHODS", "ONE", "account_list", "annotations_list", "annotations_submit", "backup_create", "blob_get",
-    "blob_read", "build_method_table", "certificate_get", "consensus_get", "gold_reveal", "messages_arrival",
+    "blob_read", "build_method_table", "certificate_get", "consensus_get", "gold_reveal", "messages_arrival", "messages_held",
     "node_info", "peers_list", "reputation_get", "rewards_get", "sync_status", "task_export", "task_get",
     "task_post", "tasks_list", "task_items", "worklist", "blob_put", "ui_url", "stop", "blob_import",
 ]

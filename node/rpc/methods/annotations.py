@@ -30,8 +30,8 @@ async def await_funding(node, task_ids) -> None:
 
 
 async def annotations_submit(node, params):
-    """Submit labels: signed here by a local 'account', or pre-signed envelopes in 'raw'.
-    Acknowledged only once durably stored; then gossiped."""
+    """Submit labels: signed here by a local 'account' (with 'created_at' for idempotent retries),
+    or pre-signed envelopes in 'raw'. Acknowledged only once durably stored; then gossiped."""
     if "raw" in params:
         raws = params["raw"]
         single = isinstance(raws, str)
@@ -80,12 +80,20 @@ async def annotations_submit(node, params):
         parsed[p[0]] = lab
     if not parsed:
         raise RpcError(INVALID_PARAMS, "param 'labels' is empty")
-    batch = AnnotationBatch(annotator=bytes(sk.verify_key), task_id=tid, created_at=node.clock(),
+    # The same account, task, labels and created_at sign the same bytes, hence the same
+    # batch id: a client that retries after a timeout with the created_at it chose the first
+    # time gets "duplicate", never a second batch (docs/rpc.md).
+    created_at = get_param(params, "created_at", int, None)
+    if created_at is None:
+        created_at = node.clock()
+    elif not 0 <= created_at < 1 << 63:
+        raise RpcError(INVALID_PARAMS, "param 'created_at' must be milliseconds since the epoch (0..2^63-1)")
+    batch = AnnotationBatch(annotator=bytes(sk.verify_key), task_id=tid, created_at=created_at,
                             labels=tuple(sorted(parsed.items())))
     msg = sign_message(batch, sk, node.network_id)
     await await_funding(node, [tid])
     mid, status = await ingest_or_raise(node, msg.raw)
-    return {"batch_id": mid.hex(), "status": status, "labels": len(batch.labels)}
+    return {"batch_id": mid.hex(), "status": status, "labels": len(batch.labels), "created_at": created_at}
 
 
 async def annotations_list(node, params):

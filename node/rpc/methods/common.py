@@ -7,7 +7,8 @@ import logging
 from protocol.messages import ITEM_BYTES, ITEM_TEXT, Item, Outcome
 from protocol.reputation import ONE  # the fixed-point one (protocol.reputation loads no numpy)
 
-from ...core.verdicts import DUPLICATE
+from ...core.keep import GOLD_SURPLUS
+from ...core.verdicts import DUPLICATE, KEPT_OVERLAPPING, SURPLUS
 from ...storage.errors import StoreFullError
 from ..errors import REJECTED, STORE_FULL, RpcError
 
@@ -25,20 +26,28 @@ async def ingest_or_raise(node, raw: bytes) -> tuple[bytes, str]:
     return (await ingest_many_or_raise(node, [raw]))[0]
 
 
+#: The status an RPC client is told for each verdict that is not an error (docs/rpc.md,
+#: annotations_submit): what an acknowledgement promises depends on it.
+STATUS = {DUPLICATE: "duplicate", KEPT_OVERLAPPING: "accepted_overlapping", SURPLUS: "redundant",
+          GOLD_SURPLUS: "redundant"}
+
+
 async def ingest_many_or_raise(node, raws: list[bytes], decoded=None) -> list[tuple[bytes, str]]:
     """Ingest ``raws`` in ONE pipeline run (one group commit for all of them, not one
-    fsync each); (id, "accepted" | "duplicate") per message, or RpcError for the first
-    message that was rejected or ignored (the valid ones are stored all the same)."""
+    fsync each); (id, status) per message -- "accepted", "accepted_overlapping",
+    "duplicate" or "redundant" (valid, not stored: the keep rule) --, or RpcError for the
+    first message that was rejected or ignored otherwise (the valid ones are stored all
+    the same)."""
     try:
         results = await node.ingest_many(raws, "rpc", publish=True, decoded=decoded)
     except StoreFullError as e:
         raise store_full_error(e) from None
     out = []
     for v, mid in results:
-        if v.ok:
+        if v in STATUS:
+            out.append((mid, STATUS[v]))
+        elif v.ok:
             out.append((mid, "accepted"))
-        elif v == DUPLICATE:
-            out.append((mid, "duplicate"))
         else:
             raise RpcError(REJECTED, f"message {'rejected' if v.outcome is Outcome.REJECT else 'ignored'}: {v.reason}", {"outcome": v.outcome.value})
     return out

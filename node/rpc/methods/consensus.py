@@ -61,13 +61,21 @@ def _cert_json(node, cert) -> dict | None:
 
 
 async def certificate_get(node, params):
-    """The finality certificate of a task (if any), encoded (hex) and summarised, plus the finality state."""
+    """The finality certificate of a task (if any), encoded (hex) and summarised, plus the finality state;
+    with 'ids': true, a page ('limit', 'offset') of the ids the certificate pins."""
     tid = task_id_param(node, params)
     fin = node.finality.machine(tid)
     cert = fin.certificate
-    return {"task_id": tid.hex(), "certified": cert is not None, "certificate": _cert_json(node, cert),
-            "encoded": encode_certificate(cert).hex() if cert is not None else None,
-            "finality": fin.status()}
+    out = {"task_id": tid.hex(), "certified": cert is not None, "certificate": _cert_json(node, cert),
+           "encoded": encode_certificate(cert).hex() if cert is not None else None,
+           "finality": fin.status()}
+    if get_param(params, "ids", bool, False):
+        limit, offset = page_param(params)
+        pinned = fin.certified_batch_ids  # sorted; None until the certificate and a prevote listing them are here
+        out["pinned"] = None if pinned is None else {
+            "total": len(pinned), "ids": [i.hex() for i in pinned[offset: offset + limit]],
+            "next_offset": offset + limit if offset + limit < len(pinned) else None}
+    return out
 
 
 

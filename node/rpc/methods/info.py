@@ -35,8 +35,8 @@ async def node_info(node, params):
             "duplicates": c.duplicates, "published": c.published,
             "published_envelopes": c.published_envelopes,
             "orphans": node.orphan_count,
-            # hostile-peer defences (node/policy/ratelimit.py, the per-annotator cap, p2p offender bans)
-            "rate_limited": c.rate_limited, "over_batch_cap": c.over_batch_cap,
+            # hostile-peer defences (node/policy/ratelimit.py, the keep rule, p2p offender bans)
+            "rate_limited": c.rate_limited, "redundant": c.redundant, "dropped": c.dropped,
             "votes_not_stored": c.votes_not_stored,
             "ledger_not_stored": c.ledger_not_stored, "not_funded": c.not_funded,
             "offenders_banned": (node.p2p.stats().get("offenders_banned", 0)
@@ -95,6 +95,29 @@ async def messages_arrival(node, params):
     return {"arrival_ms": [got(k) for k in keys]}
 
 
+async def messages_held(node, params):
+    """Which of 'ids' (message ids: batches, tasks, reveals, votes; at most 10,000) this node
+    holds in its store now: {"held": [bool, ...]} in the order of 'ids', and their count.
+    Read from the store itself, so the answer survives restarts."""
+    ids = get_param(params, "ids", list)
+    if not ids or len(ids) > MAX_LIST:
+        raise RpcError(INVALID_PARAMS, f"param 'ids' must be a list of 1..{MAX_LIST} message ids "
+                                       f"(64 hex characters each), got {len(ids)}; split longer lists")
+    keys = []
+    for k, i in enumerate(ids):
+        b = None
+        if isinstance(i, str) and len(i) == 64:
+            try:
+                b = bytes.fromhex(i)
+            except ValueError:
+                pass
+        if b is None:
+            raise RpcError(INVALID_PARAMS, f"param 'ids'[{k}] must be a message id, 64 hex characters")
+        keys.append(b)
+    held = node.store.has_many(keys)
+    return {"held": held, "count": sum(held)}
 
 
-METHODS = [node_info, peers_list, sync_status, account_list, messages_arrival]
+
+
+METHODS = [node_info, peers_list, sync_status, account_list, messages_arrival, messages_held]
