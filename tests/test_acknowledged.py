@@ -124,7 +124,7 @@ async def test_a_partition_with_annotators_over_the_bound_converges_and_loses_no
 
 # ------------------------------------------------------------------ RPC and CLI: retry, verify, sign offline
 
-from .test_ops import genesis as ops_genesis, make_data_dir, run_cli, start_node as start_ops_node  # noqa: E402
+from .test_ops import genesis as ops_genesis, make_data_dir, run_cli, start_ops_node  # noqa: E402
 from .helpers import RpcConn, key, pk  # noqa: E402
 
 

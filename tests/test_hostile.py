@@ -398,6 +398,12 @@ async def test_keep_rule_stores_what_counts_and_drops_what_a_smaller_id_repeats(
         assert (await node.ingest(signed(make_batch(5, tid, [(0, 1), (3, 2)], created_at=T0 + 50), 5,
                                          g.network_id).raw, "gossip"))[0] == KEPT_OVERLAPPING
         assert (await node.ingest(signed(make_batch(6, tid, [(0, 1)]), 6, g.network_id).raw, "gossip"))[0] == ACCEPT
+        # a gossip bundle with a redundant envelope is still forwarded for the new one in it
+        from protocol.bundle import encode_bundle
+        fresh = signed(make_batch(7, tid, [(1, 1)]), 7, g.network_id)
+        assert await node.gossip_validate(node.topics[KIND_BATCH], encode_bundle([copies[5].raw, fresh.raw]), "q",
+                                          "q") is Outcome.ACCEPT
+        assert node.store.has(fresh.compute_id(g.network_id)) and not node.store.has(ids[5])
         # what finality names is stored anyway (source "pinned"), counted all the same
         assert (await node.ingest(copies[8].raw, "pinned"))[0].ok and node.store.has(ids[8])
         nursery.cancel_scope.cancel()
@@ -408,7 +414,7 @@ async def test_keep_rule_stores_what_counts_and_drops_what_a_smaller_id_repeats(
         v, _ = await node.ingest(copies[0].raw, "rpc")
         assert v == KEPT_OVERLAPPING and not node.store.has(ids[2])
         assert await node.drop_redundant(tid, frozenset()) == 1 and not node.store.has(ids[8])  # the pinned one
-        assert {b.annotator for b in node.task_batches(tid).values()} == {pk(5), pk(6)}
+        assert {b.annotator for b in node.task_batches(tid).values()} == {pk(5), pk(6), pk(7)}
         nursery.cancel_scope.cancel()
 
 

@@ -113,6 +113,32 @@ def test_task_and_kind_indexes_are_in_arrival_order(store):
     assert store.count_by_kind() == {1: 3, 2: 3, 3: 1}
 
 
+def test_delete_messages_removes_them_from_every_index_durably(tmp_path):
+    """The keep rule's deletions (node/core/keep.py): one write transaction, every index and
+    the kind counts updated, ids not stored skipped, the same after a reopen."""
+    store = Store(tmp_path / "store")
+    plan = [("a0", 2, TASK_A), ("b0", 2, TASK_B), ("a1", 2, TASK_A), ("a2", 3, TASK_A), ("a3", 2, TASK_A)]
+    store.put_records([rec(label, kind=k, task=t) for label, k, t in plan])
+    n = store.delete_messages([(TASK_A, 2, h("a1")), (TASK_A, 3, h("a2")), (TASK_A, 2, h("nothing")),
+                               (TASK_B, 2, h("a3"))])  # a3 is not TASK_B's: skipped
+    assert n == 2
+    for s in (store, None):
+        if s is None:
+            store.close()
+            s = Store(tmp_path / "store")
+        assert not s.has(h("a1")) and not s.has(h("a2")) and s.has(h("a3"))
+        assert s.task_message_ids(TASK_A) == [h("a0"), h("a3")]
+        assert s.kind_message_ids(2) == [h("a0"), h("b0"), h("a3")] and s.kind_message_ids(3) == []
+        assert s.count() == 3 and s.count_by_kind() == {2: 3}
+        assert [mid for _, mid, _ in s.iter_since(0, 10)] == [h("a0"), h("b0"), h("a3")]
+    assert s.delete_messages([]) == 0
+    with pytest.raises(BadInputError):
+        s.delete_messages([(b"short", 2, h("a0"))])
+    s.put_records([rec("a1", kind=2)])  # stored again later: a fresh arrival
+    assert s.task_message_ids(TASK_A, 2) == [h("a0"), h("a3"), h("a1")]
+    s.close()
+
+
 def test_task_scan_does_not_leak_into_neighbour_task(store):
     low, high = b"\x01" * 31 + b"\xff", b"\x01" * 31 + b"\xfe"
     store.put_records([rec("x", task=high, kind=255), rec("y", task=low, kind=0)])

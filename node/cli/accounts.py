@@ -42,7 +42,7 @@ def _new_passphrase(args) -> str | None:
     return pw
 
 
-def _unlock_passphrase(ks, name: str) -> str | None:
+def unlock_passphrase(ks, name: str) -> str | None:
     """For an encrypted account without $LABELMESH_PASSPHRASE: ask on the terminal."""
     from ..keystore import ENV_PASSPHRASE
 
@@ -118,7 +118,7 @@ def cmd_account_export(args) -> int:
 
     ks = _keystore(args)
     _account_entry(ks, args.name)
-    sk = ks.signing_key(args.name, passphrase=_unlock_passphrase(ks, args.name))
+    sk = ks.signing_key(args.name, passphrase=unlock_passphrase(ks, args.name))
     doc = {"labelmesh_account": EXPORT_FORMAT, "name": args.name, "public_key": bytes(sk.verify_key).hex(),
            "seed": bytes(sk).hex()}
     text = json.dumps(doc) + "\n"

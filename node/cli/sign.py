@@ -20,7 +20,7 @@ from protocol.messages import AnnotationBatch, sign_message, validate_basic
 
 from ..config import resolve_config
 from ..keystore import Keystore
-from .accounts import _unlock_passphrase
+from .accounts import unlock_passphrase
 from .common import CliError, out
 
 #: Bytes read from a --genesis file at most (a genesis lists at most 1,000 validators and
@@ -84,7 +84,7 @@ def cmd_sign(args) -> int:
     genesis = _genesis(args)
     pairs = tuple(_pairs(args))
     ks = Keystore(Path(args.data_dir))
-    sk = ks.signing_key(args.account, passphrase=_unlock_passphrase(ks, args.account))  # KeystoreError says why
+    sk = ks.signing_key(args.account, passphrase=unlock_passphrase(ks, args.account))  # KeystoreError says why
     batch = AnnotationBatch(annotator=bytes(sk.verify_key), task_id=task_id, created_at=created_at, labels=pairs)
     msg = sign_message(batch, sk, genesis.network_id)
     v = validate_basic(msg, genesis.params)

@@ -492,15 +492,15 @@ class NodeCore(GoldSecrets, Results, Ledger):
         Order, cheapest first: forwarder's rate limit -> split the bundle and decode
         each envelope -> kind matches the topic (else REJECT: no smuggling across
         topics) -> duplicates (never penalised: honest relayers race) -> origin's and
-        signers' rate limits -> the ingest pipeline (verify, validate, per-annotator
-        cap, store), one group commit for the whole bundle.
+        signers' rate limits -> the ingest pipeline (verify, validate, keep rule,
+        store), one group commit for the whole bundle.
 
         The message's outcome: REJECT if any envelope is invalid or the bundle is
-        malformed; ACCEPT if every envelope is now stored (at least one of them new
-        from this message), so forwarding it can never carry something we have not
-        checked; IGNORE otherwise (all duplicates, or some envelope was only
-        rate-limited, parked as an orphan or over a cap — what was valid is stored
-        anyway, and sync brings the rest to our peers)."""
+        malformed; ACCEPT if every envelope is now stored, a duplicate or redundant
+        under the keep rule (at least one of them new from this message), so forwarding
+        it can never carry something we have not checked; IGNORE otherwise (nothing new,
+        or some envelope was only rate-limited or parked as an orphan — what was valid
+        is stored anyway, and sync brings the rest to our peers)."""
         if from_peer == self.peer_id:
             return Outcome.ACCEPT  # our own publish: already validated and stored
         now_s = trio.current_time()
@@ -570,8 +570,8 @@ class NodeCore(GoldSecrets, Results, Ledger):
                 return Outcome.REJECT
             if v.ok:
                 new += 1
-            elif v != DUPLICATE:
-                outcome = Outcome.IGNORE
+            elif v != DUPLICATE and v != SURPLUS:  # a redundant envelope is valid and fully checked:
+                outcome = Outcome.IGNORE            # it does not keep the others from being forwarded
         return outcome if new else Outcome.IGNORE
 
     def _rate_limited(self, what: str) -> Outcome:

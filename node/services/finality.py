@@ -188,7 +188,7 @@ class FinalityService:
             if lv is not None:
                 ids = fin.get_batch_ids(lv[0])
                 # (a snapshot batch that the keep rule dropped since need not be in it)
-                if (ids is not None and all(i in set(ids) or not self.node.store.has(i) for i in snap - set(ids))
+                if (ids is not None and not any(self.node.store.has(i) for i in snap.difference(ids))
                         and all(self.node.store.has(i) for i in ids)):
                     res = await self.node.prepare_result(task_id, ids)
                     if res.result_root == lv[1]:

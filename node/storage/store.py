@@ -556,6 +556,8 @@ class Store:
                     txn.delete(key, db=self._by_task)
                     txn.delete(KIND_BYTES[kind] + seq, db=self._by_kind)
                 counts[kind] = counts.get(kind, 0) - len(found)
+                if counts[kind] <= 0:
+                    del counts[kind]
                 removed += len(found)
             txn.put(META_KIND_COUNTS.encode(), msgpack.packb(counts), db=self._meta)
             return removed
