@@ -20,12 +20,17 @@ link like a wide-area network (RTT 40-200 ms between any two nodes, 1% packet lo
 the userspace relay of ``devtools/linkemu.py`` (this kernel has no ``tc netem``). After
 start-up every node's config lists all the others as bootstrap peers, for its next start
 (a restart after a crash).
+
+``stop --node I [--kill]`` and ``restart --node I`` stop one node (SIGTERM, or SIGKILL:
+a crash) and start it again from its own data dir, config and namespace, so fault tests
+need not rebuild a node's command line.
 """
 from __future__ import annotations
 
 import json
 import os
 import random
+import signal
 import sys
 import time
 from pathlib import Path
@@ -56,7 +61,8 @@ def shaping_from_args(args):
 
 
 def add_arguments(p) -> None:
-    p.add_argument("action", choices=["up", "down", "status", "logs", "demo", "chaos"], help="what to do")
+    p.add_argument("action", choices=["up", "down", "status", "logs", "demo", "chaos", "stop", "restart"],
+                   help="what to do (stop / restart: one node, --node I)")
     p.add_argument("--netns", action="store_true",
                    help="with `up`: one network namespace per node (needs root; lets `chaos` cut the network)")
     p.add_argument("--duration", type=float, default=40.0, help="chaos: seconds of faults (default 40)")
@@ -70,12 +76,16 @@ def add_arguments(p) -> None:
     p.add_argument("--jitter-ms", type=float, default=5.0, help="with --wan: jitter, ms (default 5)")
     p.add_argument("--loss", type=float, default=0.01, help="with --wan: packet loss probability (default 0.01)")
     p.add_argument("--rate-mbit", type=float, default=20.0, help="with --wan: egress rate, Mbit/s (default 20; 0 = none)")
+    p.add_argument("--over-bound", type=int, default=1300,
+                   help="chaos: one-label batches of an annotator past the old per-annotator cap, on distinct items, "
+                        "plus a quarter as many of one that repeats itself (default 1300; 0: none)")
     p.add_argument("-n", "--nodes", type=int, default=5, help=f"number of nodes for `up` (default 5, max {MAX_NODES})")
     p.add_argument("--demo", action="store_true", help="with `up`: run the demo task once the devnet is meshed, then post a task for you and print node 0's web UI URL")
     p.add_argument("--fresh", action="store_true",
                    help="with `up`: delete an existing devnet directory (accounts, tasks, logs) first")
     p.add_argument("--root", default=".devnet", help="devnet directory (default .devnet)")
-    p.add_argument("--node", type=int, help="with `logs`: only this node index")
+    p.add_argument("--node", type=int, help="with `logs`: only this node index; `stop` and `restart` need it")
+    p.add_argument("--kill", action="store_true", help="with `stop`: SIGKILL (a crash) instead of SIGTERM")
     p.add_argument("--lines", type=int, default=20, help="with `logs`: lines per node (default 20)")
     p.add_argument("--items", type=int, default=300, help="demo: items in the task (default 300)")
     p.add_argument("--deadline", type=float, default=20.0, help="demo: seconds from posting to deadline (default 20)")
@@ -204,6 +214,42 @@ def down(root: Path) -> int:
     from .netns import teardown
     teardown(root)  # the namespaces of `up --netns`, if any
     return len(pids)
+
+
+def _one_node(root: Path, i: int | None) -> dict:
+    """The pids.json entry of node ``i``, or DevnetError saying what to give."""
+    pids = read_pids(root)
+    if not pids:
+        raise DevnetError(f"no devnet in {root} (`scripts/devnet up` makes one)")
+    if i is None or str(i) not in pids:
+        raise DevnetError(f"give the node with --node I, one of {', '.join(sorted(pids, key=int))}"
+                          + (f" (there is no node {i})" if i is not None else ""))
+    return pids[str(i)]
+
+
+def stop_one(root: Path, i: int | None, kill: bool = False) -> bool:
+    """Stop node ``i`` (SIGTERM and wait, SIGKILL after 15 s; ``kill``: SIGKILL at once).
+    False if it was not running. Its data dir and namespace stay for ``restart_one``."""
+    ent = _one_node(root, i)
+    if not is_alive(ent["pid"], ent["data_dir"]):
+        return False
+    stop_node(root, i, signal.SIGKILL if kill else signal.SIGTERM)
+    if is_alive(ent["pid"], ent["data_dir"]):
+        raise DevnetError(f"node {i} (pid {ent['pid']}) did not stop")
+    return True
+
+
+def restart_one(root: Path, i: int | None) -> dict:
+    """Stop node ``i`` if it runs, start it again from its data dir (inside its namespace with
+    ``up --netns``) and wait, bounded, until it answers and has a peer again."""
+    _one_node(root, i)
+    stop_one(root, i)
+    pid = start_node(root, i)
+    poll(lambda: rpc(root, i, "node_info", timeout=5), WAIT_S, f"node {i} to start")
+    n = len(read_pids(root))
+    info = poll(lambda: (lambda x: x if x["peer_count"] >= min(1, n - 1) else None)(rpc(root, i, "node_info", timeout=5)),
+                WAIT_S, f"node {i} to reconnect to a peer")
+    return {"node": i, "pid": pid, "peers": info["peer_count"], "stored": info["messages"]["stored"]}
 
 
 def status(root: Path) -> list[dict]:
@@ -451,6 +497,15 @@ def main(args) -> int:
         elif args.action == "down":
             k = down(root)
             print(f"devnet down: stopped {k} nodes")
+        elif args.action == "stop":
+            was = stop_one(root, args.node, kill=args.kill)
+            print(json.dumps({"node": args.node, "stopped": was}) if args.json else
+                  f"node-{args.node} {('killed' if args.kill else 'stopped') if was else 'was not running'}; "
+                  f"start it again with `scripts/devnet restart --node {args.node}`")
+        elif args.action == "restart":
+            r = restart_one(root, args.node)
+            print(json.dumps(r) if args.json else
+                  f"node-{r['node']} running again (pid {r['pid']}, {r['peers']} peers, {r['stored']} messages)")
         elif args.action == "status":
             rows = status(root)
             if args.json:

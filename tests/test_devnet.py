@@ -7,6 +7,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from . import helpers
 from .helpers import cli
 
 pytestmark = pytest.mark.devnet
@@ -53,3 +54,43 @@ def test_devnet_demo_three_nodes_same_result(devnet_root):
     cli("devnet", "down", "--root", str(devnet_root))
     for pid in pids:
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[1][:3]
+
+
+def test_devnet_stop_and_restart_one_node(devnet_root):
+    """`devnet stop --node I [--kill]` and `restart --node I`: the node comes back from its own
+    data dir (in its own namespace when the devnet has them), rejoins and catches up."""
+    from devtools import netns
+
+    use_netns, _ = netns.available()
+    cli("devnet", "up", "-n", "3", "--root", str(devnet_root), *(["--netns"] if use_netns else []))
+    dd = [str(devnet_root / f"node-{i}") for i in range(3)]
+
+    def rpc(i, method, params):
+        return json.loads(cli("rpc", method, json.dumps(params), "--data-dir", dd[i]).stdout)
+
+    task = rpc(0, "task_post", {"account": "requester", "title": "t", "labels": ["a", "b"],
+                                "items": ["x", "y", "z"], "duration_s": 600})
+    first = rpc(0, "annotations_submit", {"account": "validator", "task_id": task["task_id"], "labels": [[0, 1]]})
+    r = cli("devnet", "stop", "--node", "1", "--kill", "--root", str(devnet_root), "--json")
+    assert json.loads(r.stdout) == {"node": 1, "stopped": True}
+    rows = {x["node"]: x for x in json.loads(cli("devnet", "status", "--root", str(devnet_root), "--json").stdout)}
+    assert not rows[1]["alive"] and rows[0]["alive"] and rows[2]["alive"]
+    again = cli("devnet", "stop", "--node", "1", "--root", str(devnet_root))
+    assert "was not running" in again.stdout
+    # labels submitted while node 1 is down reach it once it is back
+    second = rpc(2, "annotations_submit", {"account": "validator", "task_id": task["task_id"], "labels": [[1, 0]]})
+    r = json.loads(cli("devnet", "restart", "--node", "1", "--root", str(devnet_root), "--json").stdout)
+    assert r["node"] == 1 and r["peers"] >= 1
+    ids = [task["task_id"], first["batch_id"], second["batch_id"]]
+    helpers.poll(lambda: rpc(1, "messages_held", {"ids": ids})["count"] == 3, 60, "node 1 to catch up")
+    if use_netns:  # it runs in its own namespace again: its listen address is the namespace's
+        assert any("/ip4/10.213.0.2/" in a for a in rpc(1, "node_info", {})["listen_addrs"])
+    # restart of a running node: stop, then start
+    pid = r["pid"]
+    r = json.loads(cli("devnet", "restart", "--node", "1", "--root", str(devnet_root), "--json").stdout)
+    from devtools.processes import is_alive
+    assert r["pid"] != pid and not is_alive(pid, str(Path(dd[1]).resolve())) and is_alive(r["pid"], str(Path(dd[1]).resolve()))
+    # bad input: which node is missing or unknown
+    for argv, why in [(("stop",), "--node"), (("restart", "--node", "7"), "no node 7"), (("stop", "--node", "-1"), "no node -1")]:
+        bad = cli("devnet", *argv, "--root", str(devnet_root), check=False)
+        assert bad.returncode == 1 and why in bad.stderr, (argv, bad.stderr)
