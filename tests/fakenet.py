@@ -116,6 +116,10 @@ class FakeP2P:
     async def disconnect(self, peer_id: str) -> None:
         self.net.cut(self.peer_id, peer_id)
 
+    async def redial(self, peer_id: str) -> None:
+        """P2PNode.redial: the in-memory links never hang, so there is nothing to close."""
+        self.redials = getattr(self, "redials", 0) + 1
+
     # -- internals
     def _forward(self, topic: str, data: bytes, exclude: str | None) -> None:
         for n in self.net.neighbours(self.peer_id):

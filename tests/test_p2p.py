@@ -370,6 +370,43 @@ async def test_bootstrap_peer_is_redialed_after_a_drop(net: Net) -> None:
     await meshed(a, b)
 
 
+async def test_any_new_connection_ends_a_redial_backoff(net: Net) -> None:
+    """After a partition heals, the first link that comes back must bring the others back at
+    once: A's dial to C fails and backs off for 1,000 s; when B connects to A, A dials C
+    again at once (it could not connect within the test's bound otherwise)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    c_cfg = P2PConfig(seed=hashlib.sha256(b"labelmesh-test-c").digest(), listen=[f"/ip4/127.0.0.1/tcp/{port}"])
+    c = P2PNode(c_cfg, validator=accept_all)  # its peer id is known before it runs
+    a = Peer("a")
+    a.node = P2PNode(P2PConfig(seed=hashlib.sha256(b"labelmesh-test-a").digest(), listen=[LOOPBACK],
+                               bootstrap=[f"/ip4/127.0.0.1/tcp/{port}/p2p/{c.peer_id}"],
+                               redial_backoff_min_s=1000.0, redial_backoff_max_s=1000.0), validator=accept_all)
+    with trio.fail_after(WAIT):
+        await net.nursery.start(a.node.run)
+    await wait_until(lambda: a.node.stats().get("bootstrap_dial_failures", 0) >= 1, "A failed to reach C")
+    with trio.fail_after(WAIT):
+        await net.nursery.start(c.run)  # C is back, but A waits out its backoff...
+    await net.start("b", bootstrap=a)  # ... until a sign of life: B connects to A
+    await wait_until(lambda: c.peer_id in a.connected_ids(), "A dialed C again after B connected")
+    assert a.node.stats()["bootstrap_redials_woken"] >= 1
+
+
+async def test_redial_replaces_a_link_that_looks_dead(net: Net) -> None:
+    a = await net.start("a")
+    b = await net.start("b", bootstrap=a, redial_backoff_min_s=0.2)
+    assert await b.node.wait_for_peers(1, WAIT)
+    first = a.connected.count(b.id)
+    await b.node.redial(a.id)  # e.g. a sync request to A timed out
+    await wait_until(lambda: a.connected.count(b.id) > first and a.id in b.connected_ids(), "B reconnected to A")
+    assert b.node.stats()["redials_after_failed_request"] == 1
+    await b.node.redial("12D3KooWNotConnectedNotConnectedNotConnectedNotConn")  # not connected: nothing to do
+    assert b.node.stats()["redials_after_failed_request"] == 1
+
+
 async def test_unreachable_bootstrap_is_retried_quietly(net: Net, caplog: pytest.LogCaptureFixture) -> None:
     ghost = P2PNode(
         P2PConfig(seed=b"\x01" * 32, listen=[LOOPBACK]), validator=accept_all

@@ -178,11 +178,14 @@ def dir_bytes(path: Path) -> int:
 # ------------------------------------------------------------------ devnets
 
 class Devnet:
-    """A throw-away devnet of ``n`` real node processes (``devtools.devnet.up``) in a
-    short temporary directory; ``close()`` stops exactly its processes and removes it.
-    ``web``: every node serves its web UI (off by default: it changes the footprint)."""
+    """A throw-away devnet of ``n`` real node processes (``devtools.devnet.up``; with
+    ``netns`` or ``shaping``, one network namespace each, links shaped with ``shaping``) in
+    a short temporary directory; ``close()`` stops exactly its processes and removes it
+    (and its namespaces). ``web``: every node serves its web UI (off by default: it
+    changes the footprint)."""
 
-    def __init__(self, n: int, prefix: str = "lmb", shaping=None, web: bool = False, balances=()):
+    def __init__(self, n: int, prefix: str = "lmb", shaping=None, web: bool = False, balances=(),
+                 netns: bool = False):
         from devtools import devnet, processes
 
         self.devnet = devnet
@@ -190,7 +193,7 @@ class Devnet:
         self.root = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
         self.n = n
         try:
-            self.meta = devnet.up(self.root, n, netns=shaping is not None, shaping=shaping, web=web,
+            self.meta = devnet.up(self.root, n, netns=netns or shaping is not None, shaping=shaping, web=web,
                                   balances=balances)
         except BaseException:
             self.close()

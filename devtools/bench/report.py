@@ -32,6 +32,7 @@ SECTIONS = [
     ("Catch-up of a joining node", "catchup_"),
     ("Consensus", "consensus_"),
     ("Finality", "finality_"),
+    ("Reconnection after a partition (devnet in network namespaces)", ("reconnect_", "batch_s_after")),
     ("Footprint", ("idle_", "rss_", "cpu_")),
     ("Web UI (headless Chromium, 3-node devnet)", "ui_"),
 ]
@@ -96,9 +97,9 @@ def write(path: Path, result: dict, names: list[str]) -> None:
             runs[name] = {"figures": figs, "mode": result["mode"], "date": result["date"],
                           "command": result["command"], "machine": result["machine"],
                           "details": result.get("details", {}).get(name, {})}
-    figures = [f for name in ["limits", "ingest", "network", "wan", "sim", "catchup", "consensus", "ui"]
+    figures = [f for name in ["limits", "ingest", "network", "wan", "sim", "catchup", "consensus", "ui", "reconnect"]
                if name in runs for f in runs[name]["figures"]]
-    details = {t: b for name in ["ingest", "network", "wan", "catchup", "consensus", "ui"] if name in runs
+    details = {t: b for name in ["ingest", "network", "wan", "catchup", "consensus", "ui", "reconnect"] if name in runs
                for t, b in runs[name].get("details", {}).items()}
     mach = result["machine"]
     lines = [BEGIN, "",

@@ -21,8 +21,9 @@ work lives in one nursery inside ``run()``:
   and the drain task calls ``on_message`` for each (py-libp2p's own
   subscription channel holds only 32 messages and silently drops the rest);
 * one *redial task per bootstrap peer*: dial at start, wait for the connection
-  to drop, redial with capped exponential backoff and jitter; only the first
-  failure of a series is logged at WARNING (then DEBUG, then INFO on recovery);
+  to drop, redial with capped exponential backoff and jitter, cut short by any new
+  connection (a sign that the network is back); only the first failure of a series is
+  logged at WARNING (then DEBUG, then INFO on recovery);
 * short-lived tasks for ``on_peer_connected`` callbacks and offender
   disconnects.
 
@@ -115,6 +116,11 @@ py-libp2p 0.8.1 defaults we override (verified in site-packages/libp2p)
   logging INFO every cycle, and would re-dial peers we dropped on purpose ->
   replaced by a never-started instance; we redial bootstrap peers ourselves.
   ``RetryConfig`` makes 4 attempts per dial, logging ERROR each time -> 2;
+  ``_NegativePeerCache`` refuses, for 60 s, every dial to a peer whose addresses all
+  failed once: after a partition that kept a bootstrap peer out of reach, each of our
+  redials within that minute failed at once without trying (this, and backoffs that had
+  grown, kept healed links down for up to ~30 s) -> the bootstrap redial loop evicts its
+  peer from that cache before each dial: our own backoff decides when to try;
   the per-attempt ERRORs of a few loggers (failed TCP dial, refused handshake,
   failed stream open) are dropped by ``LibraryNoiseFilter`` because we report
   those failures ourselves (P2PError, redial log).

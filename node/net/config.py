@@ -108,7 +108,10 @@ class P2PConfig:
     max_peers: int = 64
     dial_timeout_s: float = 10.0  # one connect() / bootstrap dial, > 0
     redial_backoff_min_s: float = 1.0  # first bootstrap redial delay (doubles per failure), > 0
-    redial_backoff_max_s: float = 60.0  # cap of the bootstrap redial delay, >= min
+    # cap of the bootstrap redial delay, >= min. Small: a dial to a peer that cannot be reached
+    # costs a SYN, and after a partition heals some node must dial first before the others
+    # wake up (any new connection ends every waiting backoff, P2PNode._bootstrap_loop).
+    redial_backoff_max_s: float = 8.0
 
     # --- request/response ---
     max_request_bytes: int = 1024 * 1024  # largest request body we send or accept, >= 1

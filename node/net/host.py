@@ -155,6 +155,9 @@ class P2PNode:
         self._connected: set[str] = set()
         self._pending_connected: list[str] = []  # peers that connected before our nursery opened
         self._peers_changed = trio.Event()
+        # Set (and replaced) whenever a peer connects, in either direction: a sign of life of
+        # the network that wakes the bootstrap redials waiting out a backoff (_bootstrap_loop).
+        self._sign_of_life = trio.Event()
         # the node's one penalty policy (node/policy/penalties.py): a decayed REJECT count per peer
         self._penalties = PenaltyPolicy(config.offender_reject_threshold, config.offender_ban_s,
                                         config.invalid_message_half_life_s)
@@ -383,6 +386,19 @@ class P2PNode:
         except Exception as exc:
             raise P2PError(f"could not disconnect {peer_id}: {exc}") from exc
 
+    async def redial(self, peer_id: str) -> None:
+        """The link to ``peer_id`` looks dead (a request to it failed, e.g. timed out after a
+        partition hung its TCP connection): close it, so a bootstrap peer is redialed at once
+        on a fresh connection (and any other peer redials us). No-op if it is not connected."""
+        if peer_id not in self._connected or self._host is None:
+            return
+        self._counters["redials_after_failed_request"] += 1
+        logger.info("link to %s looks dead (a request failed): reconnecting", peer_id)
+        try:
+            await self.disconnect(peer_id)
+        except P2PError as exc:
+            logger.debug("closing the link to %s failed: %s", peer_id, exc)
+
     async def wait_for_peers(self, n: int, timeout: float) -> bool:
         """Wait until at least ``n`` peers are connected; False if ``timeout`` s pass first."""
         with trio.move_on_after(timeout):
@@ -418,6 +434,8 @@ class P2PNode:
             return
         self._connected.add(peer)
         self._signal_peers_changed()
+        self._sign_of_life.set()
+        self._sign_of_life = trio.Event()
         logger.debug("peer connected: %s", peer)
         if self._on_peer_connected is None:
             return
@@ -448,7 +466,15 @@ class P2PNode:
             logger.exception("on_peer_connected(%s) failed", peer)
 
     async def _bootstrap_loop(self, addr: str) -> None:
-        """Keep one bootstrap peer connected: dial, wait for a drop, redial with backoff."""
+        """Keep one bootstrap peer connected: dial, wait for a drop, redial with backoff.
+
+        The backoff (doubling from ``redial_backoff_min_s`` up to ``redial_backoff_max_s``
+        while dials fail) ends early on any sign of life: when any peer connects to us or
+        we to it, every bootstrap redial waiting out a backoff dials again at once (after a
+        short jitter), its backoff back at the minimum. After a partition heals, the first
+        link that comes back (from either side) thus brings back all the others within
+        about a second, instead of each waiting out a backoff grown while the network was
+        cut (measured: ``reconnect_s_after_heal`` in BENCHMARKS.md)."""
         cfg = self.config
         info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
         peer = info.peer_id.to_base58()
@@ -472,6 +498,12 @@ class P2PNode:
             if banned_for > 0:
                 await trio.sleep(banned_for)
                 continue
+            life = self._sign_of_life  # a connection made while we dial counts too
+            # py-libp2p refuses for 60 s any dial to a peer that failed once (its negative
+            # cache, see the package docstring); our backoff decides when to try again
+            negative_cache = getattr(host.get_network(), "_negative_peer_cache", None)
+            if negative_cache is not None:
+                negative_cache.evict(peer)
             try:
                 with trio.fail_after(cfg.dial_timeout_s):
                     await host.connect(info)
@@ -480,8 +512,14 @@ class P2PNode:
                 self._counters["bootstrap_dial_failures"] += 1
                 log = logger.warning if failures == 1 else logger.debug
                 log("cannot reach bootstrap peer %s (attempt %d, retry in %.1f s): %s", addr, failures, backoff, exc)
-                await trio.sleep(backoff * random.uniform(0.8, 1.2))
-                backoff = min(backoff * 2, cfg.redial_backoff_max_s)
+                with trio.move_on_after(backoff * random.uniform(0.8, 1.2)):
+                    await life.wait()
+                if life.is_set():  # the network shows signs of life: try again now
+                    self._counters["bootstrap_redials_woken"] += 1
+                    backoff = cfg.redial_backoff_min_s
+                    await trio.sleep(random.uniform(0.0, 0.2))
+                else:
+                    backoff = min(backoff * 2, cfg.redial_backoff_max_s)
                 continue
             if failures:
                 logger.info("connected to bootstrap peer %s after %d failed attempts", addr, failures)

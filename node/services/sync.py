@@ -245,6 +245,9 @@ class SyncService:
             st.errors += 1
             st.last_error = f"{type(e).__name__}: {e}"
             log.debug("sync with %s failed: %s", peer_id, st.last_error)
+            # The link may be dead while the transport still counts it (a partition hangs TCP
+            # connections without closing them): close it and dial a fresh one now.
+            await self.node.p2p.redial(peer_id)
         finally:
             self.running_sessions -= 1
             self._in_session.discard(peer_id)
@@ -343,8 +346,9 @@ class SyncService:
             if PENALTIES.is_banned(st, trio.current_time()):
                 continue
             try:
-                # "pinned": ids named by attestations/certificates, stored even past the
-                # per-annotator cap (node/core/node.py UNCAPPED_SOURCES) so finality can converge.
+                # "pinned": ids named by attestations/certificates, stored even when the keep
+                # rule finds them redundant (node/core/node.py STORED_ANYWAY_SOURCES), so
+                # finality can check and reproduce the sets it votes on.
                 stored += await self._fetch(p, want, st, _Budget(), source="pinned")
             except _Banned:
                 continue
