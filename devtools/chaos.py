@@ -10,7 +10,10 @@ How it works
    random node that is not known to be dead, over the node's RPC socket, and
    classify every submission:
 
-   * acknowledged: the node answered ``accepted`` / ``duplicate`` (durably stored);
+   * acknowledged: the node answered ``accepted``, ``accepted_overlapping`` or
+     ``duplicate`` (durably stored);
+   * redundant: the node answered ``redundant`` (valid, its labels already held under
+     smaller ids of the same annotator: not stored, so it must never appear);
    * in doubt: the request was sent but no answer came (node paused or killed
      mid-call, timeout) -- it may or may not be stored, both are correct;
    * refused: the node answered with an error (-32002 for the invalid ones);
@@ -31,7 +34,15 @@ How it works
    data dir), ``pause`` (SIGSTOP ... SIGCONT) and ``partition`` (a random minority
    of nodes cut off from the rest: network namespaces, see ``devtools/netns.py``).
    The first faults of a run cycle through every kind, so even a short run has
-   at least one of each. Whatever happens (even Ctrl-C), paused nodes are
+   at least one of each.
+
+   *Over-bound annotators* (``--over-bound N``, default 1,300; 0: none) submit along
+   with the load, through random nodes like it: one annotator signs N one-label batches
+   on N distinct items (an honest annotator far past the old per-annotator cap of 1,024
+   batches, as a browser app labelling one item at a time), another N/4 one-label
+   batches on the first 20 items with random labels (it repeats itself and equivocates,
+   so the keep rule drops some of its batches, PROTOCOL.md 6.3). The task has enough
+   items for them. Whatever happens (even Ctrl-C), paused nodes are
    continued, the network healed and killed nodes restarted before checking.
 
 3. *Check.* After the last fault ends (the restart launched, the SIGCONT sent, the
@@ -40,7 +51,12 @@ How it works
    batch, and all report the same ``set_root`` and ``result_root``; then, once past
    the deadline, until all report the task *certified* with the same roots. Then:
 
-   * lost    = acknowledged batches missing from any node (must be 0);
+   * lost    = acknowledged batches missing from any node (must be 0), except a batch
+     that the keep rule drops because *its own annotator* signed batches with smaller
+     ids carrying its labels: those are counted apart ("dropped by the keep rule"), and
+     each of their labels must still be held (or its item be an equivocation of that
+     annotator: "labels lost" must be 0);
+   * every node holds only what the keep rule keeps (plus what the certificate pins);
    * phantom = stored batches that were neither acknowledged nor in doubt:
      refused, never sent, invalid, or never submitted at all (must be 0);
    * in doubt batches that ended up stored are reported, not judged;
@@ -80,7 +96,7 @@ WARMUP_S = 2.0              # load only, before the first fault
 DEADLINE_MARGIN_S = 5.0     # the task's deadline is this long after the fault window
 RPC_TIMEOUT_S = 3.0         # a submission unanswered this long is "in doubt"
 INVALID_SHARE = 0.05        # of the submissions
-ITEMS = 100
+ITEMS = 100                 # items of the chaos task, plus what the over-bound annotators need
 LABELS = ["red", "green", "blue"]
 LABELS_PER_BATCH = 10
 MAX_SEND_TRIES = 5
@@ -136,14 +152,19 @@ def make_schedule(seed: int, duration: float, n: int, partitions: bool) -> list[
 # ---------------------------------------------------------------------- load
 
 
+OVER_BOUND = 1_300          # one-label batches of the honest over-bound annotator (default)
+REPEAT_ITEMS = 20           # the repeating annotator labels only these first items
+
+
 @dataclass
 class Submission:
     batch_id: str
     raw: str
     valid: bool
-    outcome: str = "pending"   # acked | in_doubt | refused | not_sent
+    outcome: str = "pending"   # acked | redundant | in_doubt | refused | not_sent
     node: int | None = None
-    detail: str = ""
+    detail: str = ""           # for acked: the status (accepted, accepted_overlapping, duplicate)
+    role: str = "load"         # load | heavy (over-bound, one label per item) | repeater
 
 
 def sign_batches(seed: int, network_id: bytes, task_id: bytes, count: int) -> list[Submission]:
@@ -172,9 +193,32 @@ def sign_batches(seed: int, network_id: bytes, task_id: bytes, count: int) -> li
     return out
 
 
+def sign_over_bound(seed: int, network_id: bytes, task_id: bytes, n: int, first_item: int) -> list[Submission]:
+    """The over-bound annotators' submissions (module docstring): ``n`` one-label batches of
+    one key on items ``first_item ..`` (each item once), and ``n // 4`` one-label batches of
+    another key on the first REPEAT_ITEMS items (repeats and equivocations)."""
+    from protocol.messages import AnnotationBatch, sign_message
+
+    rng = random.Random(seed * 1_000_003 + 2)
+    now = int(time.time() * 1000)
+    heavy = nacl.signing.SigningKey(hashlib.sha256(b"labelmesh-chaos/%d/heavy" % seed).digest())
+    repeater = nacl.signing.SigningKey(hashlib.sha256(b"labelmesh-chaos/%d/repeater" % seed).digest())
+    rows = [("heavy", heavy, first_item + k) for k in range(n)]
+    rows += [("repeater", repeater, rng.randrange(REPEAT_ITEMS)) for _ in range(n // 4)]
+    out = []
+    for k, (role, sk, item) in enumerate(rows):
+        body = AnnotationBatch(annotator=bytes(sk.verify_key), task_id=task_id, created_at=now + k,
+                               labels=((item, rng.randrange(len(LABELS))),))
+        m = sign_message(body, sk, network_id)
+        out.append(Submission(m.compute_id(network_id).hex(), m.raw.hex(), True, role=role))
+    rng.shuffle(out)
+    return out
+
+
 def submit(sock_path: Path, raw_hex: str, timeout: float, method: str = "annotations_submit") -> tuple[str, str]:
     """One submission call (``annotations_submit``, or ``transfer`` for debit orders),
-    classified: (acked | in_doubt | refused | not_sent, detail)."""
+    classified: (acked | redundant | in_doubt | refused | not_sent, detail: the status or
+    the error)."""
     with RpcClient(sock_path, timeout=timeout) as client:
         try:
             client.connect()
@@ -189,7 +233,9 @@ def submit(sock_path: Path, raw_hex: str, timeout: float, method: str = "annotat
         except OSError as e:
             return "in_doubt", f"{type(e).__name__}: {e}"
     status = result.get("status")
-    return ("acked", status) if status in ("accepted", "duplicate") else ("refused", f"status {status}")
+    if status in ("accepted", "accepted_overlapping", "duplicate"):
+        return "acked", status
+    return ("redundant", status) if status == "redundant" else ("refused", f"status {status}")
 
 
 class LoadGenerator:
@@ -447,16 +493,39 @@ def _reap(pid: int) -> bool:
 
 
 def node_view(root: Path, i: int, task_id: str) -> dict:
-    ids, offset = set(), 0
+    batches, offset = {}, 0
     while True:
         r = rpc(root, i, "annotations_list", {"task_id": task_id, "limit": 10_000, "offset": offset}, timeout=10)
-        ids |= {b["batch_id"] for b in r["batches"]}
+        batches.update((b["batch_id"], (b["annotator"], tuple(map(tuple, b["labels"])))) for b in r["batches"])
         offset += len(r["batches"])
         if offset >= r["total"] or not r["batches"]:
             break
     c = rpc(root, i, "consensus_get", {"task_id": task_id, "items": False}, timeout=10)
-    return {"ids": ids, "set_root": c["set_root"], "result_root": c["result_root"], "status": c["status"],
-            "certified_batches": c["batches"] if c["status"] == "certified" else None}
+    return {"ids": set(batches), "batches": batches, "set_root": c["set_root"], "result_root": c["result_root"],
+            "status": c["status"], "certified_batches": c["batches"] if c["status"] == "certified" else None}
+
+
+def pinned_ids(root: Path, i: int, task_id: str) -> set[str] | None:
+    """The ids the task's certificate pins, from node ``i`` (None if it knows none)."""
+    out, offset = set(), 0
+    while offset is not None:
+        r = rpc(root, i, "certificate_get", {"task_id": task_id, "ids": True, "limit": 10_000, "offset": offset},
+                timeout=10)["pinned"]
+        if r is None:
+            return None
+        out |= set(r["ids"])
+        offset = r["next_offset"]
+    return out
+
+
+def kept_ids(batches: dict) -> set[str]:
+    """protocol.keep's rule over a node's batches {id hex: (annotator hex, labels)}."""
+    from protocol.keep import compute_kept_batches
+    from protocol.messages import AnnotationBatch
+
+    rows = [(bytes.fromhex(i), AnnotationBatch(annotator=bytes.fromhex(a), task_id=bytes(32), created_at=0,
+                                               labels=labels)) for i, (a, labels) in batches.items()]
+    return {i.hex() for i in compute_kept_batches(rows)}
 
 
 @dataclass
@@ -478,6 +547,13 @@ class Report:
     lost: int = 0
     phantom: int = 0
     invalid_stored: int = 0
+    over_bound: int = 0             # batches of the over-bound annotators submitted
+    over_bound_acked: int = 0
+    redundant: int = 0              # answered "redundant" (valid, not stored)
+    dropped_by_keep_rule: int = 0   # acknowledged, then dropped: their annotator repeated them with smaller ids
+    labels_lost: int = 0            # acknowledged labels held nowhere (their item no equivocation either)
+    held_redundant: int = 0         # batches a node holds that the keep rule does not keep (nor the certificate)
+    batches_by_node: list = field(default_factory=list)
     converged: bool = False
     converged_after_s: float | None = None
     certified: bool = False
@@ -503,17 +579,23 @@ class Report:
         return not self.violations
 
 
-def run(root: Path, *, duration: float, seed: int, rate: float, settle: float, out=print) -> Report:
+def run(root: Path, *, duration: float, seed: int, rate: float, settle: float, over_bound: int = OVER_BOUND,
+        out=print) -> Report:
     """One chaos run on the devnet in ``root`` (see the module docstring); the report."""
     n, network_id, rep = _check_devnet(root, duration, seed, rate)
-    task_id, deadline_ms, subs, schedule = _post_task_and_load(root, n, network_id, rep, duration, seed, rate, out)
+    if not 0 <= over_bound <= 100_000:
+        raise DevnetError("--over-bound must be 0..100000 batches")
+    task_id, deadline_ms, subs, schedule = _post_task_and_load(root, n, network_id, rep, duration, seed, rate,
+                                                               over_bound, out)
     ledger = LedgerLoad(root, n, network_id, seed, rate, duration, rep)
-    last_fault_end = _run_faults(root, n, subs, schedule, duration, rate, seed, out, ledger)
+    last_fault_end = _run_faults(root, n, subs, schedule, duration, len(subs) / duration, seed, out, ledger)
     acked, doubt, invalid = _classify_load(rep, subs, out)
     ledger.classify(rep, out)
-    views, errors = _converge(root, n, task_id, deadline_ms, acked, rep, settle, last_fault_end, out)
+    views, errors = _converge(root, n, task_id, deadline_ms, subs, rep, settle, last_fault_end, out)
     ledger.check(rep, settle)
-    _check_sets(rep, n, views, errors, acked, doubt, invalid, settle)
+    _check_sets(rep, n, views, errors, subs, acked, doubt, invalid, settle)
+    if rep.certified:
+        _check_keep_rule(rep, root, task_id, views)
     return rep
 
 
@@ -543,14 +625,15 @@ def _check_devnet(root: Path, duration: float, seed: int, rate: float) -> tuple[
 
 
 def _post_task_and_load(root: Path, n: int, network_id: bytes, rep: Report, duration: float, seed: int,
-                        rate: float, out) -> tuple[str, int, list[Submission], list[Fault]]:
+                        rate: float, over_bound: int, out) -> tuple[str, int, list[Submission], list[Fault]]:
     """Post the chaos task (deadline after the fault window), sign the load and plan the
     faults: (task id, deadline ms, submissions, schedule)."""
     poll(lambda: all(rpc(root, i, "node_info", timeout=5)["peer_count"] >= 1 for i in range(n)), 60,
           "every node to have a peer")
     deadline_s = duration + DEADLINE_MARGIN_S
     t = rpc(root, 0, "task_post", {"account": "requester", "title": f"chaos run, seed {seed}", "labels": LABELS,
-                                    "items": [f"chaos item {i}" for i in range(ITEMS)], "duration_s": deadline_s,
+                                    "items": [f"chaos item {i}" for i in range(ITEMS + over_bound)],
+                                    "duration_s": deadline_s,
                                     "redundancy": 5, "bounty": 100_000, "nonce": seed})
     task_id = t["task_id"]
     rep.task_id = task_id
@@ -558,10 +641,17 @@ def _post_task_and_load(root: Path, n: int, network_id: bytes, rep: Report, dura
     poll(lambda: all(any(x["task_id"] == task_id for x in rpc(root, i, "tasks_list", timeout=5)["tasks"])
                       for i in range(n)), 30, "the chaos task to reach every node")
     subs = sign_batches(seed, network_id, bytes.fromhex(task_id), max(1, int(rate * duration)))
+    extra = sign_over_bound(seed, network_id, bytes.fromhex(task_id), over_bound, ITEMS)
+    if extra:  # spread through the load, in a seeded order
+        at = set(random.Random(seed * 31 + 7).sample(range(len(subs) + len(extra)), len(extra)))
+        it_load, it_extra = iter(subs), iter(extra)
+        subs = [next(it_extra) if k in at else next(it_load) for k in range(len(subs) + len(extra))]
+    rep.over_bound = len(extra)
     schedule = make_schedule(seed, duration, n, rep.partitions_enabled)
     rep.faults = schedule
     out(f"chaos: {n} nodes, seed {seed}, {duration:.0f} s of faults on {rep.network}; "
-        f"task {task_id[:16]}…, {len(subs)} pre-signed batches at {rate:g}/s")
+        f"task {task_id[:16]}…, {len(subs)} pre-signed batches at {len(subs) / duration:.0f}/s"
+        + (f" ({len(extra)} of them by the over-bound annotators)" if extra else ""))
     for f in schedule:
         out(f"  planned: {f.describe(n)}")
     return task_id, deadline_ms, subs, schedule
@@ -602,6 +692,8 @@ def _classify_load(rep: Report, subs: list[Submission], out) -> tuple[set, set, 
     """Count the submissions by outcome into ``rep``; (acknowledged, in doubt, invalid) batch ids."""
     acked = {s.batch_id for s in subs if s.outcome == "acked"}
     doubt = {s.batch_id for s in subs if s.outcome == "in_doubt"}
+    rep.redundant = sum(1 for s in subs if s.outcome == "redundant")
+    rep.over_bound_acked = sum(1 for s in subs if s.outcome == "acked" and s.role != "load")
     invalid = {s.batch_id for s in subs if not s.valid}
     rep.submitted = sum(1 for s in subs if s.outcome != "pending")
     rep.acked, rep.in_doubt = len(acked), len(doubt)
@@ -613,14 +705,44 @@ def _classify_load(rep: Report, subs: list[Submission], out) -> tuple[set, set, 
     if refused_valid:
         out(f"  note: {len(refused_valid)} valid batches refused, e.g. {refused_valid[0].detail}")
     out(f"load: {rep.submitted} submitted, {rep.acked} acknowledged, {rep.in_doubt} in doubt, "
-        f"{rep.refused} refused ({rep.invalid_submitted} invalid), {rep.not_sent} not sent")
+        f"{rep.refused} refused ({rep.invalid_submitted} invalid), {rep.redundant} redundant, {rep.not_sent} not sent")
     return acked, doubt, invalid
 
 
-def _converge(root: Path, n: int, task_id: str, deadline_ms: int, acked: set, rep: Report, settle: float,
-              last_fault_end: float, out) -> tuple[dict, dict]:
-    """Poll every node until they hold the same set and roots, then the same certificate,
-    within ``settle`` s; (last view of each node, last error of each unreachable node)."""
+def acked_missing(subs: list[Submission], view: dict) -> tuple[set, set]:
+    """The acknowledged batches a node does not hold: (missing, dropped by the keep rule --
+    batches that the node's set makes redundant: for each of their labels, a batch of the
+    same annotator with a smaller id carries it, or two smaller labels of that item are
+    held; PROTOCOL.md 6.3)."""
+    from protocol.messages import decode_message
+    from protocol.params import DEFAULT_PARAMS
+
+    missing = [x for x in subs if x.outcome == "acked" and x.batch_id not in view["ids"]]
+    if not missing:
+        return set(), set()
+    carrier: dict[tuple, str] = {}   # (annotator, item, label) -> smallest id holding it
+    labels: dict[tuple, set] = {}    # (annotator, item) -> labels held
+    for bid, (a, pairs) in view["batches"].items():
+        for item, label in pairs:
+            k = (a, item, label)
+            if k not in carrier or bid < carrier[k]:
+                carrier[k] = bid
+            labels.setdefault((a, item), set()).add(label)
+    legit = set()
+    for x in missing:
+        body = decode_message(bytes.fromhex(x.raw), DEFAULT_PARAMS).body
+        a = body.annotator.hex()
+        if all((carrier.get((a, i, l)) or x.batch_id) < x.batch_id
+               or sum(1 for m in labels.get((a, i), ()) if m < l) >= 2 for i, l in body.labels):
+            legit.add(x.batch_id)
+    return {x.batch_id for x in missing} - legit, legit
+
+
+def _converge(root: Path, n: int, task_id: str, deadline_ms: int, subs: list[Submission], rep: Report,
+              settle: float, last_fault_end: float, out) -> tuple[dict, dict]:
+    """Poll every node until they hold the same set (every acknowledged batch in it, or
+    dropped by the keep rule) and roots, then the same certificate, within ``settle`` s;
+    (last view of each node, last error of each unreachable node)."""
     views: dict[int, dict] = {}
     errors: dict[int, str] = {}
     next_progress = time.monotonic() + 5.0
@@ -636,11 +758,12 @@ def _converge(root: Path, n: int, task_id: str, deadline_ms: int, acked: set, re
         if time.monotonic() >= next_progress:
             next_progress = time.monotonic() + 5.0
             out("  waiting: " + "  ".join(
-                f"node {i}: " + (f"{len(v['ids'])} batches ({len(acked - v['ids'])} acked missing), {v['status']}"
-                                 if v else f"unreachable ({errors.get(i, '?')[:60]})")
+                f"node {i}: " + (f"{len(v['ids'])} batches ({len(acked_missing(subs, v)[0])} acked missing), "
+                                 f"{v['status']}" if v else f"unreachable ({errors.get(i, '?')[:60]})")
                 for i, v in enumerate(nodes_ok)))
         if all(nodes_ok):
-            same_set = len({frozenset(v["ids"]) for v in nodes_ok}) == 1 and acked <= nodes_ok[0]["ids"]
+            same_set = (len({frozenset(v["ids"]) for v in nodes_ok}) == 1
+                        and not acked_missing(subs, nodes_ok[0])[0])
             same_roots = len({(v["set_root"], v["result_root"]) for v in nodes_ok}) == 1
             if same_set and same_roots and not rep.converged:
                 rep.converged = True
@@ -657,18 +780,36 @@ def _converge(root: Path, n: int, task_id: str, deadline_ms: int, acked: set, re
     return views, errors
 
 
-def _check_sets(rep: Report, n: int, views: dict, errors: dict, acked: set, doubt: set, invalid: set,
-                settle: float) -> None:
+def _check_sets(rep: Report, n: int, views: dict, errors: dict, subs: list[Submission], acked: set, doubt: set,
+                invalid: set, settle: float) -> None:
     """The set checker, on the last view of every node: lost, phantom, violations."""
     missing: set[str] = set()
+    dropped: set[str] = set()
     phantom: set[str] = set()
     for i in range(n):
         v = views.get(i)
         if v is None:
             rep.violations.append(f"node {i} did not answer at the end ({errors.get(i, '?')})")
             continue
-        missing |= acked - v["ids"]
+        lost_here, dropped_here = acked_missing(subs, v)
+        missing |= lost_here
+        dropped |= dropped_here
         phantom |= v["ids"] - acked - (doubt - invalid)
+    rep.batches_by_node = [len(views[i]["ids"]) if views.get(i) else None for i in range(n)]
+    rep.dropped_by_keep_rule = len(dropped)
+    if views.get(0):  # every acknowledged label is held, or its item shows the annotator's equivocation
+        from protocol.messages import decode_message
+        from protocol.params import DEFAULT_PARAMS
+
+        held: dict[tuple, set] = {}
+        for a, labels in views[0]["batches"].values():
+            for item, label in labels:
+                held.setdefault((a, item), set()).add(label)
+        for x in subs:
+            if x.outcome == "acked":
+                body = decode_message(bytes.fromhex(x.raw), DEFAULT_PARAMS).body
+                got = [held.get((body.annotator.hex(), item), set()) for item, _ in body.labels]
+                rep.labels_lost += sum(1 for (_, label), g in zip(body.labels, got) if label not in g and len(g) < 2)
     stored_anywhere = set().union(*(v["ids"] for v in views.values())) if views else set()
     rep.lost, rep.phantom = len(missing), len(phantom)
     rep.lost_examples, rep.phantom_examples = sorted(missing)[:5], sorted(phantom)[:5]
@@ -680,6 +821,8 @@ def _check_sets(rep: Report, n: int, views: dict, errors: dict, acked: set, doub
         rep.stored_outside_certified_set = len(views[0]["ids"]) - views[0]["certified_batches"]
     if rep.lost:
         rep.violations.append(f"lost {rep.lost} acknowledged batches")
+    if rep.labels_lost:
+        rep.violations.append(f"{rep.labels_lost} acknowledged labels are held by no batch")
     if rep.phantom:
         rep.violations.append(f"{rep.phantom} phantom batches (never acknowledged nor in doubt)")
     if rep.invalid_acked:
@@ -688,6 +831,17 @@ def _check_sets(rep: Report, n: int, views: dict, errors: dict, acked: set, doub
         rep.violations.append(f"nodes did not converge within {settle:.0f} s after the last fault")
     elif not rep.certified:
         rep.violations.append(f"nodes did not all report the task certified within {settle:.0f} s after the last fault")
+
+
+def _check_keep_rule(rep: Report, root: Path, task_id: str, views: dict) -> None:
+    """Once certified, every node holds exactly what the keep rule keeps, plus what the
+    certificate pins (PROTOCOL.md 6.3)."""
+    pinned = pinned_ids(root, 0, task_id) or set()
+    for i, v in sorted(views.items()):
+        extra = v["ids"] - kept_ids(v["batches"]) - pinned
+        rep.held_redundant += len(extra)
+        if extra:
+            rep.violations.append(f"node {i} holds {len(extra)} batches the keep rule drops and no certificate pins")
 
 
 def _sleep_until(t: float) -> None:
@@ -709,6 +863,11 @@ def print_report(r: Report) -> None:
           f"({r.in_doubt_stored} of them stored), {r.refused} refused ({r.invalid_submitted} invalid, "
           f"{r.invalid_acked} of those acknowledged), {r.not_sent} not sent")
     print(f"lost         {r.lost}" + (f"   e.g. {', '.join(x[:16] for x in r.lost_examples)}" if r.lost else ""))
+    if r.over_bound:
+        print(f"over-bound   {r.over_bound} batches of 2 annotators over the old cap ({r.over_bound_acked} acknowledged, "
+              f"{r.redundant} answered redundant); {r.dropped_by_keep_rule} acknowledged ones dropped by the keep rule "
+              f"(their annotator repeated them with smaller ids), {r.labels_lost} acknowledged labels lost, "
+              f"{r.held_redundant} redundant batches held")
     print(f"phantom      {r.phantom}" + (f"   e.g. {', '.join(x[:16] for x in r.phantom_examples)}" if r.phantom else "")
           + f"   (invalid stored: {r.invalid_stored})")
     conv = f"{r.converged_after_s} s after the last fault (target 30 s)" if r.converged else "NO"
@@ -730,6 +889,7 @@ def print_report(r: Report) -> None:
 def main(root: Path, args) -> int:
     try:
         rep = run(root, duration=args.duration, seed=args.seed, rate=args.rate, settle=args.settle,
+                  over_bound=args.over_bound,
                   out=(lambda s: print(s, file=sys.stderr, flush=True)) if args.json else
                   (lambda s: print(s, flush=True)))
     except KeyboardInterrupt:

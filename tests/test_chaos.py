@@ -44,6 +44,8 @@ def test_submissions_are_classified_like_jepsen(tmp_path):
     srv.listen(8)
     replies = [b'{"jsonrpc":"2.0","id":1,"result":{"status":"accepted"}}\n',
                b'{"jsonrpc":"2.0","id":1,"result":{"status":"duplicate"}}\n',
+               b'{"jsonrpc":"2.0","id":1,"result":{"status":"accepted_overlapping"}}\n',
+               b'{"jsonrpc":"2.0","id":1,"result":{"status":"redundant"}}\n',
                b'{"jsonrpc":"2.0","id":1,"error":{"code":-32002,"message":"bad signature"}}\n',
                None,      # read the request, close without answering
                "hang"]    # read the request, never answer
@@ -61,7 +63,7 @@ def test_submissions_are_classified_like_jepsen(tmp_path):
     t = threading.Thread(target=serve, daemon=True)
     t.start()
     got = [chaos.submit(sock_path, "00", 1)[0] for _ in replies]
-    assert got == ["acked", "acked", "refused", "in_doubt", "in_doubt"]
+    assert got == ["acked", "acked", "acked", "redundant", "refused", "in_doubt", "in_doubt"]
     t.join(5)
     srv.close()
 
@@ -71,6 +73,19 @@ def test_signed_load_has_unique_ids_and_some_invalid():
     assert len({s.batch_id for s in subs}) == 400
     bad = [s for s in subs if not s.valid]
     assert 5 <= len(bad) <= 40
+
+
+def test_over_bound_annotators_sign_what_the_check_expects():
+    subs = chaos.sign_over_bound(3, b"\x01" * 32, b"\x02" * 32, 1300, chaos.ITEMS)
+    heavy = [x for x in subs if x.role == "heavy"]
+    assert len(heavy) == 1300 and len(subs) == 1300 + 325 and len({x.batch_id for x in subs}) == len(subs)
+    from protocol.messages import decode_message
+    from protocol.params import DEFAULT_PARAMS
+
+    bodies = [decode_message(bytes.fromhex(x.raw), DEFAULT_PARAMS).body for x in heavy]
+    items = [b.labels[0][0] for b in bodies]
+    assert len(set(items)) == 1300 and min(items) == chaos.ITEMS  # one label per item, past the regular items
+    assert len({b.annotator for b in bodies}) == 1
 
 
 def cli(*args, timeout=600, **kw):
@@ -97,6 +112,10 @@ def test_chaos_five_nodes_nothing_lost_nothing_invented():
             print(f"partitions not exercised: {why}")
         assert rep["lost"] == 0 and rep["phantom"] == 0 and rep["invalid_stored"] == 0, detail
         assert rep["acked"] > 100 and rep["invalid_acked"] == 0
+        # the over-bound annotators: the honest one past the old cap of 1,024 batches loses nothing
+        # (lost counts it), the repeating one keeps every label; nobody holds redundant batches
+        assert rep["over_bound"] == 1625 and rep["over_bound_acked"] > 1024, rep
+        assert rep["labels_lost"] == 0 and rep["held_redundant"] == 0, rep
         assert rep["converged"] and rep["certified"], detail
         # the ledger under the same faults: transfers and double-spend attempts went in, every
         # node ends with the same balances and histories, the invariant held at every sample
