@@ -301,3 +301,5 @@ def test_label_sends_the_same_batch_again_when_the_node_does_not_answer(short_di
     assert len(seen) == 2 and seen[0] == seen[1] and "created_at" in seen[0]
     assert "sending the same batch again" in err
     assert cli_main.main(["label", "cd" * 32, "0", "1", "--data-dir", str(dd), "--timeout", "0.5"]) == 3  # nobody there
+    assert cli_main.main(["label", "cd" * 32, "0", "1", "--data-dir", str(dd), "--timeout", "0"]) == 2
+    assert "--timeout" in capsys.readouterr().err
