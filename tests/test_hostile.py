@@ -693,3 +693,29 @@ async def test_keys_and_passphrases_never_logged(short_dir, nursery, fast_kdf, m
     assert "encrypted" in acct and "seed" not in acct
     assert phrase not in out.stdout + out.stderr
     assert stat.S_IMODE(os.stat(d / "node.key").st_mode) == 0o600
+
+
+async def test_a_leader_set_may_leave_out_what_it_makes_redundant(tmp_path):
+    """A follower checks that the leader's set leaves out nothing of its snapshot that still
+    counts (node/services/finality.py): a batch the leader's set makes redundant (a smaller
+    id carries its label) may be missing from it, an honest batch may not."""
+    g = make_test_genesis()
+    tm = signed(make_task(n_items=10), 1, g.network_id)
+    tid = tm.compute_id(g.network_id)
+    copies = sorted((signed(make_batch(5, tid, [(0, 1)], created_at=T0 + k), 5, g.network_id) for k in range(2)),
+                    key=lambda m: m.compute_id(g.network_id))
+    low, high = (m.compute_id(g.network_id) for m in copies)
+    other = signed(make_batch(6, tid, [(2, 0)]), 6, g.network_id)
+    async with trio.open_nursery() as nursery:
+        node = await run_node(nursery, tmp_path / "n", g)
+        assert (await node.ingest(tm.raw, "rpc"))[0].ok
+        for m in (copies[1], other):
+            assert (await node.ingest(m.raw, "pinned"))[0].ok
+        snap = frozenset(node.task_pinnable_ids(tid))  # {high, other}
+        assert (await node.ingest(copies[0].raw, "pinned"))[0].ok  # the leader's: low instead of high
+        fin = node.finality
+        oid = other.compute_id(g.network_id)
+        assert fin._leaves_nothing_out(tid, snap, sorted([low, oid]))
+        assert not fin._leaves_nothing_out(tid, snap, sorted([low]))  # leaves out annotator 6's label
+        assert fin._leaves_nothing_out(tid, snap, sorted([high, oid]))
+        nursery.cancel_scope.cancel()

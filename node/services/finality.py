@@ -33,6 +33,7 @@ import trio
 
 from protocol.errors import ValidationError
 from protocol.finality import ROUND_AHEAD, TaskFinality, compute_round_start
+from protocol.keep import compute_kept_batches
 from protocol.messages import (
     ACCEPT, KIND_ATTESTATION, PHASE_PREVOTE, Attestation, SignedMessage, Verdict, decode_message,
     sign_message,
@@ -187,14 +188,34 @@ class FinalityService:
             lv = fin.get_leader_value(fin.round)
             if lv is not None:
                 ids = fin.get_batch_ids(lv[0])
-                # (a snapshot batch that the keep rule dropped since need not be in it)
-                if (ids is not None and not any(self.node.store.has(i) for i in snap.difference(ids))
+                if (ids is not None and self._leaves_nothing_out(task_id, snap, ids)
                         and all(self.node.store.has(i) for i in ids)):
                     res = await self.node.prepare_result(task_id, ids)
                     if res.result_root == lv[1]:
                         return (res.set_root, res.result_root, res.batch_ids)
         res = await self.node.prepare_result(task_id)
         return (res.set_root, res.result_root, res.batch_ids)
+
+    def _leaves_nothing_out(self, task_id: bytes, snap: frozenset, ids) -> bool:
+        """Whether a leader's set ``ids`` holds every batch of this node's snapshot that still
+        counts: a snapshot batch this node no longer holds (the keep rule dropped it), or one
+        that the leader's set makes redundant (its annotator's batches in the set with smaller
+        ids carry its labels, protocol/keep.py), need not be in it."""
+        out = [i for i in snap.difference(ids) if self.node.store.has(i)]
+        if not out:
+            return True
+        idset = set(ids)
+        batches = self.node.task_batches(task_id, list(ids) + out)
+        for i in out:
+            b = batches.get(i)
+            if b is None:  # a gold reveal: the smallest id is the one pinned
+                if not any(g < i for g in idset if g not in batches):
+                    return False
+                continue
+            mine = [(j, x) for j, x in batches.items() if j in idset and x.annotator == b.annotator]
+            if i in compute_kept_batches(mine + [(i, b)]):
+                return False
+        return True
 
     async def _drop_votes_after_certificate(self, task_id: bytes, fin: TaskFinality) -> bool:
         """Delete the task's stored attestations from rounds after its certificate's: they
