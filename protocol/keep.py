@@ -116,6 +116,12 @@ class AnnotatorVotes:
         return any(item in self._items for item, _ in pairs)
 
 
+def compute_max_kept_batches(n_items: int) -> int:
+    """The most batches of one annotator that are kept for a task of ``n_items`` items
+    (two counted labels per item, each owned by one batch)."""
+    return 2 * n_items
+
+
 def compute_kept_batches(batches: Iterable[tuple[MessageId, AnnotationBatch]]) -> set[MessageId]:
     """The ids of the batches a node keeps out of ``batches`` (one task's; see the module
     docstring): those owning a counted label of their annotator."""

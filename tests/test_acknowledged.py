@@ -303,3 +303,29 @@ def test_label_sends_the_same_batch_again_when_the_node_does_not_answer(short_di
     assert cli_main.main(["label", "cd" * 32, "0", "1", "--data-dir", str(dd), "--timeout", "0.5"]) == 3  # nobody there
     assert cli_main.main(["label", "cd" * 32, "0", "1", "--data-dir", str(dd), "--timeout", "0"]) == 2
     assert "--timeout" in capsys.readouterr().err
+
+
+async def test_task_items_counts_follow_the_batches_the_keep_rule_drops(short_dir, nursery):
+    """The web UI's index of who labelled what (rpc/methods/labeling.py) reads the task
+    again when the keep rule deleted batches, instead of skipping new arrivals."""
+    from protocol.messages import AnnotationBatch, sign_message
+
+    g = ops_genesis()
+    node = await start_ops_node(nursery, make_data_dir(short_dir / "n", g), g, FakeClock(), metrics_listen="")
+    tid = (await post_task(node))["task_id"]
+
+    def bid(created_at, labels):
+        b = AnnotationBatch(annotator=pk(52), task_id=bytes.fromhex(tid), created_at=created_at, labels=labels)
+        return sign_message(b, key(52), g.network_id).compute_id(g.network_id)
+
+    one, two = ((0, 1),), ((0, 1), (2, 2))
+    first, second = next((a, b) for a, b in ((T0 + k, T0 + k + 1) for k in range(100)) if bid(b, two) < bid(a, one))
+    p = {"account": "ann2", "task_id": tid}
+    r = (await call(node, "annotations_submit", {**p, "labels": [[0, 1]], "created_at": first}))["result"]
+    assert r["status"] == "accepted"
+    page = (await call(node, "task_items", {"task_id": tid, "account": "ann2"}))["result"]
+    assert (page["labelled"], page["batches_used"], page["batches_cap"]) == (1, 1, 10)
+    r = (await call(node, "annotations_submit", {**p, "labels": [[0, 1], [2, 2]], "created_at": second}))["result"]
+    assert r["status"] == "accepted_overlapping" and not node.store.has(bid(first, one))  # the first one is dropped
+    page = (await call(node, "task_items", {"task_id": tid, "account": "ann2"}))["result"]
+    assert (page["labelled"], page["batches_used"]) == (2, 1)

@@ -17,6 +17,7 @@ from collections import OrderedDict
 
 import trio
 
+from protocol.keep import compute_max_kept_batches
 from protocol.messages import ITEM_BLOB, ITEM_BYTES, ITEM_TEXT, KIND_BATCH, decode_message
 
 from ..errors import INVALID_PARAMS, NOT_FOUND, STORE_FULL, UNAVAILABLE, RpcError
@@ -39,10 +40,11 @@ MAX_ITEM_TEXT = 20_000
 
 
 class _TaskLabels:
-    __slots__ = ("seen", "by_annotator", "annotators_per_item", "batches_by_annotator")
+    __slots__ = ("seen", "dropped", "by_annotator", "annotators_per_item", "batches_by_annotator")
 
-    def __init__(self, n_items: int):
+    def __init__(self, n_items: int, dropped: int = 0):
         self.seen = 0  # batches of the task read so far (arrival order)
+        self.dropped = dropped  # the node's count of dropped messages when this was built
         self.by_annotator: dict[bytes, dict[int, int]] = {}  # annotator -> item -> label (-1: two different)
         self.annotators_per_item = [0] * n_items
         self.batches_by_annotator: dict[bytes, int] = {}
@@ -73,8 +75,9 @@ class LabelIndex:
     async def get(self, tid: bytes) -> _TaskLabels:
         async with self._lock:  # one reader at a time: updates are incremental
             st = self._tasks.get(tid)
-            if st is None:
-                st = self._tasks[tid] = _TaskLabels(len(self.node.tasks[tid].items))
+            dropped = self.node.counters.dropped
+            if st is None or st.dropped != dropped:  # new, or the keep rule deleted batches since: read again
+                st = self._tasks[tid] = _TaskLabels(len(self.node.tasks[tid].items), dropped)
                 while len(self._tasks) > INDEX_TASKS:
                     self._tasks.popitem(last=False)
             self._tasks.move_to_end(tid)
@@ -151,7 +154,7 @@ async def task_items(node, params):
     if who is not None:
         result.update(account=who.hex(), labelled=len(mine), items_left=n - len(mine),
                       batches_used=st.batches_by_annotator.get(who, 0),
-                      batches_cap=node.params.max_batches_per_annotator)
+                      batches_cap=compute_max_kept_batches(n))
     return result
 
 
@@ -173,9 +176,9 @@ async def worklist(node, params):
         st = await label_index(node).get(tid)
         mine = st.by_annotator.get(who, {})
         rows.append({**task_summary(node, tid, t), "labelled": len(mine), "items_left": len(t.items) - len(mine),
-                     "batches_used": st.batches_by_annotator.get(who, 0)})
-    return {"account": who.hex(), "time_ms": now, "tasks": rows, "total": len(open_tasks),
-            "batches_cap": node.params.max_batches_per_annotator}
+                     "batches_used": st.batches_by_annotator.get(who, 0),
+                     "batches_cap": compute_max_kept_batches(len(t.items))})
+    return {"account": who.hex(), "time_ms": now, "tasks": rows, "total": len(open_tasks)}
 
 
 def item_bytes_source(node, tid: bytes, item: int):
