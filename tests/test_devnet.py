@@ -82,7 +82,8 @@ def test_devnet_stop_and_restart_one_node(devnet_root):
     r = json.loads(cli("devnet", "restart", "--node", "1", "--root", str(devnet_root), "--json").stdout)
     assert r["node"] == 1 and r["peers"] >= 1
     ids = [task["task_id"], first["batch_id"], second["batch_id"]]
-    helpers.poll(lambda: rpc(1, "messages_held", {"ids": ids})["count"] == 3, 60, "node 1 to catch up")
+    helpers.poll(lambda: rpc(1, "messages_held", {"ids": ids})["count"] == 3, 60, "node 1 to catch up",
+                 retry_on=(AssertionError,))
     if use_netns:  # it runs in its own namespace again: its listen address is the namespace's
         assert any("/ip4/10.213.0.2/" in a for a in rpc(1, "node_info", {})["listen_addrs"])
     # restart of a running node: stop, then start
