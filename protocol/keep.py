@@ -43,8 +43,11 @@ from collections.abc import Iterable
 
 from .messages import AnnotationBatch, MessageId
 
-#: An item's counted labels: ((label, owner id),) or ((l1, owner1), (l2, owner2)) with l1 < l2.
-_Counted = tuple[tuple[int, bytes], ...]
+#: An item's counted labels are kept as *codes* ``owner index << LABEL_BITS | label``: one
+#: int for one label, a pair of ints (smaller label first) for two. Labels are < 1024
+#: (``Params.max_classes``), so they fit.
+LABEL_BITS = 11
+_LABEL_MASK = (1 << LABEL_BITS) - 1
 
 
 class AnnotatorVotes:
@@ -52,44 +55,59 @@ class AnnotatorVotes:
 
     ``add_batch`` takes the annotator's batches one at a time, in any order (each id
     once); after any sequence of calls, the batches with ``owns(id)`` are exactly
-    ``compute_kept_batches`` of the batches added so far. Memory: one entry per item
-    the annotator labelled and one per batch that owns something."""
+    ``compute_kept_batches`` of the batches added so far. Memory: one dict entry per item
+    the annotator labelled, and per batch that owns something its id and a count; a batch
+    that owns nothing leaves no trace. A batch none of whose items the annotator labelled
+    before (the usual case) is counted without a Python step per label."""
 
-    __slots__ = ("_items", "_owned")
+    __slots__ = ("_items", "_ids", "_index", "_owned")
 
     def __init__(self) -> None:
-        self._items: dict[int, _Counted] = {}
-        self._owned: dict[bytes, int] = {}  # batch id -> counted labels it owns (> 0)
+        self._items: dict[int, int | tuple[int, int]] = {}  # item -> code, or (code, code)
+        self._ids: list[bytes] = []        # owner index -> batch id (append-only)
+        self._index: dict[bytes, int] = {}  # batch id -> owner index
+        self._owned: dict[int, int] = {}   # owner index -> counted labels it owns (> 0)
 
-    def add_batch(self, batch_id: MessageId, pairs: Iterable[tuple[int, int]]) -> tuple[bool, list[MessageId]]:
-        """Add one batch (its (item, label) pairs). Returns (kept, displaced): whether the
-        batch owns a counted label, and the batches added earlier that no longer own any
-        (they became surplus because of this one)."""
-        items, owned = self._items, self._owned
+    def add_batch(self, batch_id: MessageId, pairs) -> tuple[bool, list[MessageId]]:
+        """Add one batch (its (item, label) pairs, items distinct). Returns (kept, displaced):
+        whether the batch owns a counted label, and the batches added earlier that no
+        longer own any (they became surplus because of this one)."""
+        items = self._items
+        me = len(self._ids)  # this batch's owner index, if it gains anything
+        base = me << LABEL_BITS
+        keys = [p[0] for p in pairs]
+        if items.keys().isdisjoint(keys):  # all new items: it owns every label, displaces nothing
+            if not keys:
+                return False, []
+            items.update(zip(keys, [base | p[1] for p in pairs]))
+            self._own(batch_id, len(keys))
+            return True, []
+        ids, owned = self._ids, self._owned
         gained = 0
         losers: list[bytes] = []
         for item, label in pairs:
             cur = items.get(item)
             if cur is None:
-                items[item] = ((label, batch_id),)
+                items[item] = base | label
                 gained += 1
                 continue
-            # ``lost``: the batch whose ownership of a counted label ends here, if any
-            lost = None
-            if cur[0][0] == label or (len(cur) == 2 and cur[1][0] == label):
-                k = 0 if cur[0][0] == label else 1
-                owner = cur[k][1]
-                if batch_id >= owner:
+            codes = (cur,) if isinstance(cur, int) else cur
+            lost = None  # the owner index whose counted label ends here, if any
+            same = [c for c in codes if c & _LABEL_MASK == label]
+            if same:
+                owner = same[0] >> LABEL_BITS
+                if batch_id >= ids[owner]:
                     continue  # a batch with a smaller id carries this label already
                 lost = owner
-                items[item] = cur[:k] + ((label, batch_id),) + cur[k + 1:]
-            elif len(cur) == 1:
-                items[item] = tuple(sorted((cur[0], (label, batch_id))))
-            elif label < cur[1][0]:
-                lost = cur[1][1]  # its label becomes the third: no longer counted
-                items[item] = tuple(sorted((cur[0], (label, batch_id))))
+                codes = tuple(base | label if c is same[0] else c for c in codes)
+            elif len(codes) == 1:
+                codes = tuple(sorted((codes[0], base | label), key=lambda c: c & _LABEL_MASK))
+            elif label < codes[1] & _LABEL_MASK:
+                lost = codes[1] >> LABEL_BITS  # its label becomes the third: no longer counted
+                codes = tuple(sorted((codes[0], base | label), key=lambda c: c & _LABEL_MASK))
             else:
                 continue  # a third label, larger than both counted ones
+            items[item] = codes[0] if len(codes) == 1 else codes
             gained += 1
             if lost is not None:
                 n = owned[lost] - 1
@@ -97,23 +115,30 @@ class AnnotatorVotes:
                     owned[lost] = n
                 else:
                     del owned[lost]
-                    losers.append(lost)
+                    losers.append(ids[lost])
+                    del self._index[ids[lost]]
         if gained:
-            owned[batch_id] = owned.get(batch_id, 0) + gained
+            self._own(batch_id, gained)
         return gained > 0, losers
 
+    def _own(self, batch_id: bytes, n: int) -> None:
+        me = len(self._ids)
+        self._ids.append(batch_id)
+        self._index[batch_id] = me
+        self._owned[me] = n
+
     def owns(self, batch_id: MessageId) -> bool:
-        return batch_id in self._owned
+        return batch_id in self._index
 
     def kept_ids(self) -> set[MessageId]:
-        return set(self._owned)
+        return set(self._index)
 
     def items_labelled(self) -> int:
         return len(self._items)
 
-    def overlaps(self, pairs: Iterable[tuple[int, int]]) -> bool:
+    def overlaps(self, pairs) -> bool:
         """Whether the annotator labelled any of these items in a batch added before."""
-        return any(item in self._items for item, _ in pairs)
+        return not self._items.keys().isdisjoint(p[0] for p in pairs)
 
 
 def compute_max_kept_batches(n_items: int) -> int:

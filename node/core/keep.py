@@ -13,7 +13,7 @@ For gold reveals of a task (all with the same answers: they differ only in their
 ``created_at``) the rule is to keep the one with the smallest id, the one a result pins
 (PROTOCOL.md 10.5).
 
-Memory: about 100 bytes per (annotator, item) labelled. The state of the least recently
+Memory: about 60 bytes per (annotator, item) labelled (62 MB for 1,000,000). The state of the least recently
 used tasks is dropped past ``max_entries`` entries (and rebuilt from the store when such a
 task gets a batch again); the newest task's is kept whatever its size.
 """
@@ -26,7 +26,7 @@ from protocol.messages import ACCEPT, KIND_BATCH, KIND_GOLD, AnnotationBatch, Ve
 
 from .verdicts import KEPT_OVERLAPPING, SURPLUS
 
-#: (annotator, item) entries held in memory over all tasks, about 100 bytes each.
+#: (annotator, item) entries held in memory over all tasks, about 60 bytes each.
 MAX_ENTRIES = 1_000_000
 
 #: A gold reveal with a larger id than one held (the same answers signed again).
