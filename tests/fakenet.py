@@ -116,9 +116,8 @@ class FakeP2P:
     async def disconnect(self, peer_id: str) -> None:
         self.net.cut(self.peer_id, peer_id)
 
-    async def redial(self, peer_id: str) -> None:
-        """P2PNode.redial: the in-memory links never hang, so there is nothing to close."""
-        self.redials = getattr(self, "redials", 0) + 1
+    async def on_request_failed(self, peer_id: str, error: BaseException) -> None:
+        """P2PNode.on_request_failed: the in-memory links never hang, so nothing to close."""
 
     # -- internals
     def _forward(self, topic: str, data: bytes, exclude: str | None) -> None:

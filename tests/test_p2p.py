@@ -400,11 +400,15 @@ async def test_redial_replaces_a_link_that_looks_dead(net: Net) -> None:
     b = await net.start("b", bootstrap=a, redial_backoff_min_s=0.2)
     assert await b.node.wait_for_peers(1, WAIT)
     first = a.connected.count(b.id)
-    await b.node.redial(a.id)  # e.g. a sync request to A timed out
+    # a refusal or a protocol the peer does not serve says the link works: kept
+    await b.node.on_request_failed(a.id, P2PRemoteError("refused"))
+    await b.node.on_request_failed(a.id, P2PError("protocol not supported"))
+    assert b.node.stats().get("redials_after_failed_request", 0) == 0 and a.id in b.connected_ids()
+    await b.node.on_request_failed(a.id, P2PTimeoutError("no answer"))  # e.g. a sync request to A timed out
     await wait_until(lambda: a.connected.count(b.id) > first and a.id in b.connected_ids(), "B reconnected to A")
     assert b.node.stats()["redials_after_failed_request"] == 1
-    await b.node.redial("12D3KooWNotConnectedNotConnectedNotConnectedNotConn")  # not connected: nothing to do
-    assert b.node.stats()["redials_after_failed_request"] == 1
+    await b.node.on_request_failed("12D3KooWNotConnectedNotConnectedNotConnectedNotConn", P2PTimeoutError("x"))
+    assert b.node.stats()["redials_after_failed_request"] == 1  # not connected: nothing to do
 
 
 async def test_unreachable_bootstrap_is_retried_quietly(net: Net, caplog: pytest.LogCaptureFixture) -> None:

@@ -386,11 +386,14 @@ class P2PNode:
         except Exception as exc:
             raise P2PError(f"could not disconnect {peer_id}: {exc}") from exc
 
-    async def redial(self, peer_id: str) -> None:
-        """The link to ``peer_id`` looks dead (a request to it failed, e.g. timed out after a
-        partition hung its TCP connection): close it, so a bootstrap peer is redialed at once
-        on a fresh connection (and any other peer redials us). No-op if it is not connected."""
-        if peer_id not in self._connected or self._host is None:
+    async def on_request_failed(self, peer_id: str, error: BaseException) -> None:
+        """A request to ``peer_id`` failed with ``error``. If it got no answer at all in time
+        (P2PTimeoutError), the link looks dead -- a partition hangs TCP connections without
+        closing them --: close it, so a bootstrap peer is redialed at once on a fresh
+        connection (and any other peer redials us). Other failures (the peer refused, does
+        not serve the protocol, reset the stream) say the link works: nothing is done. No-op
+        if the peer is not connected."""
+        if not isinstance(error, P2PTimeoutError) or peer_id not in self._connected or self._host is None:
             return
         self._counters["redials_after_failed_request"] += 1
         logger.info("link to %s looks dead (a request failed): reconnecting", peer_id)

@@ -245,9 +245,9 @@ class SyncService:
             st.errors += 1
             st.last_error = f"{type(e).__name__}: {e}"
             log.debug("sync with %s failed: %s", peer_id, st.last_error)
-            # The link may be dead while the transport still counts it (a partition hangs TCP
-            # connections without closing them): close it and dial a fresh one now.
-            await self.node.p2p.redial(peer_id)
+            # A timeout may mean a dead link that the transport still counts (a partition hangs
+            # TCP connections without closing them): the p2p layer then dials a fresh one.
+            await self.node.p2p.on_request_failed(peer_id, e)
         finally:
             self.running_sessions -= 1
             self._in_session.discard(peer_id)
