@@ -719,3 +719,32 @@ async def test_a_leader_set_may_leave_out_what_it_makes_redundant(tmp_path):
         assert not fin._leaves_nothing_out(tid, snap, sorted([low]))  # leaves out annotator 6's label
         assert fin._leaves_nothing_out(tid, snap, sorted([high, oid]))
         nursery.cancel_scope.cancel()
+
+
+async def test_keep_rule_keeps_the_gold_reveal_with_the_smallest_id(tmp_path):
+    """A requester's reveals of one task differ only in created_at: the node keeps the one
+    with the smallest id (the one a result pins), however they arrive (PROTOCOL.md 6.3)."""
+    from protocol.messages import KIND_GOLD, GoldReveal, compute_gold_commitment
+
+    from node.core.keep import GOLD_SURPLUS
+
+    g = make_test_genesis()
+    salt, gold = b"s" * 32, ((0, 1), (2, 0))
+    task = make_task(n_items=5, gold_commitment=compute_gold_commitment(salt, gold))
+    tm = signed(task, 1, g.network_id)
+    tid = tm.compute_id(g.network_id)
+    reveals = sorted((signed(GoldReveal(pk(1), tid, task.deadline + k, salt, gold), 1, g.network_id) for k in range(5)),
+                     key=lambda m: m.compute_id(g.network_id))
+    ids = [m.compute_id(g.network_id) for m in reveals]
+    clock = FakeClock(task.deadline + 100)
+    async with trio.open_nursery() as nursery:
+        node = await run_node(nursery, tmp_path / "n", g, clock=clock)
+        assert (await node.ingest(tm.raw, "rpc"))[0].ok
+        assert (await node.ingest(reveals[3].raw, "gossip"))[0] == ACCEPT
+        assert (await node.ingest(reveals[4].raw, "sync"))[0] == GOLD_SURPLUS
+        res = await node.ingest_many([reveals[2].raw, reveals[1].raw], "rpc")  # both smaller, in one write
+        assert [v for v, _ in res] == [GOLD_SURPLUS, ACCEPT]  # the first displaced by the second, not written
+        assert node.store.task_message_ids(tid, KIND_GOLD) == [ids[1]] and node.counters.dropped == 1
+        res = node.task_result(tid)
+        assert res.gold_items == 2 and ids[1] in res.batch_ids
+        nursery.cancel_scope.cancel()

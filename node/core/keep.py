@@ -73,12 +73,11 @@ class BatchKeeper:
     def check_gold(self, mid: bytes, task_id: bytes, pending: dict) -> tuple[Verdict, list[bytes]]:
         """The reveal with the smallest id is kept: (ACCEPT or GOLD_SURPLUS, held reveals it
         displaces). ``pending``: task -> smallest reveal id admitted earlier in the same write."""
-        held = self.store.task_message_ids(task_id, KIND_GOLD)
-        low = min(held + ([pending[task_id]] if task_id in pending else []), default=None)
-        if low is not None and low < mid:
+        held = self.store.task_message_ids(task_id, KIND_GOLD) + ([pending[task_id]] if task_id in pending else [])
+        if min(held, default=mid) < mid:
             return GOLD_SURPLUS, []
         pending[task_id] = mid
-        return ACCEPT, [g for g in held if g > mid]
+        return ACCEPT, [g for g in held if g > mid]  # stored, or admitted earlier in this write
 
     def forget(self) -> None:
         """Drop every task's state (after a failed write: it counted batches not stored)."""

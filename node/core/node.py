@@ -46,8 +46,8 @@ from ..storage.store import Store
 from ..storage.writer import StoreWriter
 from .gold import GoldSecrets
 from .indexes import TaskIndex
+from .keep import GOLD_SURPLUS, BatchKeeper
 from .ledger import TASK_NOT_FUNDED, Ledger
-from .keep import BatchKeeper
 from .results import Results
 from .verdicts import DECLINED_BEFORE, DUPLICATE, SURPLUS
 from .verifier import Verifier, verify_all
@@ -324,11 +324,11 @@ class NodeCore(GoldSecrets, Results, Ledger):
         """``records`` and ``accepted`` without what a later message of the same group made
         redundant (its verdict becomes SURPLUS)."""
         gone = {d[2] for d in displaced}
-        for k, mid, _ in accepted:
+        for k, mid, msg in accepted:
             if mid in gone:
                 self.counters.redundant += 1
                 self._decline(mid)
-                results[k] = (SURPLUS, mid)
+                results[k] = (GOLD_SURPLUS if msg.kind == KIND_GOLD else SURPLUS, mid)
         return [r for r in records if r.msg_id not in gone], [a for a in accepted if a[1] not in gone]
 
     async def _commit(self, records: list[Record], accepted: list, publish: bool, results: list,
