@@ -275,23 +275,34 @@ def test_label_sends_the_same_batch_again_when_the_node_does_not_answer(short_di
     srv.bind(str(dd / "node.sock"))
     srv.listen(4)
     seen, hanging = [], []
+    tid = "cd" * 32
 
-    def serve():
-        for answer in (False, True):
+    def serve():  # label asks for the task (tasks_list, task_items), then submits
+        answered = False
+        while not answered:
             c, _ = srv.accept()
             req = json.loads(c.makefile("rb").readline())
-            seen.append(req["params"])
-            if answer:
+            if req["method"] == "annotations_submit":
+                seen.append(req["params"])
+                if len(seen) == 1:
+                    hanging.append(c)  # took the request, never answers
+                    continue
                 res = {"batch_id": "ab" * 32, "status": "duplicate", "labels": 1,
                        "created_at": req["params"]["created_at"]}
-                c.sendall(json.dumps({"jsonrpc": "2.0", "id": req["id"], "result": res}).encode() + b"\n")
+                answered = True
+            elif req["method"] == "tasks_list":
+                res = {"total": 1, "tasks": [{"task_id": tid, "title": "t", "status": "open"}]}
+            else:  # task_items: not needed here
+                c.sendall(json.dumps({"jsonrpc": "2.0", "id": req["id"],
+                                      "error": {"code": -32601, "message": "no"}}).encode() + b"\n")
                 c.close()
-            else:
-                hanging.append(c)  # took the request, never answers
+                continue
+            c.sendall(json.dumps({"jsonrpc": "2.0", "id": req["id"], "result": res}).encode() + b"\n")
+            c.close()
 
     t = threading.Thread(target=serve, daemon=True)
     t.start()
-    code = cli_main.main(["label", "cd" * 32, "0", "1", "--data-dir", str(dd), "--timeout", "0.5", "--json"])
+    code = cli_main.main(["label", tid, "0", "1", "--data-dir", str(dd), "--timeout", "0.5", "--json"])
     t.join(5)
     srv.close()
     for c in hanging:
