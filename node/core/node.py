@@ -286,6 +286,10 @@ class NodeCore(GoldSecrets, Results, Ledger):
                 v = reject("bad signature")
             if v.ok:
                 v = validate_in_context(msg, self, now, self.params)
+            if v.ok and msg.kind == KIND_BATCH and not self.is_open_for_labels(msg.body.task_id):
+                self.counters.not_funded += 1
+                self.wait_for_funding(msg.body.task_id)
+                v = TASK_NOT_FUNDED  # before the keep rule, which counts what it admits
             if v.ok and msg.kind in (KIND_BATCH, KIND_GOLD):
                 v = self._check_keep(mid, msg, source, displaced, pending_gold)
             if v.ok and msg.kind == KIND_ATTESTATION and self.finality is not None:
@@ -302,10 +306,6 @@ class NodeCore(GoldSecrets, Results, Ledger):
                     if self.ledger.is_refusal_final(msg.body):
                         self._decline(mid)  # sync need not fetch it again
                     v = lv
-            if v.ok and msg.kind == KIND_BATCH and not self.is_open_for_labels(msg.body.task_id):
-                self.counters.not_funded += 1
-                self.wait_for_funding(msg.body.task_id)
-                v = TASK_NOT_FUNDED
             if not v.ok:
                 if v == UNKNOWN_TASK or v == TASK_NOT_FUNDED:
                     self._park_orphan(mid, msg.raw, source)
