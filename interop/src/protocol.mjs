@@ -72,7 +72,6 @@ const PARAM_RANGES = {
   max_batch_ids_per_attestation: [1, 30000],
   max_bounty: [0, 2 ** 62],
   max_redundancy: [1, 100000],
-  max_batches_per_annotator: [1, 1000000],
   clock_skew_ms: [0, 3600000],
   min_task_duration_ms: [0, DAY],
   max_task_duration_ms: [1, 3650 * DAY],
