@@ -512,10 +512,11 @@ def main(args) -> int:
                 print(json.dumps(rows))
             elif not rows:
                 print("no devnet running")
-            for r in rows:
-                print(f"node-{r['node']}  pid {r['pid']:<7} {'up' if r['alive'] else 'DOWN':<4} "
-                      f"peers {r.get('peers', '-')}  tasks {r.get('tasks', '-')}  stored {r.get('stored', '-')}"
-                      + (f"  error: {r['error']}" if 'error' in r else ""))
+            else:
+                for r in rows:
+                    print(f"node-{r['node']}  pid {r['pid']:<7} {'up' if r['alive'] else 'DOWN':<4} "
+                          f"peers {r.get('peers', '-')}  tasks {r.get('tasks', '-')}  stored {r.get('stored', '-')}"
+                          + (f"  error: {r['error']}" if 'error' in r else ""))
         elif args.action == "logs":
             idx = [args.node] if args.node is not None else sorted(int(i) for i in read_pids(root))
             for i in idx:

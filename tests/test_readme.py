@@ -54,8 +54,8 @@ def test_readme_first_task_runs_as_written_and_up_refuses_to_wipe():
             return next(v for k, v in out.items() if k.startswith(prefix))
 
         assert "export PATH=" in of(f"{ROOT}/scripts/devnet up")  # up says how to get labelmesh on PATH
-        assert "accepted (2 labels)" in of("labelmesh label $TASK 0 cat")
-        assert "accepted (1 labels)" in of("labelmesh label $TASK 2 bird")
+        assert "accepted (2 labels" in of("labelmesh label $TASK 0 cat")
+        assert "accepted (1 labels" in of("labelmesh label $TASK 2 bird")
         show = of("labelmesh task show")
         assert "deadline" in show and "(in " in show and "you        default" in show
         assert re.search(r"^\s+0\s+[12]/3\s+cat", show, re.M), show
