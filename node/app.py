@@ -22,6 +22,7 @@ from protocol.genesis import Genesis, genesis_from_json
 
 from .config import NodeConfig, load_config
 from .core.node import NodeCore, wall_clock_ms
+from .core.replica import ReplicaConfig
 from .core.verifier import auto_processes
 from .errors import ConfigError
 from .keystore import Keystore
@@ -51,11 +52,11 @@ class Node(NodeCore):
                  rpc_socket: Path | None = None, validator_account: str = "", sync_interval_s: float = 3.0,
                  validator_key=None, finality_tick_s: float = 0.25, metrics_listen: str = "",
                  rate_limits=None, verify_processes: int = 0, http_listen: str = "",
-                 http_allow_remote: bool = False):
+                 http_allow_remote: bool = False, replica=None):
         # checked first, before the store opens: a refused web address stops nothing half-way
         self.web = WebServer(self, http_listen, allow_remote=http_allow_remote) if http_listen else None
         super().__init__(data_dir, genesis, p2p_factory=p2p_factory, keystore=keystore, clock=clock,
-                         rate_limits=rate_limits, verify_processes=verify_processes)
+                         rate_limits=rate_limits, verify_processes=verify_processes, replica=replica)
         self.rpc_socket = rpc_socket
         self.validator_account = validator_account
         self.metrics = NodeMetrics(self)  # per-node registry; served only if metrics_listen is set
@@ -65,6 +66,9 @@ class Node(NodeCore):
         if validator_key is None and validator_account and keystore is not None:
             validator_key = keystore.signing_key(validator_account)
         self.finality = FinalityService(self, validator_key, tick_s=finality_tick_s)
+        if self.finality.me is not None and not self.replica.follows_all:
+            raise ConfigError("a validator follows every domain: remove follow_domains (or set it to [\"*\"]) "
+                              "on a node with validator_account")
         self.ledger_service = LedgerService(self, validator_key)
         self.blobs = BlobService(self)
         self._stop_requested = trio.Event()
@@ -146,4 +150,5 @@ def build_node(data_dir: Path, *, listen_override=None, cfg: NodeConfig | None =
                      rpc_socket=data_dir / cfg.rpc_socket, validator_account=cfg.validator_account,
                      metrics_listen=cfg.metrics_listen, rate_limits=RateLimitConfig.from_env(os.environ),
                      verify_processes=auto_processes(), http_listen=cfg.http_listen,
-                     http_allow_remote=http_allow_remote)
+                     http_allow_remote=http_allow_remote,
+                     replica=ReplicaConfig.from_settings(cfg.follow_domains, cfg.retain_batches_days))

@@ -13,6 +13,8 @@ Fields (``labelmesh init`` writes the file, with a comment above each field)::
     metrics_listen = ""                # Prometheus /metrics on HOST:PORT (loopback only), "" = off
     http_listen = ""                   # the web UI on HOST:PORT (loopback unless --http-allow-remote), "" = off
     validator_account = ""             # local account that attests as a genesis validator ("" = none)
+    follow_domains = ["*"]             # label-schema domains whose batches this node stores ("*" = all)
+    retain_batches_days = 0            # drop a certified task's batches this long after its deadline (0 = keep)
 
 Where a value comes from, highest first: a command-line flag (``labelmesh run
 --log-level debug``), an environment variable ``LABELMESH_<FIELD>`` (e.g.
@@ -58,6 +60,10 @@ FIELD_DOCS = {
     "metrics_listen": 'Prometheus /metrics on HOST:PORT, loopback only (e.g. "127.0.0.1:9464"); "" = off',
     "validator_account": 'local account that attests as a genesis validator ("" = none)',
     "http_listen": 'web UI on HOST:PORT, e.g. "127.0.0.1:8080" (loopback unless run with --http-allow-remote); "" = off',
+    "follow_domains": 'label-schema domains whose batches, gold and attestations this node stores, e.g. ["radiology"]; '
+                      '["*"] = all (validators and archive nodes follow all; docs/scaling.md)',
+    "retain_batches_days": 'days after a task\'s deadline its batches are kept once it is certified; 0 = keep everything '
+                           '(archive); the task, certificate and result are always kept',
 }
 
 
@@ -73,6 +79,8 @@ class NodeConfig:
     metrics_listen: str = ""
     validator_account: str = ""
     http_listen: str = ""
+    follow_domains: list[str] = field(default_factory=lambda: ["*"])
+    retain_batches_days: float = 0
 
     def validate(self) -> "NodeConfig":
         """Check every field; raise ConfigError naming the field (``.field``) and the fix."""
@@ -107,6 +115,19 @@ class NodeConfig:
             parse_http_listen(self.http_listen)
         if not isinstance(self.validator_account, str) or (self.validator_account and not _ACCOUNT_RE.match(self.validator_account)):
             raise _bad("validator_account", "must be \"\" or a local account name (see `labelmesh account list`)")
+        fd = self.follow_domains
+        if not isinstance(fd, list) or not fd or not all(isinstance(d, str) and len(d.encode()) <= 256 for d in fd) \
+                or len(fd) > 1024:
+            raise _bad("follow_domains", "must be a list of 1..1024 domain names (at most 256 bytes each), "
+                                         "e.g. [\"radiology\"], or [\"*\"] for every domain")
+        if "*" in fd and len(fd) > 1:
+            raise _bad("follow_domains", "lists \"*\" (every domain) with other domains; keep one or the other")
+        if self.validator_account and "*" not in fd:
+            raise _bad("follow_domains", "must be [\"*\"] on a validator (validator_account is set): "
+                                         "validators follow every domain")
+        r = self.retain_batches_days
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 <= r <= 36_500 or r != r:
+            raise _bad("retain_batches_days", "must be a number of days in 0..36500 (0 = keep every batch)")
         return self
 
     def to_toml(self) -> str:
@@ -137,6 +158,8 @@ def _toml_value(v: Any) -> str:
         return "[" + ", ".join(_q(x) for x in v) + "]"
     if isinstance(v, dict):
         return "{" + ", ".join(f"{_q(k)} = {_q(x)}" for k, x in v.items()) + "}"
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return repr(v)
     return _q(v)
 
 
@@ -241,8 +264,13 @@ def env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
         if name not in env:
             continue
         raw = env[name]
-        if f.name in ("listen", "bootstrap"):
+        if f.name in ("listen", "bootstrap", "follow_domains"):
             out[f.name] = [x.strip() for x in raw.split(",") if x.strip()]
+        elif f.name == "retain_batches_days":
+            try:
+                out[f.name] = float(raw)
+            except ValueError:
+                raise ConfigError(f"{name} must be a number of days, not {raw!r}") from None
         elif f.name == "log_levels":
             out[f.name] = parse_level_pairs(raw, name)
         else:

@@ -37,6 +37,7 @@ from .errors import DecodeError
 REQ_SUMMARY = 0
 REQ_RANGE = 1
 REQ_GET = 2
+REQ_CERTIFIED = 3
 
 RESP_IDS = 0
 RESP_SPLIT = 1
@@ -45,6 +46,8 @@ LEAF_IDS = 128          # a range with at most this many ids is answered with th
 FANOUT = 16             # sub-ranges per split
 MAX_SUMMARY_TASKS = 1024
 MAX_GET_IDS = 1024
+MAX_CERTIFIED_TASKS = 64  # tasks per CERTIFIED request
+MAX_CERTIFIED_BIN = 8 << 20  # a certificate or a result's bytes in a CERTIFIED answer (protocol/replica.py)
 MAX_RESPONSE_BYTES = 8 << 20
 MAX_REQUEST_BYTES = 64 << 10
 FP_TAG = b"labelmesh/fp/v1\x00"
@@ -94,6 +97,10 @@ def encode_get_request(ids) -> bytes:
     return pack([REQ_GET, list(ids)])
 
 
+def encode_certified_request(task_ids) -> bytes:
+    return pack([REQ_CERTIFIED, list(task_ids)])
+
+
 @dataclass(frozen=True)
 class Request:
     kind: int
@@ -136,6 +143,11 @@ def decode_request(data: bytes) -> Request:
               and all(type(i) is bytes and len(i) == ID_LEN for i in f[1]),
               f"get request must be [2, [id, ...]] with 1..{MAX_GET_IDS} 32-byte ids")
         return Request(REQ_GET, ids=tuple(f[1]))
+    if f[0] == REQ_CERTIFIED:
+        _need(len(f) == 2 and type(f[1]) is list and 1 <= len(f[1]) <= MAX_CERTIFIED_TASKS
+              and all(type(i) is bytes and len(i) == ID_LEN for i in f[1]),
+              f"certified request must be [3, [task_id, ...]] with 1..{MAX_CERTIFIED_TASKS} 32-byte ids")
+        return Request(REQ_CERTIFIED, ids=tuple(f[1]))
     raise SyncProtocolError(f"unknown sync request kind {f[0]}")
 
 
@@ -212,6 +224,24 @@ def decode_get_response(data: bytes, max_message_bytes: int) -> list[bytes]:
         raise SyncProtocolError(f"get response: {e}") from None
     _need(type(f) is list and all(type(x) is bytes for x in f), "get response must be [raw, ...]")
     return f
+
+
+def encode_certified_response(rows: list[tuple[bytes, bytes, bytes]]) -> bytes:
+    """CERTIFIED answer: ``[[task_id, certificate, R], ...]`` for the asked tasks the
+    responder can prove (protocol/replica.py), a prefix that fits MAX_RESPONSE_BYTES."""
+    return pack([[t, c, r] for t, c, r in rows])
+
+
+def decode_certified_response(data: bytes) -> list[tuple[bytes, bytes, bytes]]:
+    try:
+        f = unpack(data, max_bytes=MAX_RESPONSE_BYTES, max_array=MAX_CERTIFIED_TASKS, max_bin=MAX_CERTIFIED_BIN,
+                   max_str=0)
+    except DecodeError as e:
+        raise SyncProtocolError(f"certified response: {e}") from None
+    _need(type(f) is list and all(type(r) is list and len(r) == 3 and type(r[0]) is bytes and len(r[0]) == ID_LEN
+                                  and type(r[1]) is bytes and type(r[2]) is bytes for r in f),
+          "certified response must be [[task_id, certificate, result], ...]")
+    return [(r[0], r[1], r[2]) for r in f]
 
 
 def select_get_response(raws_by_id: list[bytes | None], budget: int = MAX_RESPONSE_BYTES - 1024) -> list[bytes]:

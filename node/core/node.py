@@ -48,6 +48,7 @@ from .gold import GoldSecrets
 from .indexes import TaskIndex
 from .keep import GOLD_SURPLUS, BatchKeeper
 from .ledger import TASK_NOT_FUNDED, Ledger
+from .replica import Replica
 from .results import Results
 from .verdicts import DECLINED_BEFORE, DUPLICATE, SURPLUS
 from .verifier import Verifier, verify_all
@@ -90,17 +91,19 @@ class Counters:
     votes_not_stored: int = 0  # attestations IGNOREd by the finality storage bound (storage_verdict)
     ledger_not_stored: int = 0  # transfers and ledger votes IGNOREd by the ledger's storage policy
     not_funded: int = 0  # batches IGNOREd (parked) because their task's bounty is not escrowed yet
+    not_followed: int = 0  # batches, gold reveals, attestations IGNOREd: domain not followed or task pruned here
     rate_limited: int = 0  # gossip messages IGNOREd (or REJECTed as abuse) by node/policy/ratelimit.py
     publish_dropped: int = 0  # accepted messages not gossiped because the publish queue was full
 
 
-class NodeCore(GoldSecrets, Results, Ledger):
+class NodeCore(GoldSecrets, Results, Ledger, Replica):
     """The ingest pipeline, gossip validation and the node's state. ``p2p`` is any object
     with the P2PNode interface (real libp2p in production, an in-memory fake in tests),
     made by ``p2p_factory(node)``. ``node.app.Node`` adds the services and servers."""
 
     def __init__(self, data_dir: Path, genesis: Genesis, *, p2p_factory: Callable | None,
-                 keystore=None, clock: Callable[[], int] = wall_clock_ms, rate_limits=None, verify_processes: int = 0):
+                 keystore=None, clock: Callable[[], int] = wall_clock_ms, rate_limits=None, verify_processes: int = 0,
+                 replica=None):
         self.data_dir = Path(data_dir)
         self.genesis = genesis
         self.params = genesis.params
@@ -124,6 +127,7 @@ class NodeCore(GoldSecrets, Results, Ledger):
         self._declined: OrderedDict[bytes, None] = OrderedDict()  # see DECLINED_KEPT
         self._init_results()
         self._init_ledger()
+        self._init_replica(replica)  # replica: a core.replica.ReplicaConfig (what this node follows and keeps)
         self._gold_lock = trio.Lock()  # remember_gold / forget_gold rewrite one meta blob
         self.arrival_ms: dict[bytes, int] = {}  # msg id -> clock() when stored, the newest ARRIVALS_KEPT
         self.topics = {k: topic_for(self.network_id, k) for k in KIND_NAMES}
@@ -143,13 +147,17 @@ class NodeCore(GoldSecrets, Results, Ledger):
             self.task_index.add_task(tid)
             for mid in self.store.task_message_ids(tid):
                 self.task_index.add(tid, mid)
+            self.join_domain(msg.body.schema.domain)
         for mid in self.store.task_message_ids(LEDGER_BUCKET):
             self.task_index.add(LEDGER_BUCKET, mid)
+        self.load_settlements()
         self.load_ledger()
 
     async def start_core(self, nursery: trio.Nursery) -> None:
         """Start the store writer, then the network (topics joined) and the publisher."""
         await nursery.start(self.writer.run)
+        for domain in sorted(self.replica.follow_domains or ()):
+            self.join_domain(domain)  # the domains named in the config; with all, each as its first task arrives
         if self.p2p is not None:
             for t in self.topics.values():
                 self.p2p.subscribe(t)
@@ -286,6 +294,12 @@ class NodeCore(GoldSecrets, Results, Ledger):
                 v = reject("bad signature")
             if v.ok:
                 v = validate_in_context(msg, self, now, self.params)
+            if v.ok:
+                rv = self.replica_verdict(msg)  # not followed here, or pruned (node/core/replica.py)
+                if rv is not None:
+                    self.counters.not_followed += 1
+                    self._decline(mid)
+                    v = rv
             if v.ok and msg.kind == KIND_BATCH and not self.is_open_for_labels(msg.body.task_id):
                 self.counters.not_funded += 1
                 self.wait_for_funding(msg.body.task_id)
@@ -361,7 +375,7 @@ class NodeCore(GoldSecrets, Results, Ledger):
                 # (token bucket) far below what ingest accepts, and gossip is best effort
                 # anyway. A full queue drops the publish; anti-entropy sync delivers it.
                 try:
-                    self._publish_send.send_nowait((self.topics[msg.kind], msg.raw))
+                    self._publish_send.send_nowait((self.topic_of(msg), msg.raw))
                 except trio.WouldBlock:
                     self.counters.publish_dropped += 1
         for k, mid, msg in accepted:
@@ -383,6 +397,7 @@ class NodeCore(GoldSecrets, Results, Ledger):
         if msg.kind == KIND_TASK:
             self.tasks[mid] = msg.body
             self.task_index.add_task(mid)
+            self.join_domain(msg.body.schema.domain)
             if self.blobs is not None:
                 self.blobs.on_task(mid, msg.body)
         self.task_index.add(mid if msg.kind == KIND_TASK else msg.body.task_id, mid)
@@ -540,7 +555,7 @@ class NodeCore(GoldSecrets, Results, Ledger):
     def _fresh_envelopes(self, raws: list[bytes], topic: str) -> list[tuple[bytes, SignedMessage]] | None:
         """(raw, decoded) of the envelopes of a gossip message that this node does not hold
         yet; None (REJECT, counted) if one does not decode or is not of the topic's kind."""
-        want = self._kind_of_topic.get(topic)
+        want = self.topic_kinds(topic)  # a domain topic carries batches, gold reveals and attestations
         fresh = []
         for raw in raws:
             try:
@@ -548,7 +563,7 @@ class NodeCore(GoldSecrets, Results, Ledger):
             except DecodeError:
                 self.counters.rejected += 1
                 return None
-            if msg.kind != want:
+            if want is None or msg.kind not in want:
                 self.counters.rejected += 1
                 return None
             mid = msg.compute_id(self.network_id)

@@ -39,9 +39,14 @@ from protocol.messages import (
     sign_message,
 )
 
+from ..core.replica import FULL, SUMMARY
 from ..core.verdicts import DUPLICATE
 
 log = logging.getLogger("labelmesh.finality")
+
+SETTLEMENT_RETRY_S = 5.0  # a task's settlement is asked of peers again after this long
+MAX_SETTLEMENTS_ASKED = 256  # per tick
+PRUNE_EVERY_S = 5.0
 
 
 class FinalityService:
@@ -62,6 +67,8 @@ class FinalityService:
         self._order: list = []  # the node's tasks by (deadline, id), re-sorted when one is added
         self._snapshots: dict[bytes, frozenset] = {}
         self.fetch_requests = 0
+        self._asked: dict[bytes, float] = {}  # task -> trio time we last asked peers for its settlement
+        self._next_prune = 0.0
 
     def machine(self, task_id: bytes) -> TaskFinality | None:
         fin = self.tasks.get(task_id)
@@ -115,7 +122,7 @@ class FinalityService:
 
     def is_certified(self, task_id: bytes) -> bool:
         fin = self.tasks.get(task_id)
-        return fin is not None and fin.certificate is not None
+        return (fin is not None and fin.certificate is not None) or task_id in self.node.settlements
 
     # ------------------------------------------------------------------ loop
 
@@ -130,6 +137,8 @@ class FinalityService:
         await self.node.reveal_due_gold()
         now = self.node.clock()
         p = self.node.params
+        await self._fetch_settlements(now)
+        await self._prune()
         # oldest first: a task's reputation snapshot needs the certified results of older
         # tasks, which are then already prepared (in the worker thread if big), not
         # computed inline on the loop (after a restart every certified result is recomputed)
@@ -138,6 +147,17 @@ class FinalityService:
         for task_id, task in self._order:
             if now < task.deadline + p.grace_period_ms:
                 continue
+            mode = self.node.replica_mode(task_id)
+            if mode != FULL:  # settled from its certified result (node/core/replica.py)
+                if task_id in self.node.settlements:
+                    if task_id not in self._certified_prepared:
+                        self._certified_prepared.add(task_id)
+                        self._settle(task_id)
+                    continue
+                held = self.tasks.get(task_id)
+                if mode == SUMMARY or held is None or held.certificate is None:
+                    continue  # its settlement is asked of peers (_fetch_settlements)
+                # a task to prune that this node certified itself: settled as usual, pruned after
             fin = self.machine(task_id)
             if fin.certificate is not None:
                 if task_id not in self._certified_logged:
@@ -178,6 +198,29 @@ class FinalityService:
                 v, _ = await self.node.ingest(msg.raw, "local", publish=True)
                 if not v.ok and v != DUPLICATE:
                     log.error("own attestation refused: %s", v.reason)
+
+    async def _fetch_settlements(self, now_ms: int) -> None:
+        """Ask peers for the certificate and result of the tasks this node settles without
+        their batches (node/core/replica.py), each at most every SETTLEMENT_RETRY_S."""
+        if self.node.sync is None:
+            return
+        t = trio.current_time()
+        want = [tid for tid in self.node.settlements_wanted(now_ms)
+                if t - self._asked.get(tid, -SETTLEMENT_RETRY_S) >= SETTLEMENT_RETRY_S][:MAX_SETTLEMENTS_ASKED]
+        if not want:
+            return
+        for tid in want:
+            self._asked[tid] = t
+        await self.node.sync.fetch_certified(want)
+        for tid in want:
+            if tid in self.node.settlements:
+                self._asked.pop(tid, None)
+
+    async def _prune(self) -> None:
+        if self.node.replica.retain_batches_ms is None or trio.current_time() < self._next_prune:
+            return
+        self._next_prune = trio.current_time() + PRUNE_EVERY_S
+        await self.node.prune_due()
 
     async def _proposal(self, task_id: bytes, fin: TaskFinality):
         """The value this node can vouch for now (see the module docstring)."""
@@ -258,7 +301,7 @@ class FinalityService:
         fin = self.tasks.get(task_id)
         ids = fin.certified_batch_ids if fin is not None and fin.certificate is not None else None
         if ids is None or not all(self.node.store.has(i) for i in ids):
-            return False
+            return task_id in self.node.settlements  # settled from its certified result
         await self.node.prepare_result(task_id, ids)
         return True
 
@@ -268,13 +311,19 @@ class FinalityService:
         if res is not None and res.result_root == cert.result_root:
             self.node.settle_task(task_id, res)
 
-    def certified_result(self, task_id: bytes):
+    def certified_result(self, task_id: bytes, settled: bool = True):
         """(certificate, result over exactly the certified set) — result None while
-        some certified batches are still being fetched."""
+        some certified batches are still being fetched. A task this node settled from
+        its certified result (node/core/replica.py: a domain it does not follow, or a
+        pruned task) gives the verified result it keeps (``settled``; a
+        protocol.replica.ResultView)."""
         fin = self.tasks.get(task_id)
+        if fin is not None and fin.certificate is not None:
+            ids = fin.certified_batch_ids
+            if ids is not None and all(self.node.store.has(i) for i in ids):
+                return fin.certificate, self.node.compute_result(task_id, ids)
+        if settled and task_id in self.node.settlements:
+            return self.node.settled_view(task_id)
         if fin is None or fin.certificate is None:
             return None, None
-        ids = fin.certified_batch_ids
-        if ids is None or not all(self.node.store.has(i) for i in ids):
-            return fin.certificate, None
-        return fin.certificate, self.node.compute_result(task_id, ids)
+        return fin.certificate, None

@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 import trio
 
 from protocol import sync as sp
-from protocol.messages import Outcome
+from protocol.errors import DecodeError
+from protocol.messages import LEDGER_BUCKET, Outcome
 
 from ..policy.penalties import PenaltyPolicy
 
@@ -58,6 +59,7 @@ MAX_DEFER_S = 10.0
 PENALTY_LIMIT = 10
 BAN_S = 300.0
 PENALTIES = PenaltyPolicy(PENALTY_LIMIT, BAN_S)  # the node's one penalty policy, without decay
+EMPTY_FP = sp.fingerprint_from_sum(0, 0)
 
 
 @dataclass
@@ -111,16 +113,38 @@ class SyncService:
             tids = idx.task_ids
             start = tids.bisect_right(req.cursor) if req.cursor else 0
             page = list(tids.islice(start, start + req.limit))
-            rows = [(t, *idx.fingerprint(t)) for t in page]
+            # count 0 for a task settled here from its certified result only (a domain not
+            # followed, or pruned): there is nothing to reconcile against this node's set
+            full = self.node.holds_in_full
+            rows = [(t, *idx.fingerprint(t)) if full(t) else (t, 0, EMPTY_FP) for t in page]
             nxt = page[-1] if start + req.limit < len(tids) and page else None
             return sp.encode_summary_response(rows, nxt)
         if req.kind == sp.REQ_RANGE:
             ids = idx.ids.get(req.task_id)
             return sp.encode_range_response(list(ids) if ids else [], req.lo, req.hi)
+        if req.kind == sp.REQ_CERTIFIED:
+            return self._serve_certified(req.ids)
         raws = self.node.store.get_many(list(req.ids))
         out = sp.select_get_response(raws)
         self._state(peer_id).served += len(out)
         return sp.encode_get_response(out)
+
+    def _serve_certified(self, task_ids) -> bytes:
+        """CERTIFIED: (task, certificate, R) of the asked tasks this node can prove -- ones it
+        holds in full and certified (result cached or recomputed) and pruned ones (kept) --,
+        as many as fit one response."""
+        rows, used = [], 0
+        budget = sp.MAX_RESPONSE_BYTES - 1024
+        for tid in task_ids:
+            proof = self.node.certified_proof(tid)
+            if proof is None:
+                continue
+            size = len(proof[0]) + len(proof[1]) + 64
+            if rows and used + size > budget:
+                break
+            rows.append((tid, *proof))
+            used += size
+        return sp.encode_certified_response(rows)
 
     # ------------------------------------------------------------------ client
 
@@ -223,6 +247,8 @@ class SyncService:
                 for tid, count, fp in rows:
                     if (count, fp) == self.node.task_index.fingerprint(tid) or count == 0:
                         continue
+                    if not await self._wants_messages(peer_id, tid, st, budget):
+                        continue  # settled here from its certified result (node/core/replica.py)
                     lag += 1
                     if settle_s > 0 and self._defer(peer_id, tid):
                         continue
@@ -334,6 +360,62 @@ class SyncService:
                 break
             want = [i for i in want if i not in got]
         return stored
+
+    async def _wants_messages(self, peer_id: str, task_id: bytes, st: PeerSyncState, budget: _Budget) -> bool:
+        """Whether to reconcile a differing task's messages with a peer. A node that does
+        not hold every task in full first fetches an unknown task's announcement alone
+        (GET by its id), then reconciles only tasks it holds in full."""
+        node = self.node
+        if node.replica.archive or task_id == LEDGER_BUCKET:
+            return True
+        if task_id not in node.tasks:
+            await self._fetch(peer_id, [task_id], st, budget)
+            if task_id not in node.tasks:
+                return False
+        return node.holds_in_full(task_id)
+
+    async def fetch_certified(self, task_ids: list[bytes]) -> int:
+        """Ask connected peers for the certificate and result of ``task_ids`` (CERTIFIED)
+        and keep each that verifies (``Node.accept_certified``); a peer that sends one that
+        does not verify is penalised. Returns how many tasks were settled."""
+        want = [t for t in dict.fromkeys(task_ids)]
+        settled = 0
+        peers = [p["peer_id"] for p in self.node.p2p.peers()]
+        random.shuffle(peers)
+        for p in peers:
+            if not want:
+                break
+            st = self._state(p)
+            if PENALTIES.is_banned(st, trio.current_time()):
+                continue
+            try:
+                for k in range(0, len(want), sp.MAX_CERTIFIED_TASKS):
+                    chunk = want[k:k + sp.MAX_CERTIFIED_TASKS]
+                    rows = sp.decode_certified_response(
+                        await self._req(p, sp.encode_certified_request(chunk), st))
+                    asked = set(chunk)
+                    for tid, cert, res in rows:
+                        if tid not in asked:
+                            await self._penalise(p, st, 1, "sent a certified result we did not ask for")
+                            continue
+                        try:
+                            if await self.node.accept_certified(tid, cert, res):
+                                settled += 1
+                                st.fetched += 1
+                        except DecodeError as e:
+                            await self._penalise(p, st, 5, f"certified result of {tid.hex()[:16]} does not verify: {e}")
+            except _Banned:
+                continue
+            except sp.SyncProtocolError as e:
+                try:
+                    await self._penalise(p, st, 5, f"protocol: {e}")
+                except _Banned:
+                    pass
+            except Exception as e:  # peer gone, timeout, or a peer that does not serve CERTIFIED
+                st.errors += 1
+                st.last_error = f"{type(e).__name__}: {e}"
+            want = [t for t in want if t not in self.node.settlements]
+        return settled
 
     async def fetch_ids(self, ids: list[bytes]) -> int:
         """Fetch specific messages (e.g. batches a certificate pins) from connected peers."""

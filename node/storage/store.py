@@ -23,8 +23,10 @@ Key layouts (integers are unsigned big-endian, so byte order == numeric order)::
                                                                ascending within a task
     by_kind   kind (1) | seq (8)                  msg_id (32)  per-kind scans
     meta      utf-8 str                           bytes        see below
-    derived   bytes (1..511)                      bytes        caches that can be rebuilt
-                                                               (consensus results, certs)
+    derived   bytes (1..511)                      bytes        what is derived from messages:
+                                                               settlements of certified tasks
+                                                               (key b"settled/" + task id,
+                                                               node/core/replica.py)
 
 Reserved ``meta`` keys, written only by this module (``put_meta`` refuses them):
 
@@ -575,6 +577,20 @@ class Store:
         key = self._check_derived_key(key)
         with _ReadTxn(self) as txn:
             return txn.get(key, db=self._derived)
+
+    def derived_items(self, prefix: bytes) -> list[tuple[bytes, bytes]]:
+        """(key, value) of every derived entry whose key starts with ``prefix``, in key
+        order; one snapshot."""
+        if not isinstance(prefix, bytes) or not prefix:
+            raise BadInputError("derived_items needs a non-empty bytes prefix")
+        out = []
+        with _ReadTxn(self) as txn, txn.cursor(db=self._derived) as cur:
+            if cur.set_range(prefix):
+                for k, v in cur:
+                    if not k.startswith(prefix):
+                        break
+                    out.append((bytes(k), bytes(v)))
+        return out
 
     def delete_derived(self, key: bytes) -> bool:
         """Remove a cache entry; True if it existed."""

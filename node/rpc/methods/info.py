@@ -39,6 +39,7 @@ async def node_info(node, params):
             "rate_limited": c.rate_limited, "redundant": c.redundant, "dropped": c.dropped,
             "votes_not_stored": c.votes_not_stored,
             "ledger_not_stored": c.ledger_not_stored, "not_funded": c.not_funded,
+            "not_followed": c.not_followed,
             "offenders_banned": (node.p2p.stats().get("offenders_banned", 0)
                                  if node.p2p is not None and hasattr(node.p2p, "stats") else 0),
         },
@@ -48,6 +49,7 @@ async def node_info(node, params):
         "tasks_by_state": task_state_counts(node),
         "ledger": supply_json(node),
         "store": store_summary(node),
+        "replication": node.replica_status(),  # what this node follows and prunes (docs/scaling.md)
         "metrics_url": node.metrics.url if node.metrics is not None else None,
     }
 
