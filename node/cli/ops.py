@@ -32,17 +32,17 @@ def cmd_config_show(args) -> int:
             return ", ".join(v) if v else "[]"
         if isinstance(v, dict):
             return ", ".join(f"{k}={x}" for k, x in v.items()) if v else "{}"
-        return v if v != "" else '""'
+        return str(v) if v != "" else '""'
 
     w = max(len(show(v)) for v in values.values())
     w = min(max(w, 10), 60)
     lines = [f"# effective configuration of {args.data_dir} (file {path})",
-             f"{'field':<18} {'value':<{w}}  source"]
+             f"{'field':<20} {'value':<{w}}  source"]
     for k, v in values.items():
-        lines.append(f"{k:<18} {show(v):<{w}}  {sources[k]}")
+        lines.append(f"{k:<20} {show(v):<{w}}  {sources[k]}")
     if args.verbose:
         lines.append("")
-        lines += [f"{k:<18} {FIELD_DOCS[k]}" for k in values]
+        lines += [f"{k:<20} {FIELD_DOCS[k]}" for k in values]
     print("\n".join(lines))
     return 0
 
