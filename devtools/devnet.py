@@ -203,6 +203,31 @@ def up(root: Path, n: int, netns: bool = False, shaping=None, fresh: bool = Fals
     return meta
 
 
+def add_node(root: Path, follow_domains=("*",), retain_batches_days: float = 0) -> int:
+    """Start one more node in a running loopback devnet: not a validator, following
+    ``follow_domains`` and pruning after ``retain_batches_days`` (docs/scaling.md), bootstrapped
+    from every node; returns its index (its data dir is ``node-<index>``)."""
+    from node.config import NodeConfig
+    from node.keystore import write_private
+
+    meta = json.loads((root / "devnet.json").read_text())
+    if meta.get("netns"):
+        raise DevnetError("add_node works on loopback devnets only")
+    i = 1 + max([meta["nodes"] - 1] + meta.get("extra_nodes", []))
+    dd = root / f"node-{i}"
+    dd.mkdir(mode=0o700)
+    write_private(dd / "node.key", os.urandom(32).hex().encode())
+    (dd / "genesis.json").write_text((root / "node-0" / "genesis.json").read_text())
+    cfg = NodeConfig(listen=[f"/ip4/127.0.0.1/tcp/{free_port()}"], bootstrap=[meta["addrs"][k] for k in sorted(meta["addrs"])],
+                     follow_domains=list(follow_domains), retain_batches_days=retain_batches_days)
+    (dd / "config.toml").write_text(cfg.validate().to_toml())
+    start_node(root, i)
+    poll(lambda: rpc(root, i, "node_info")["peer_count"] >= 1, WAIT_S, f"node {i} to start and find a peer")
+    meta["extra_nodes"] = meta.get("extra_nodes", []) + [i]
+    (root / "devnet.json").write_text(json.dumps(meta, indent=1))
+    return i
+
+
 def down(root: Path) -> int:
     pids = read_pids(root)
     for i in sorted(pids, key=int):

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from .codec import pack, sha256, unpack
 from .errors import DecodeError
 from .finality import Certificate, decode_certificate, encode_certificate, verify_certificate
+from .messages import LabelSchema, TaskAnnouncement
 
 RESULT_ROOT_TAG = b"labelmesh/result-root/v1\x00"  # = protocol.tally.RESULT_ROOT_TAG (tally loads numpy)
 DOMAIN_TOPIC_TAG = b"labelmesh/domain-topic/v1\x00"
@@ -142,6 +143,33 @@ def check_certified(task_id: bytes, cert_bytes: bytes, result_bytes: bytes, vali
     res = decode_result(result_bytes)
     _need(res.task_id == task_id and res.set_root == cert.set_root, "result is not over the certified set")
     return cert, res
+
+
+# --------------------------------------------------------------------------- task stubs
+
+STUB_VERSION = 1
+
+
+def encode_task_stub(task: TaskAnnouncement) -> bytes:
+    """What a node keeps of a (verified) task announcement of a domain it does not
+    follow: every field but the items (their number is kept). The ledger needs the
+    requester and the bounty, reputation the deadline, the domain and the classes."""
+    s = task.schema
+    return pack([STUB_VERSION, task.requester, task.nonce, task.created_at, task.deadline, task.title,
+                 [s.schema_type, s.domain, list(s.labels)], len(task.items), task.redundancy, task.bounty,
+                 task.gold_commitment, task.reward_rule])
+
+
+def decode_task_stub(data: bytes) -> tuple[TaskAnnouncement, int]:
+    """(the task without its items, its number of items), from ``encode_task_stub``."""
+    f = unpack(data, max_bytes=1 << 20, max_array=1 << 16, max_bin=ID_LEN, max_str=1 << 16)
+    _need(type(f) is list and len(f) == 12 and f[0] == STUB_VERSION and type(f[6]) is list and len(f[6]) == 3,
+          "task stub must be [1, ...11 fields]")
+    _, requester, nonce, created_at, deadline, title, schema, n_items, redundancy, bounty, commitment, rule = f
+    task = TaskAnnouncement(requester, nonce, created_at, deadline, title,
+                            LabelSchema(schema[0], schema[1], tuple(schema[2])), (), redundancy, bounty, commitment,
+                            rule)
+    return task, n_items
 
 
 # --------------------------------------------------------------------------- settlements

@@ -44,11 +44,15 @@ async def start(nursery, tmp_path, net, g, clock, name, *, validator=None, repli
     return node
 
 
+def kept_bytes(node, prefix: bytes) -> int:
+    return sum(len(v) for _, v in node.store.derived_items(prefix))
+
+
 def stored_bytes(node) -> int:
-    """Bytes of the messages a node stores, plus its kept settlements."""
+    """Bytes of the messages a node stores, plus its settlements and task stubs."""
     ids = [i for t in node.task_index.task_ids for i in node.task_index.ids[t]]
     msgs = sum(len(r) for r in node.store.get_many(ids) if r is not None)
-    return msgs + sum(len(v) for _, v in node.store.derived_items(b"settled/"))
+    return msgs + kept_bytes(node, b"settled/") + kept_bytes(node, b"stub/")
 
 
 def domain_ids(node, tids) -> set:
@@ -131,13 +135,15 @@ async def test_one_domain_and_pruned_nodes_agree_with_full_nodes(tmp_path):
         # about a tenth of what a full node stores (tasks and ledger traffic are global)
         assert domain_ids(one, tids[1:]) == set()
         assert domain_ids(one, tids[:1]) == domain_ids(full, tids[:1])
-        # = the global part (tasks, ledger) + d0's batches, gold and attestations + a small
-        # settlement per other task; tiny tasks here, so the global part weighs a lot (the
+        # = the ledger traffic + d0's task, batches, gold and attestations + a stub of each
+        # other task and its settlement; tiny tasks here, so the ledger weighs a lot (the
         # fraction at a realistic load is measured by scripts/bench replica: BENCHMARKS.md)
-        settled = sum(len(v) for _, v in one.store.derived_items(b"settled/"))
-        assert stored_bytes(one) == stored_bytes(full) - domain_bytes(full, tids[1:]) + settled
-        assert settled < domain_bytes(full, tids[1:]) / 5
-        assert stored_bytes(one) / stored_bytes(full) < 0.5
+        others = domain_bytes(full, tids[1:]) + sum(len(r) for r in full.store.get_many(tids[1:]))
+        kept = kept_bytes(one, b"settled/") + kept_bytes(one, b"stub/")
+        assert stored_bytes(one) == stored_bytes(full) - others + kept
+        assert not any(one.store.get_many(tids[1:])) and set(one.stubs) == set(tids[1:])
+        assert kept < others / 5
+        assert stored_bytes(one) / stored_bytes(full) < 0.35
 
         # the pruning node: past retention it keeps task, certificate and result, drops the rest
         async with trio.open_nursery() as clk:

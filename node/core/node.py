@@ -150,6 +150,7 @@ class NodeCore(GoldSecrets, Results, Ledger, Replica):
             self.join_domain(msg.body.schema.domain)
         for mid in self.store.task_message_ids(LEDGER_BUCKET):
             self.task_index.add(LEDGER_BUCKET, mid)
+        self.load_stubs()
         self.load_settlements()
         self.load_ledger()
 
@@ -228,6 +229,8 @@ class NodeCore(GoldSecrets, Results, Ledger, Replica):
         records, accepted, kept_as, displaced = self._decide(checked, sig_ok, source, now, results)
         if displaced:  # batches displaced within this group are not written at all
             records, accepted = self._skip_displaced(records, accepted, displaced, results)
+        if self._pending_stubs:
+            await self.keep_stubs()
         if records:
             await self._commit(records, accepted, publish, results, kept_as)
         if displaced:
@@ -293,9 +296,12 @@ class NodeCore(GoldSecrets, Results, Ledger, Replica):
             if v.ok and not next(sig_ok):
                 v = reject("bad signature")
             if v.ok:
-                v = validate_in_context(msg, self, now, self.params)
-            if v.ok:
-                rv = self.replica_verdict(msg)  # not followed here, or pruned (node/core/replica.py)
+                # a batch, gold reveal or attestation of a task not followed here, or pruned
+                # (node/core/replica.py): not judged further (a task stub has no items)
+                rv = self.replica_verdict(msg)
+                if rv is None:
+                    v = validate_in_context(msg, self, now, self.params)
+                    rv = self.stub_verdict(mid, msg) if v.ok else None  # a task of a domain not followed
                 if rv is not None:
                     self.counters.not_followed += 1
                     self._decline(mid)

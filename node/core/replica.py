@@ -35,21 +35,24 @@ from dataclasses import dataclass, replace
 
 from protocol.errors import DecodeError
 from protocol.finality import Certificate, decode_certificate, encode_certificate
-from protocol.messages import KIND_ATTESTATION, KIND_BATCH, KIND_GOLD, ignore
+from protocol.messages import KIND_ATTESTATION, KIND_BATCH, KIND_GOLD, KIND_TASK, ignore
 from protocol.replica import (
-    Settlement, check_certified, decode_settlement, domain_topic, encode_result, encode_settlement, make_settlement,
-    settlement_result,
+    Settlement, check_certified, decode_settlement, decode_task_stub, domain_topic, encode_result, encode_settlement,
+    encode_task_stub, make_settlement, settlement_result,
 )
 
 log = logging.getLogger("labelmesh.replica")
 
 SETTLED_PREFIX = b"settled/"
+STUB_PREFIX = b"stub/"
 DAY_MS = 86_400_000
 #: The kinds a node stores only for the tasks it holds in full (they travel on domain topics).
 DOMAIN_KINDS = frozenset({KIND_BATCH, KIND_GOLD, KIND_ATTESTATION})
 NOT_FOLLOWED = ignore("not stored: this node does not follow the task's domain (follow_domains); "
                       "send it to a node that does")
 PRUNED = ignore("not stored: the task is certified and its batches are pruned here (retain_batches_days)")
+TASK_STUB = ignore("kept as a stub (every field but the items): this node does not follow the task's domain "
+                   "(follow_domains)")
 
 FULL, SUMMARY, PRUNED_MODE = "full", "summary", "pruned"
 
@@ -94,6 +97,46 @@ class Replica:
         self._proofs: set[bytes] = set()  # tasks whose settlement keeps the certificate and R (servable)
         self._domain_topics: dict[str, str] = {}  # domain -> topic, for the domains this node joined
         self.pruned_messages = 0  # messages deleted by pruning since start
+        self.stubs: dict[bytes, int] = {}  # task -> number of items, for the tasks kept as stubs
+        self._pending_stubs: list = []  # (task id, TaskAnnouncement) decided by ingest, to write
+
+    def load_stubs(self) -> None:
+        """The tasks kept as stubs, into the task table (before the ledger is rebuilt)."""
+        for key, value in self.store.derived_items(STUB_PREFIX):
+            tid = key[len(STUB_PREFIX):]
+            try:
+                task, n_items = decode_task_stub(value)
+            except DecodeError as e:
+                log.error("unreadable task stub %s in the store: %s", tid.hex()[:16], e)
+                continue
+            self._add_stub(tid, task, n_items)
+
+    def _add_stub(self, tid: bytes, task, n_items: int) -> None:
+        self.tasks[tid] = task
+        self.stubs[tid] = n_items
+        self.task_index.add_task(tid)
+
+    def stub_verdict(self, mid: bytes, msg):
+        """TASK_STUB for a valid task of a domain this node does not follow (queued to be
+        kept as a stub by ``keep_stubs``), else None."""
+        if msg.kind != KIND_TASK or self.follows_domain(msg.body.schema.domain):
+            return None
+        self._pending_stubs.append((mid, msg.body))
+        return TASK_STUB
+
+    async def keep_stubs(self) -> None:
+        """Write the stubs ingest decided on, and enter them in the task table and ledger."""
+        todo, self._pending_stubs = self._pending_stubs, []
+        todo = [(tid, t) for tid, t in dict(todo).items() if tid not in self.tasks]
+        if not todo:
+            return
+
+        await self.writer.write(self.store.put_derived_many, [(STUB_PREFIX + tid, encode_task_stub(t)) for tid, t in todo])
+        for tid, t in todo:
+            self._add_stub(tid, replace(t, items=()), len(t.items))
+            self.ledger.add_task(tid, t.requester, t.bounty)
+        if self.ledger_service is not None:
+            self.ledger_service.wake()
 
     def load_settlements(self) -> None:
         for key, value in self.store.derived_items(SETTLED_PREFIX):
@@ -271,5 +314,5 @@ class Replica:
         for tid in self.tasks:
             by_mode[self.replica_mode(tid)] += 1
         return {**self.replica.as_json(), "domain_topics": sorted(self._domain_topics),
-                "tasks_by_mode": by_mode, "settlements": len(self.settlements), "proofs_kept": len(self._proofs),
-                "pruned_messages": self.pruned_messages}
+                "tasks_by_mode": by_mode, "task_stubs": len(self.stubs), "settlements": len(self.settlements),
+                "proofs_kept": len(self._proofs), "pruned_messages": self.pruned_messages}

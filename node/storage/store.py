@@ -573,6 +573,17 @@ class Store:
             raise BadInputError(f"derived value must be bytes, got {type(value).__name__}")
         self._write(lambda txn: txn.put(key, value, db=self._derived))
 
+    def put_derived_many(self, items: Sequence[tuple[bytes, bytes]]) -> None:
+        """Set several cache entries in one write transaction (durable when it returns)."""
+        pairs = [(self._check_derived_key(k), v) for k, v in items]
+        if not all(isinstance(v, bytes) for _, v in pairs):
+            raise BadInputError("derived values must be bytes")
+
+        def body(txn: Any) -> None:
+            for k, v in pairs:
+                txn.put(k, v, db=self._derived)
+        self._write(body)
+
     def get_derived(self, key: bytes) -> bytes | None:
         key = self._check_derived_key(key)
         with _ReadTxn(self) as txn:

@@ -74,6 +74,10 @@ async def task_post(node, params):
         mid, status = await ingest_or_raise(node, hex_param(params, "raw", None))
         return {"task_id": mid.hex(), "status": status}
     sk = signing_key_param(node, params)
+    domain = get_param(params, "domain", str, "")
+    if not node.follows_domain(domain):
+        raise RpcError(INVALID_PARAMS, f"this node does not follow domain {domain!r} (config follow_domains), so it "
+                                       "would not keep the task's labels; post it through a node that does")
     labels = get_param(params, "labels", list)
     if not all(isinstance(x, str) for x in labels):
         raise RpcError(INVALID_PARAMS, "param 'labels' must be a list of strings")
@@ -104,7 +108,7 @@ async def task_post(node, params):
     task = TaskAnnouncement(
         requester=bytes(sk.verify_key), nonce=get_param(params, "nonce", int, secrets.randbits(63)),
         created_at=now, deadline=deadline, title=get_param(params, "title", str, ""),
-        schema=LabelSchema(SCHEMA_SINGLE_CHOICE, get_param(params, "domain", str, ""), tuple(labels)),
+        schema=LabelSchema(SCHEMA_SINGLE_CHOICE, domain, tuple(labels)),
         items=_parse_items(await _import_files(node, params.get("items"))), redundancy=get_param(params, "redundancy", int, 3),
         bounty=get_param(params, "bounty", int, 0), gold_commitment=commitment, reward_rule=0)
     if gold is not None and any(i >= len(task.items) for i, _ in gold):
