@@ -1,6 +1,6 @@
 """scripts/bench [--quick] [--json] [--no-write] [NAME ...]
 
-NAME is any of: limits, consensus, ingest, catchup, network, wan, ui, sim, ledger, reconnect (default: all).
+NAME is any of: limits, consensus, ingest, catchup, network, wan, ui, sim, ledger, reconnect, replica (default: all).
 ``limits`` always runs (every ratio needs it). Progress goes to stderr; ``--json``
 prints one JSON object ``{"figures": [...], ...}`` on stdout. A full run (no
 ``--quick``) writes BENCHMARKS.md (figures of the benchmarks that ran replace their
@@ -19,7 +19,7 @@ from pathlib import Path
 from . import report
 from .common import log
 
-NAMES = ["limits", "consensus", "ingest", "catchup", "network", "wan", "ui", "sim", "ledger", "reconnect"]
+NAMES = ["limits", "consensus", "ingest", "catchup", "network", "wan", "ui", "sim", "ledger", "reconnect", "replica"]
 
 
 def machine() -> dict:
@@ -107,6 +107,9 @@ def main(argv=None) -> int:
             elif name == "reconnect":
                 from . import reconnect
                 figures += reconnect.run(args.quick)
+            elif name == "replica":
+                from . import replica
+                figures += replica.run(args.quick)
         except Exception as e:  # one broken benchmark must not hide the others' figures
             import traceback
             traceback.print_exc()

@@ -35,6 +35,8 @@ SECTIONS = [
     ("Reconnection after a partition (devnet in network namespaces)", ("reconnect_", "batch_s_after")),
     ("Footprint", ("idle_", "rss_", "cpu_")),
     ("Web UI (headless Chromium, 3-node devnet)", "ui_"),
+    ("Ledger", "ledger_"),
+    ("Partial replication and pruning (in-process nodes)", "replica_"),
 ]
 
 
@@ -97,7 +99,8 @@ def write(path: Path, result: dict, names: list[str]) -> None:
             runs[name] = {"figures": figs, "mode": result["mode"], "date": result["date"],
                           "command": result["command"], "machine": result["machine"],
                           "details": result.get("details", {}).get(name, {})}
-    figures = [f for name in ["limits", "ingest", "network", "wan", "sim", "catchup", "consensus", "ui", "reconnect"]
+    figures = [f for name in ["limits", "ingest", "network", "wan", "sim", "catchup", "consensus", "ui", "reconnect",
+                              "ledger", "replica"]
                if name in runs for f in runs[name]["figures"]]
     details = {t: b for name in ["ingest", "network", "wan", "catchup", "consensus", "ui", "reconnect"] if name in runs
                for t, b in runs[name].get("details", {}).items()}
