@@ -1326,6 +1326,69 @@ def gen_ledger() -> dict:
             "validators": [[v.pk.hex(), w] for v, w in zip(V, [1, 2, 3, 4])], "scenarios": scenarios}
 
 
+def gen_replica() -> dict:
+    """PROTOCOL.md 7.2 (domain topics) and 8.4 (CERTIFIED): a certificate and the result
+    bytes R it certifies, as a node that does not hold the batches checks them."""
+    from protocol import replica
+
+    domains = ["", "animals", "radiology", "médecine/ü", "x" * 256]
+    topics = [{"domain": d, "tag": replica.domain_tag(d), "topic": replica.domain_topic(NET, d)} for d in domains]
+    assert topics[1]["topic"] == f"/labelmesh/{NET.hex()[:16]}/domain/{topics[1]['tag']}/1"
+    tid = BOOK.id("task_text")
+    res = compute_task_result(tid, BOOK.body("task_text"), {BOOK.id(n): BOOK.body(n) for n in
+                              ("batch_a", "batch_b", "batch_c")}, None, lambda a: P.fresh_weight, P)
+    r_bytes = replica.encode_result(res)
+    assert replica.compute_result_root(r_bytes) == res.result_root
+    order = sorted((1, 2, 3), key=lambda i: VALIDATORS[i].pk)  # finality.json's quorum_by_weight signers
+    pre = [sign_message(Attestation(VALIDATORS[i].pk, tid, T0 + 70_000 + i, 0, PHASE_PRECOMMIT, res.set_root,
+                                    res.result_root, ()), VALIDATORS[i].key, NET) for i in order]
+    cert = finality.encode_certificate(finality.Certificate(tid, 0, res.set_root, res.result_root, tuple(pre)))
+    vals = dict(GENESIS.validators)
+    forged = bytearray(r_bytes)
+    forged[-1] ^= 1  # the fee field
+    other = BOOK.id("task_gold_mixed_items")
+    cases = []
+    for name, task_id, c, r, note in (
+            ("valid", tid, cert, r_bytes, "validators 1, 2, 3 (more than 2/3 of the weight) precommitted "
+                                          "(set_root, result_root), as in finality.json's quorum_by_weight"),
+            ("result_changed", tid, cert, bytes(forged), "one byte of R changed: it no longer hashes to the root"),
+            ("another_task", other, cert, r_bytes, "the certificate and R of task_text offered for another task"),
+            ("no_quorum", tid, finality.encode_certificate(finality.Certificate(tid, 0, res.set_root, res.result_root,
+                                                                                tuple(pre[:2]))), r_bytes,
+             "two of those validators: not more than 2/3 of the weight")):
+        try:
+            replica.check_certified(task_id, c, r, vals, NET, P)
+            ok, err = True, None
+        except DecodeError as e:
+            ok, err = False, str(e)
+        cases.append({"name": name, "task_id": task_id.hex(), "certificate_hex": c.hex(), "result_hex": r.hex(),
+                      "valid": ok, **({"error": err} if err else {}), "note": note})
+    assert [c["valid"] for c in cases] == [True, False, False, False], [(c["name"], c.get("error")) for c in cases]
+    req = sp.encode_certified_request([tid, other])
+    assert sp.decode_request(req).ids == (tid, other)
+    resp = sp.encode_certified_response([(tid, cert, r_bytes)])
+    assert sp.decode_certified_response(resp) == [(tid, cert, r_bytes)]
+    bad = {"name": "certified_too_many", "hex": pack([3, [tid] * (sp.MAX_CERTIFIED_TASKS + 1)]).hex(),
+           "error": "certified request must be"}
+    try:
+        sp.decode_request(bytes.fromhex(bad["hex"]))
+        raise SystemExit("gen-vectors: a CERTIFIED request over the limit decoded")
+    except sp.SyncProtocolError as e:
+        bad["full_error"] = str(e)
+    return {"format": FORMAT_VERSION, "network_id": NET.hex(), "domain_topic_tag_hex": replica.DOMAIN_TOPIC_TAG.hex(),
+            "domain_topics": topics, "result_root_tag_hex": RESULT_ROOT_TAG.hex(),
+            "result": {"task_id": tid.hex(), "batches": ["batch_a", "batch_b", "batch_c"], "canonical_hex": r_bytes.hex(),
+                       "set_root": res.set_root.hex(), "result_root": res.result_root.hex(),
+                       "note": "R = the canonical result of tally.json's fresh_only case"},
+            "certified_checks": cases,
+            "frames": [{"name": "certified_request", "hex": req.hex(),
+                        "inputs": {"kind": sp.REQ_CERTIFIED, "ids": [tid.hex(), other.hex()]}},
+                       {"name": "certified_response", "hex": resp.hex(),
+                        "inputs": {"rows": [[tid.hex(), cert.hex(), r_bytes.hex()]]}}],
+            "bad_requests": [bad],
+            "constants": {"MAX_CERTIFIED_TASKS": sp.MAX_CERTIFIED_TASKS, "MAX_CERTIFIED_BIN": sp.MAX_CERTIFIED_BIN}}
+
+
 GENERATORS = {
     "codec.json": gen_codec,
     "genesis.json": gen_genesis,
@@ -1340,6 +1403,7 @@ GENERATORS = {
     "bundles.json": gen_bundles,
     "ledger.json": gen_ledger,
     "keep.json": gen_keep,
+    "replica.json": gen_replica,
 }
 
 

@@ -399,6 +399,38 @@ for (const c of keep.cases) {
   }
 }
 
+// ------------------------------------------------------------------ partial replication (sections 7.2, 8.4)
+const repl = load('replica.json')
+eq(hex(P.DOMAIN_TOPIC_TAG), repl.domain_topic_tag_hex, 'domain topic tag')
+for (const [k, v] of Object.entries(repl.constants)) eq(P.REPLICA[k], v, `replica constant ${k}`)
+for (const c of repl.domain_topics) {
+  eq(P.domainTag(c.domain), c.tag, `domain tag of ${JSON.stringify(c.domain)}`)
+  eq(P.domainTopicFor(unhex(repl.network_id), c.domain), c.topic, `domain topic of ${JSON.stringify(c.domain)}`)
+}
+eq(hex(P.computeResultRoot(unhex(repl.result.canonical_hex))), repl.result.result_root, 'replica: R hashes to the result root')
+const tallyR = tally.cases.find(c => c.name === 'fresh_only').result.canonical_hex
+eq(repl.result.canonical_hex, tallyR, 'replica: R is the canonical result of tally fresh_only')
+for (const c of repl.certified_checks) {
+  const got = P.checkCertified(unhex(c.task_id), unhex(c.certificate_hex), unhex(c.result_hex), vals, unhex(repl.network_id), params)
+  eq(got.valid, c.valid, `certified check ${c.name} (${got.error ?? 'valid'})`)
+  if (!c.valid) eq(got.error, c.error, `certified check ${c.name}: the reason`)
+}
+for (const f of repl.frames) {
+  if (f.name === 'certified_request') {
+    eq(hex(P.encodeCertifiedRequest(f.inputs.ids.map(unhex))), f.hex, 'certified request rebuilt')
+    const r = P.decodeSyncRequest(unhex(f.hex))
+    eq(canon({ kind: r.kind, ids: r.ids.map(hex) }), canon(f.inputs), 'certified request decodes to its inputs')
+  } else {
+    eq(hex(P.encodeCertifiedResponse(f.inputs.rows.map(r => r.map(unhex)))), f.hex, 'certified response rebuilt')
+    eq(canon(P.decodeCertifiedResponse(unhex(f.hex)).map(r => r.map(hex))), canon(f.inputs.rows), 'certified response decodes')
+  }
+}
+for (const b of repl.bad_requests) {
+  let threw = false
+  try { P.decodeSyncRequest(unhex(b.hex)) } catch { threw = true }
+  check(threw, `replica bad request ${b.name} was accepted`)
+}
+
 // ------------------------------------------------------------------ verdict
 console.log(`verify-vectors: ${checks} checks, ${failures.length} failed; ${reasonMatches}/${inv.cases.length} validation reasons also match the reference's wording`)
 for (const f of failures.slice(0, 50)) console.log(`FAIL ${f}`)

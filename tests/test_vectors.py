@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 VECTORS = ROOT / "tests" / "vectors"
 FILES = ["codec.json", "genesis.json", "messages.json", "invalid.json", "roots.json", "aggregate.json", "tally.json",
          "sync.json", "finality.json", "reputation.json", "bundles.json", "ledger.json",
-         "keep.json"]
+         "keep.json", "replica.json"]
 
 
 def load(name: str) -> dict:
@@ -677,3 +677,32 @@ def test_keep_rule(case):
     for (i, b), want in zip(rows, case["arrivals"]):
         ok, gone = votes.setdefault(b.annotator, AnnotatorVotes()).add_batch(i, b.labels)
         assert (ok, sorted(g.hex() for g in gone)) == (want["kept"], want["displaces"])
+
+
+def test_replica_vectors_replay():
+    """replica.json: domain topics, and (certificate, R) checked as a node without the batches does."""
+    from protocol import replica
+    from protocol import sync as sp
+
+    doc = load("replica.json")
+    net = bytes.fromhex(doc["network_id"])
+    for c in doc["domain_topics"]:
+        assert (replica.domain_tag(c["domain"]), replica.domain_topic(net, c["domain"])) == (c["tag"], c["topic"])
+    r = bytes.fromhex(doc["result"]["canonical_hex"])
+    assert replica.compute_result_root(r).hex() == doc["result"]["result_root"]
+    assert replica.decode_result(r).set_root.hex() == doc["result"]["set_root"]
+    for c in doc["certified_checks"]:
+        args = [bytes.fromhex(c[k]) for k in ("task_id", "certificate_hex", "result_hex")]
+        try:
+            replica.check_certified(*args, dict(GENESIS.validators), net, GENESIS.params)
+            assert c["valid"], c["name"]
+        except DecodeError as e:
+            assert not c["valid"] and str(e) == c["error"], c["name"]
+    req, resp = doc["frames"]
+    assert sp.encode_certified_request([bytes.fromhex(i) for i in req["inputs"]["ids"]]).hex() == req["hex"]
+    rows = [tuple(bytes.fromhex(x) for x in row) for row in resp["inputs"]["rows"]]
+    assert sp.encode_certified_response(rows).hex() == resp["hex"]
+    assert sp.decode_certified_response(bytes.fromhex(resp["hex"])) == rows
+    for b in doc["bad_requests"]:
+        with pytest.raises(sp.SyncProtocolError, match=b["error"]):
+            sp.decode_request(bytes.fromhex(b["hex"]))

@@ -22,6 +22,7 @@ export const DOMAIN_TAGS = {
   6: tag('labelmesh/ledger-vote/v1')
 }
 export const GENESIS_TAG = tag('labelmesh/genesis/v1')
+export const DOMAIN_TOPIC_TAG = tag('labelmesh/domain-topic/v1')
 export const GOLD_COMMIT_TAG = tag('labelmesh/gold-commitment/v1')
 export const SET_ROOT_TAG = tag('labelmesh/set-root/v1')
 export const RESULT_ROOT_TAG = tag('labelmesh/result-root/v1')
@@ -155,6 +156,9 @@ export function genesisFromJson (doc) {
 
 /** Gossip topic of a message kind. */
 export const topicFor = (networkId, kind) => `/labelmesh/${hex(networkId).slice(0, 16)}/${KIND_NAMES[kind]}/1`
+/** The gossip topic of a label-schema domain's batches, gold reveals and attestations (section 7.2). */
+export const domainTag = (domain) => hex(sha256(DOMAIN_TOPIC_TAG, new TextEncoder().encode(domain))).slice(0, 16)
+export const domainTopicFor = (networkId, domain) => `/labelmesh/${hex(networkId).slice(0, 16)}/domain/${domainTag(domain)}/1`
 export const syncProtocolFor = (networkId) => `/labelmesh/${hex(networkId).slice(0, 16)}/sync/1`
 
 // ------------------------------------------------------------------ messages (section 5)
@@ -558,7 +562,39 @@ export function decodeSyncRequest (data) {
     need(f.length === 2 && Array.isArray(f[1]) && f[1].length >= 1 && f[1].length <= SYNC.MAX_GET_IDS && f[1].every(i => i instanceof Uint8Array && i.length === 32), 'get request must be [2, [id, ...]]')
     return { kind: 2, ids: f[1] }
   }
+  if (f[0] === 3) {
+    need(f.length === 2 && Array.isArray(f[1]) && f[1].length >= 1 && f[1].length <= REPLICA.MAX_CERTIFIED_TASKS && f[1].every(i => i instanceof Uint8Array && i.length === 32), 'certified request must be [3, [task_id, ...]]')
+    return { kind: 3, ids: f[1] }
+  }
   throw new DecodeError(`unknown sync request kind ${f[0]}`)
+}
+
+// CERTIFIED (section 8.4): a task's certificate and its result bytes R, for a node without its batches
+export const REPLICA = { MAX_CERTIFIED_TASKS: 64, MAX_CERTIFIED_BIN: 8 * 1024 * 1024 }
+export const encodeCertifiedRequest = (taskIds) => encode([3, taskIds])
+export const encodeCertifiedResponse = (rows) => encode(rows.map(([t, c, r]) => [t, c, r]))
+export function decodeCertifiedResponse (data) {
+  const f = decode(data, { maxBytes: SYNC.MAX_RESPONSE_BYTES, maxArray: REPLICA.MAX_CERTIFIED_TASKS, maxBin: REPLICA.MAX_CERTIFIED_BIN, maxStr: 0 })
+  need(Array.isArray(f) && f.every(r => Array.isArray(r) && r.length === 3 && r[0] instanceof Uint8Array && r[0].length === 32 &&
+    r[1] instanceof Uint8Array && r[2] instanceof Uint8Array), 'certified response must be [[task_id, certificate, result], ...]')
+  return f
+}
+
+/** Whether (certificate, R) proves task taskId's result: a valid certificate of that task whose result_root
+ * is sha256(RESULT_ROOT_TAG || R), R over the certified set. { valid, error }. */
+export function checkCertified (taskId, certBytes, resultBytes, validators, networkId, params) {
+  try {
+    const c = verifyCertificate(certBytes, validators, networkId, params)
+    const cert = decodeCertificate(certBytes, params)
+    if (!equalBytes(cert.taskId, taskId)) return { valid: false, error: 'certificate is for another task' }
+    if (!c.valid) return { valid: false, error: 'certificate does not verify (signatures or quorum)' }
+    if (!equalBytes(computeResultRoot(resultBytes), cert.resultRoot)) return { valid: false, error: 'result bytes do not hash to the certified result_root' }
+    const r = decode(resultBytes, { maxBytes: REPLICA.MAX_CERTIFIED_BIN, maxArray: 1 << 20, maxBin: 32, maxStr: 0 })
+    if (!(Array.isArray(r) && r.length === 12 && equalBytes(r[0], taskId) && equalBytes(r[1], cert.setRoot))) return { valid: false, error: 'result is not over the certified set' }
+    return { valid: true }
+  } catch (e) {
+    return { valid: false, error: String(e.message) }
+  }
 }
 
 export const encodeSummaryResponse = (rows, nextCursor) => encode([rows.map(([t, c, fp]) => [t, c, fp]), nextCursor])
