@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .common import figure, log
+from .common import DETAILS, figure, log
 
 DOMAINS = [f"d{k}" for k in range(10)]
 TASKS_PER_DAY = 1440
@@ -103,6 +103,21 @@ class MemP2P:
 
     async def on_request_failed(self, peer_id: str, error) -> None:
         return None
+
+
+def stored_by_kind(node) -> dict[str, int]:
+    """Stored bytes by message kind, plus settlements and stubs (for the breakdown table)."""
+    from protocol.messages import KIND_NAMES, decode_message
+
+    out: dict[str, int] = {}
+    for t in node.task_index.task_ids:
+        for raw in node.store.get_many(list(node.task_index.ids[t])):
+            if raw is not None:
+                k = KIND_NAMES[decode_message(raw, node.params).kind]
+                out[k] = out.get(k, 0) + len(raw)
+    for name, prefix in (("settlements", b"settled/"), ("task stubs", b"stub/")):
+        out[name] = sum(len(v) for _, v in node.store.derived_items(prefix))
+    return out
 
 
 def stored_bytes(node) -> int:
@@ -216,16 +231,18 @@ async def _measure(root: Path, quick: bool) -> dict:
             await trio.sleep(0.05)
         assert all(n.ledger.check_supply() for n in nodes)
         sizes = {n.data_dir.name: stored_bytes(n) for n in (full, one, prune)}
+        kinds = {n.data_dir.name: stored_by_kind(n) for n in (full, one)}
         clock_now[0] += retain_ms + 1000
         await wait(lambda: len(prune._proofs) == len(tids) and not prune.store.count_by_kind().get(2),
                    "the pruning node pruned")
         sizes["pruned"] = stored_bytes(prune)
+        kinds["pruned"] = stored_by_kind(prune)
         assert prune.ledger.snapshot() == full.ledger.snapshot()
         same_roots = all(n.finality.certified_result(t)[1].result_root == full.finality.certified_result(t)[1].result_root
                          for n in (one, prune) for t in tids)
         received = dict(net.bytes_delivered)
         nursery.cancel_scope.cancel()
-    return {"sizes": sizes, "tasks": len(tids), "validators": n_validators, "items": n_items,
+    return {"sizes": sizes, "kinds": kinds, "tasks": len(tids), "validators": n_validators, "items": n_items,
             "batches_per_task": batches_per_task, "same_roots": same_roots, "received": received,
             "labels": n_b * 100}
 
@@ -244,6 +261,14 @@ def run(quick: bool) -> list[dict]:
     frac = s["one"] / s["full"]
     day = lambda b: b / n * TASKS_PER_DAY  # noqa: E731
     recv = m["received"]
+    names = sorted({k for v in m["kinds"].values() for k in v}, key=lambda k: -m["kinds"]["full"].get(k, 0))
+    rows = ["| what | full node | follows 1 of 10 | pruned |", "|---|---:|---:|---:|"]
+    for k in names:
+        rows.append(f"| {k} | " + " | ".join(f"{m['kinds'][w].get(k, 0) / n:,.0f}" for w in ("full", "one", "pruned"))
+                    + " |")
+    rows.append("| **total** | " + " | ".join(f"**{s[w] / n:,.0f}**" for w in ("full", "one", "pruned")) + " |")
+    DETAILS["Partial replication and pruning: stored bytes per task"] = (
+        f"{load}; bytes per task, by what is stored (in-process nodes, `scripts/bench replica`).\n\n" + "\n".join(rows))
     return [
         figure("replica_stored_fraction_1_of_10", frac, "share", target=0.15, higher_is_better=False,
                note=f"stored bytes, node following 1 of 10 equally busy domains / full node ({s['one']:,} / "

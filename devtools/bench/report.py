@@ -102,7 +102,8 @@ def write(path: Path, result: dict, names: list[str]) -> None:
     figures = [f for name in ["limits", "ingest", "network", "wan", "sim", "catchup", "consensus", "ui", "reconnect",
                               "ledger", "replica"]
                if name in runs for f in runs[name]["figures"]]
-    details = {t: b for name in ["ingest", "network", "wan", "catchup", "consensus", "ui", "reconnect"] if name in runs
+    details = {t: b for name in ["ingest", "network", "wan", "catchup", "consensus", "ui", "reconnect",
+                                     "replica"] if name in runs
                for t, b in runs[name].get("details", {}).items()}
     mach = result["machine"]
     lines = [BEGIN, "",
