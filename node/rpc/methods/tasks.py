@@ -172,10 +172,11 @@ def _check_funds(node, requester: bytes, account_name: str, bounty: int) -> None
 
 def task_summary(node, tid: bytes, t: TaskAnnouncement) -> dict:
     return {"task_id": tid.hex(), "title": t.title, "requester": t.requester.hex(),
-            "created_at": t.created_at, "deadline_ms": t.deadline, "items": len(t.items),
+            "created_at": t.created_at, "deadline_ms": t.deadline, "items": node.stubs.get(tid, len(t.items)),
             "labels": list(t.schema.labels), "domain": t.schema.domain, "bounty": t.bounty,
             "redundancy": t.redundancy, "status": node.task_status(tid),
-            "has_gold": t.gold_commitment is not None}
+            "has_gold": t.gold_commitment is not None,
+            "held": node.replica_mode(tid)}  # full | summary (domain not followed: a stub) | pruned
 
 
 async def task_get(node, params):
