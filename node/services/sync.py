@@ -374,20 +374,24 @@ class SyncService:
                 return False
         return node.holds_in_full(task_id)
 
+    def _unbanned_peers(self, shuffled: bool = False) -> list[str]:
+        """Connected peers not banned now (in random order if ``shuffled``)."""
+        now = trio.current_time()
+        peers = [p["peer_id"] for p in self.node.p2p.peers() if not PENALTIES.is_banned(self._state(p["peer_id"]), now)]
+        if shuffled:
+            random.shuffle(peers)
+        return peers
+
     async def fetch_certified(self, task_ids: list[bytes]) -> int:
         """Ask connected peers for the certificate and result of ``task_ids`` (CERTIFIED)
         and keep each that verifies (``Node.accept_certified``); a peer that sends one that
         does not verify is penalised. Returns how many tasks were settled."""
-        want = [t for t in dict.fromkeys(task_ids)]
+        want = list(dict.fromkeys(task_ids))
         settled = 0
-        peers = [p["peer_id"] for p in self.node.p2p.peers()]
-        random.shuffle(peers)
-        for p in peers:
+        for p in self._unbanned_peers(shuffled=True):
             if not want:
                 break
             st = self._state(p)
-            if PENALTIES.is_banned(st, trio.current_time()):
-                continue
             try:
                 for k in range(0, len(want), sp.MAX_CERTIFIED_TASKS):
                     chunk = want[k:k + sp.MAX_CERTIFIED_TASKS]
@@ -421,12 +425,10 @@ class SyncService:
         """Fetch specific messages (e.g. batches a certificate pins) from connected peers."""
         stored = 0
         want = [i for i in ids if not self.node.store.has(i)]
-        for p in [p["peer_id"] for p in self.node.p2p.peers()]:
+        for p in self._unbanned_peers():
             if not want:
                 break
             st = self._state(p)
-            if PENALTIES.is_banned(st, trio.current_time()):
-                continue
             try:
                 # "pinned": ids named by attestations/certificates, stored even when the keep
                 # rule finds them redundant (node/core/node.py STORED_ANYWAY_SOURCES), so
