@@ -206,7 +206,9 @@ async def test_a_domain_added_later_is_caught_up_and_a_new_pruning_node_joins_fr
         # finality reproduces the certified results it had settled from peers' proofs
         one = await start(nursery, tmp_path, net, g, clock, "one", replica=ReplicaConfig(frozenset({"d0", "d1"})))
         assert domain_topic(g.network_id, "d1") in one.p2p.topics
+        assert set(one.stubs) == set() and not set(d1) & set(one.tasks)  # unknown again: the whole task comes back
         await wait_for(lambda: domain_ids(one, d1) == domain_ids(arch, d1), 30)
+        assert all(one.tasks[t] == arch.tasks[t] for t in d1) and one.store.get_many(d1) == arch.store.get_many(d1)
         for tid in d1:
             await wait_for(lambda: one.finality.certified_result(tid, settled=False)[1] is not None, 20)
             cert, res = one.finality.certified_result(tid, settled=False)

@@ -402,6 +402,7 @@ class NodeCore(GoldSecrets, Results, Ledger, Replica):
             del self.arrival_ms[next(iter(self.arrival_ms))]
         if msg.kind == KIND_TASK:
             self.tasks[mid] = msg.body
+            self.stubs.pop(mid, None)  # a stub no more (node/core/replica.py)
             self.task_index.add_task(mid)
             self.join_domain(msg.body.schema.domain)
             if self.blobs is not None:

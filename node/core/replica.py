@@ -101,13 +101,18 @@ class Replica:
         self._pending_stubs: list = []  # (task id, TaskAnnouncement) decided by ingest, to write
 
     def load_stubs(self) -> None:
-        """The tasks kept as stubs, into the task table (before the ledger is rebuilt)."""
+        """The tasks kept as stubs, into the task table (before the ledger is rebuilt).
+        A stub of a domain followed now is dropped: the task is unknown again, so sync
+        fetches the whole announcement (its items) before any of its batches is judged."""
         for key, value in self.store.derived_items(STUB_PREFIX):
             tid = key[len(STUB_PREFIX):]
             try:
                 task, n_items = decode_task_stub(value)
             except DecodeError as e:
                 log.error("unreadable task stub %s in the store: %s", tid.hex()[:16], e)
+                continue
+            if self.follows_domain(task.schema.domain):
+                self.store.delete_derived(key)
                 continue
             self._add_stub(tid, task, n_items)
 
