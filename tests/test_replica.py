@@ -232,7 +232,7 @@ async def test_a_domain_added_later_is_caught_up_and_a_new_pruning_node_joins_fr
 
         # a peer that lies about a certified result is caught: R must hash to the certified
         # root, and the certificate must be this task's, with a quorum of signatures
-        cert, res = arch.certified_proof(tids[0])
+        cert, res = await arch.certified_proof(tids[0])
         forged = bytearray(res)
         forged[-1] ^= 1
         for args in ((tids[0], cert, bytes(forged)), (tids[1], cert, res), (tids[0], cert[:-70] + cert[-1:], res)):

@@ -239,14 +239,17 @@ class Replica:
         raw = self.store.get_derived(SETTLED_PREFIX + task_id)
         return decode_settlement(raw) if raw is not None else None
 
-    def certified_proof(self, task_id: bytes) -> tuple[bytes, bytes] | None:
+    async def certified_proof(self, task_id: bytes) -> tuple[bytes, bytes] | None:
         """(certificate bytes, R) of a task this node can prove: a pruned one (kept), or one
-        it holds in full and has certified and computed (cached results only)."""
+        it holds in full and has certified (its result computed, a big one in the worker
+        thread, and cached: the finality service has usually done it already)."""
         if task_id in self._proofs:
             s = self._stored_settlement(task_id)
             return (s.cert_bytes, s.result_bytes) if s is not None and s.servable else None
-        if self.replica_mode(task_id) == SUMMARY or self.finality is None:
+        if task_id not in self.tasks or self.replica_mode(task_id) == SUMMARY or self.finality is None \
+                or not self.finality.is_certified(task_id):
             return None
+        await self.finality.prepare_certified_result(task_id)
         cert, res = self.finality.certified_result(task_id, settled=False)
         if cert is None or res is None or res.result_root != cert.result_root:
             return None

@@ -123,20 +123,20 @@ class SyncService:
             ids = idx.ids.get(req.task_id)
             return sp.encode_range_response(list(ids) if ids else [], req.lo, req.hi)
         if req.kind == sp.REQ_CERTIFIED:
-            return self._serve_certified(req.ids)
+            return await self._serve_certified(req.ids)
         raws = self.node.store.get_many(list(req.ids))
         out = sp.select_get_response(raws)
         self._state(peer_id).served += len(out)
         return sp.encode_get_response(out)
 
-    def _serve_certified(self, task_ids) -> bytes:
+    async def _serve_certified(self, task_ids) -> bytes:
         """CERTIFIED: (task, certificate, R) of the asked tasks this node can prove -- ones it
         holds in full and certified (result cached or recomputed) and pruned ones (kept) --,
         as many as fit one response."""
         rows, used = [], 0
         budget = sp.MAX_RESPONSE_BYTES - 1024
         for tid in task_ids:
-            proof = self.node.certified_proof(tid)
+            proof = await self.node.certified_proof(tid)
             if proof is None:
                 continue
             size = len(proof[0]) + len(proof[1]) + 64
