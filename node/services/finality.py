@@ -202,8 +202,8 @@ class FinalityService:
     async def _fetch_settlements(self, now_ms: int) -> None:
         """Ask peers for the certificate and result of the tasks this node settles without
         their batches (node/core/replica.py), each at most every SETTLEMENT_RETRY_S."""
-        if self.node.sync is None:
-            return
+        if self.node.sync is None or self.node.replica.archive:
+            return  # an archive node holds every task in full
         t = trio.current_time()
         want = [tid for tid in self.node.settlements_wanted(now_ms)
                 if t - self._asked.get(tid, -SETTLEMENT_RETRY_S) >= SETTLEMENT_RETRY_S][:MAX_SETTLEMENTS_ASKED]
