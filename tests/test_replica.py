@@ -148,7 +148,7 @@ async def test_one_domain_and_pruned_nodes_agree_with_full_nodes(tmp_path):
         # the pruning node: past retention it keeps task, certificate and result, drops the rest
         async with trio.open_nursery() as clk:
             clk.start_soon(advance, clock, tasks[0].deadline + g.params.grace_period_ms + RETAIN_MS + 1000)
-            await wait_for(lambda: not domain_ids(pruned, tids) and len(pruned._proofs) == len(tids), 30)
+            await wait_for(lambda: not domain_ids(pruned, tids) and len(pruned.proof_tasks) == len(tids), 30)
             clk.cancel_scope.cancel()
         assert all(t in pruned.tasks for t in tids) and pruned.ledger.snapshot() == full.ledger.snapshot()
         again = signed(make_batch(10, tids[5], [(0, 0), (1, 1)], created_at=T0 + 1000), 10, g.network_id)
@@ -223,7 +223,7 @@ async def test_a_domain_added_later_is_caught_up_and_a_new_pruning_node_joins_fr
             clk.cancel_scope.cancel()
         late = await start(nursery, tmp_path, net, g, clock, "late", replica=ReplicaConfig(None, RETAIN_MS))
         net.connect("late", "arch")
-        await wait_for(lambda: late.ledger.snapshot() == arch.ledger.snapshot() and len(late._proofs) == len(tids), 30)
+        await wait_for(lambda: late.ledger.snapshot() == arch.ledger.snapshot() and len(late.proof_tasks) == len(tids), 30)
         assert set(tids) <= set(late.tasks) and not domain_ids(late, tids) and late.ledger.check_supply()
         for tid in tids:
             want = await METHODS["consensus_get"](arch, {"task_id": tid.hex(), "items": True})

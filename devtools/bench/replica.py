@@ -233,7 +233,7 @@ async def _measure(root: Path, quick: bool) -> dict:
         sizes = {n.data_dir.name: stored_bytes(n) for n in (full, one, prune)}
         kinds = {n.data_dir.name: stored_by_kind(n) for n in (full, one)}
         clock_now[0] += retain_ms + 1000
-        await wait(lambda: len(prune._proofs) == len(tids) and not prune.store.count_by_kind().get(2),
+        await wait(lambda: len(prune.proof_tasks) == len(tids) and not prune.store.count_by_kind().get(2),
                    "the pruning node pruned")
         sizes["pruned"] = stored_bytes(prune)
         kinds["pruned"] = stored_by_kind(prune)

@@ -150,6 +150,11 @@ class Replica:
             except DecodeError as e:
                 log.error("unreadable settlement %s in the store: %s", key[len(SETTLED_PREFIX):].hex()[:16], e)
 
+    @property
+    def proof_tasks(self) -> frozenset:
+        """The tasks whose settlement keeps its certificate and R (pruned here: servable)."""
+        return frozenset(self._proofs)
+
     def _remember_settlement(self, s: Settlement) -> None:
         if s.servable:
             self._proofs.add(s.task_id)
