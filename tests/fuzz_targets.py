@@ -92,12 +92,31 @@ CERT_BYTES = encode_certificate(CERT)
 _IDS = sorted(bytes([i]) * 32 for i in range(1, 40))
 SYNC_REQUEST_SEEDS = [sp.encode_summary_request(b"", 100), sp.encode_summary_request(TASK_ID, 1),
                       sp.encode_range_request(TASK_ID, b"", None), sp.encode_range_request(TASK_ID, _IDS[3], _IDS[9]),
-                      sp.encode_get_request(_IDS[:5])]
+                      sp.encode_get_request(_IDS[:5]), sp.encode_certified_request([TASK_ID, _IDS[0]])]
+
+
+def _certified_seed() -> tuple[bytes, bytes]:
+    """A certificate and the result bytes R it proves (PROTOCOL.md 17): a result-shaped R
+    over the seed task's set, precommitted by every validator."""
+    from protocol.replica import compute_result_root
+
+    set_root = _PRECOMMITS[0].body.set_root
+    r = pack([TASK_ID, set_root, [1, 2, -1, 0, 0, 0], [65536] * 6, [65536] * 6, [1, 1, 0, 1, 0, 0],
+              [[pk(5), 3, 0, 65536, 196608, 0, 64]], [], 0, 0, 0, 0])
+    pre = [signed(Attestation(pk(v), TASK_ID, m.body.created_at, 0, PHASE_PRECOMMIT, set_root, compute_result_root(r),
+                              ()), v, NET) for v, m in zip(VALIDATORS, _PRECOMMITS)]
+    cert = Certificate(TASK_ID, 0, set_root, compute_result_root(r), tuple(sorted(pre, key=lambda m: m.body.validator)))
+    return encode_certificate(cert), r
+
+
+CERTIFIED_CERT, CERTIFIED_R = _certified_seed()
 SYNC_SUMMARY_SEEDS = [sp.encode_summary_response([(TASK_ID, 7, bytes(16)), (_IDS[0], 1, b"\x01" * 16)], None),
                       sp.encode_summary_response([(TASK_ID, 0, bytes(16))], TASK_ID)]
 SYNC_RANGE_SEEDS = [sp.encode_range_response(_IDS[:10], b"", None),
                     sp.encode_range_response(sorted(bytes([i, j]) * 16 for i in range(20) for j in range(10)), b"", None)]
 SYNC_GET_SEEDS = [sp.encode_get_response([m.raw for m in _MSGS[:3]]), sp.encode_get_response([])]
+SYNC_CERTIFIED_SEEDS = [sp.encode_certified_response([(TASK_ID, CERTIFIED_CERT, CERTIFIED_R)]),
+                        sp.encode_certified_response([(TASK_ID, CERT_BYTES, CERTIFIED_R), (_IDS[0], b"", b"")])]
 
 from protocol import blobs as bp  # noqa: E402  (the blob fetch protocol's frames)
 
@@ -133,6 +152,7 @@ SEEDS: dict[str, list[bytes]] = {
     "sync_summary": SYNC_SUMMARY_SEEDS,
     "sync_range": SYNC_RANGE_SEEDS,
     "sync_get": SYNC_GET_SEEDS,
+    "sync_certified": SYNC_CERTIFIED_SEEDS,
     "genesis": [GENESIS_JSON],
     "config": CONFIG_SEEDS,
     "csv": CSV_SEEDS,
@@ -191,6 +211,8 @@ def fuzz_sync_request(data: bytes) -> str:
         again = sp.encode_summary_request(r.cursor, r.limit)
     elif r.kind == sp.REQ_RANGE:
         again = sp.encode_range_request(r.task_id, r.lo, r.hi)
+    elif r.kind == sp.REQ_CERTIFIED:
+        again = sp.encode_certified_request(r.ids)
     else:
         again = sp.encode_get_request(r.ids)
     assert again == data, "sync request re-encodes differently"
@@ -229,6 +251,29 @@ def fuzz_sync_get(data: bytes) -> str:
     for raw in raws[:4]:
         fuzz_message(raw)  # the fetched messages go through the same pipeline
     return _count("sync_get", "accepted")
+
+
+def fuzz_sync_certified(data: bytes) -> str:
+    """A CERTIFIED answer, each row checked as a node without the batches checks it
+    (protocol/replica.py check_certified): only the seed's one true (certificate, R) passes."""
+    from protocol.replica import check_certified
+
+    try:
+        rows = sp.decode_certified_response(data)
+    except sp.SyncProtocolError:
+        return _count("sync_certified", "decode_error")
+    assert sp.encode_certified_response(rows) == data, "certified response re-encodes differently"
+    ok = 0
+    for tid, cert, r in rows[:4]:
+        try:
+            check_certified(tid, cert, r, dict(GENESIS.validators), NET, P)
+        except DecodeError:
+            continue
+        if (tid, cert, r) != (TASK_ID, CERTIFIED_CERT, CERTIFIED_R):
+            STATS["sync_certified"]["accepted_invalid"] += 1
+            raise AssertionError(f"a mutated certified result verified: {data.hex()}")
+        ok += 1
+    return _count("sync_certified", "verified" if ok else "rejected")
 
 
 def fuzz_blobs(data: bytes) -> str:
@@ -383,6 +428,7 @@ TARGETS = {
     "sync_summary": fuzz_sync_summary,
     "sync_range": fuzz_sync_range,
     "sync_get": fuzz_sync_get,
+    "sync_certified": fuzz_sync_certified,
     "genesis": fuzz_genesis,
     "config": fuzz_config,
     "csv": fuzz_csv,

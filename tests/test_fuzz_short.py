@@ -116,6 +116,18 @@ def test_fuzz_sync_get(data):
 
 
 @FAST
+@given(data=inputs("sync_certified", packed_values()))
+def test_fuzz_sync_certified(data):
+    ft.fuzz_sync_certified(data)
+
+
+def test_the_certified_seed_verifies():
+    """fuzz_sync_certified's seed is a real proof: the target can tell a forgery from it."""
+    assert ft.fuzz_sync_certified(ft.SYNC_CERTIFIED_SEEDS[0]) == "verified"
+    assert ft.fuzz_sync_certified(ft.SYNC_CERTIFIED_SEEDS[1]) == "rejected"
+
+
+@FAST
 @given(data=inputs("blobs", packed_values().map(lambda b: b"\x01" + b)))
 def test_fuzz_blobs(data):
     ft.fuzz_blobs(data)
