@@ -97,6 +97,7 @@ class Replica:
         self._proofs: set[bytes] = set()  # tasks whose settlement keeps the certificate and R (servable)
         self._domain_topics: dict[str, str] = {}  # domain -> topic, for the domains this node joined
         self.pruned_messages = 0  # messages deleted by pruning since start
+        self._pruned: set[bytes] = set()  # tasks pruned (or checked to hold nothing to prune) since start
         self.stubs: dict[bytes, int] = {}  # task -> number of items, for the tasks kept as stubs
         self._pending_stubs: list = []  # (task id, TaskAnnouncement) decided by ingest, to write
 
@@ -271,11 +272,11 @@ class Replica:
         """A peer's certificate and R for ``task_id`` (sync CERTIFIED): verified, then kept
         as this node's settlement of the task. False if not wanted (already settled, task
         unknown, or held in full); DecodeError if it does not verify (the peer lied)."""
-        if task_id in self.settlements or task_id not in self.tasks or self.replica_mode(task_id) == FULL:
+        if not self._wants_settlement(task_id):
             return False
         cert, view = check_certified(task_id, cert_bytes, result_bytes, dict(self.genesis.validators),
                                      self.network_id, self.params)
-        if task_id in self.settlements:  # settled while we verified
+        if not self._wants_settlement(task_id):  # settled while we verified
             return False
         proof = result_bytes if self.replica_mode(task_id) == PRUNED_MODE else None
         await self.save_settlement(cert, view, proof=proof)
@@ -286,8 +287,17 @@ class Replica:
         """Tasks past their grace period that this node settles without their batches and
         has no settlement of yet (what the finality service asks peers for)."""
         g = self.params.grace_period_ms
-        return [tid for tid, t in self.tasks.items()
-                if now >= t.deadline + g and tid not in self.settlements and not self.holds_in_full(tid)]
+        return [tid for tid, t in self.tasks.items() if now >= t.deadline + g and self._wants_settlement(tid)]
+
+    def _wants_settlement(self, task_id: bytes) -> bool:
+        """A known task held without its batches and not settled yet here -- or settled
+        without the proof that a pruned task keeps (it was of a domain not followed then)."""
+        if task_id not in self.tasks:
+            return False
+        mode = self.replica_mode(task_id)
+        if mode == FULL:
+            return False
+        return task_id not in self.settlements or (mode == PRUNED_MODE and task_id not in self._proofs)
 
     # ------------------------------------------------------------------ pruning
 
@@ -299,7 +309,7 @@ class Replica:
             return 0
         deleted = 0
         for tid in sorted(self.tasks):
-            if self.replica_mode(tid) != PRUNED_MODE:
+            if tid in self._pruned or self.replica_mode(tid) != PRUNED_MODE:
                 continue
             if tid not in self._proofs:
                 if tid in self.settlements:
@@ -316,6 +326,7 @@ class Replica:
                     self.task_index.remove(tid, mid)
                     self.arrival_ms.pop(mid, None)
                 deleted += n
+            self._pruned.add(tid)
         if deleted:
             self.pruned_messages += deleted
             log.info("pruned %d messages of certified tasks", deleted)
