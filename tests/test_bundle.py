@@ -239,7 +239,9 @@ async def test_publisher_bundles_what_waits_and_every_node_gets_it(tmp_path):
         verdicts = await a.ingest_many([m.raw for m in bs], "rpc", publish=True)
         assert all(v.ok for v, _ in verdicts)
         await wait_for(lambda: all(len(n.task_batches(tid)) == 60 for n in nodes), what="60 batches everywhere")
-        batch_payloads = [p for t, p in a.p2p.published if t == a.topics[KIND_BATCH]]
+        # batches go out on their task's domain topic (PROTOCOL.md 7.2)
+        batch_payloads = [p for t, p in a.p2p.published if t == a.topic_of(bs[0])]
+        assert a.topic_of(bs[0]) != a.topics[KIND_BATCH]
         assert len(batch_payloads) < 60 and any(is_bundle(p) for p in batch_payloads)
         assert sum(len(split_payload(p, P)) for p in batch_payloads) == 60
         assert a.counters.published_envelopes == 61 and a.counters.published == len(a.p2p.published)
