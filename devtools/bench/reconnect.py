@@ -4,9 +4,11 @@ A 5-node devnet with one network namespace per node (``up --netns``; root) is cu
 minority of 2 nodes (another pair each round) is moved to a second bridge for
 ``PARTITION_S`` seconds, long enough for the links across the cut to drop and for the
 bootstrap redials to back off. Then the network is healed and every node is polled (its
-RPC socket, every 0.1 s) until each has all 4 others as connected peers again. The figure
-is the worst round: the seconds from the heal to the moment the last node is back to its
-full set of peers. Also reported: how long after the heal a batch submitted on the
+RPC socket, every 0.1 s) until each has at least as many connected peers as before the
+cut. (A devnet is not a full mesh: at its first start a node bootstraps from node 0 and up
+to two earlier nodes, and py-libp2p has no peer exchange, so the baseline is what the
+devnet settles to, e.g. 4/3/4/4/3 peers.) The figure is the worst round: the seconds from
+the heal to the moment the last node is back to its links. Also reported: how long after the heal a batch submitted on the
 minority side reaches every node (gossip or sync over the restored links).
 
 Without network namespaces (not root) the benchmark is skipped and says so: a loopback
@@ -34,7 +36,26 @@ def _peer_counts(net: Devnet) -> list[int | None]:
     return out
 
 
-def _round(net: Devnet, minority: list[int], partition_s: float, task_id: bytes, k: int) -> dict:
+def _settled(net: Devnet) -> list[int]:
+    """The peer counts the devnet settles to: the same in two polls a second apart."""
+    last: list = []
+
+    def same() -> bool:
+        nonlocal last
+        counts = _peer_counts(net)
+        ok = counts == last and None not in counts and min(counts) >= 1
+        last = counts
+        return ok
+
+    wait_until(same, 60, "the devnet's links to settle", interval=1.0)
+    return last
+
+
+def _back(counts: list, base: list[int]) -> bool:
+    return all(c is not None and c >= b for c, b in zip(counts, base))
+
+
+def _round(net: Devnet, base: list[int], minority: list[int], partition_s: float, task_id: bytes, k: int) -> dict:
     from devtools import netns
 
     netns.partition(net.root, minority)
@@ -51,7 +72,7 @@ def _round(net: Devnet, minority: list[int], partition_s: float, task_id: bytes,
     bid = net.rpc(minority[0], "annotations_submit", {"raw": raw.hex()})["batch_id"]
     peers_at = batch_at = None
     while time.monotonic() - t_heal < BOUND_S and (peers_at is None or batch_at is None):
-        if peers_at is None and _peer_counts(net) == [NODES - 1] * NODES:
+        if peers_at is None and _back(_peer_counts(net), base):
             peers_at = time.monotonic() - t_heal
         if batch_at is None and all(net.rpc(i, "messages_held", {"ids": [bid]}, timeout=5)["held"][0]
                                     for i in range(NODES)):
@@ -73,16 +94,17 @@ def run(quick: bool) -> list[dict]:
     partition_s = 12.0 if quick else PARTITION_S
     results = []
     with Devnet(NODES, prefix="lmbr", netns=True) as net:
-        wait_until(lambda: _peer_counts(net) == [NODES - 1] * NODES, 60, "the devnet to mesh fully", interval=0.2)
+        base = _settled(net)
+        log(f"reconnect: the devnet settled to {base} peers")
         task_id = bytes.fromhex(post_task(net, 0, 10, 2, 3600, "reconnect")["task_id"])
         wait_until(lambda: all(net.rpc(i, "messages_held", {"ids": [task_id.hex()]})["held"][0] for i in range(NODES)),
                    30, "the task to reach every node", interval=0.2)
         for k, minority in enumerate(rounds):
-            r = _round(net, minority, partition_s, task_id, k)
+            r = _round(net, base, minority, partition_s, task_id, k)
             log(f"reconnect: cut {minority} for {partition_s:.0f} s (fewest peers seen: {r['fewest_peers_during_cut']}); "
                 f"all peers back {r['peers_s']:.2f} s after the heal, a batch everywhere {r['batch_s']:.2f} s after it")
             results.append(r)
-            wait_until(lambda: _peer_counts(net) == [NODES - 1] * NODES, 60, "the devnet to mesh fully", interval=0.2)
+            wait_until(lambda: _back(_peer_counts(net), base), 60, "the devnet's links to come back", interval=0.2)
     rows = ["| round | minority | fewest peers during the cut | all peers back (s) | batch everywhere (s) |",
             "|---:|---|---:|---:|---:|"]
     rows += [f"| {k + 1} | {r['minority']} | {r['fewest_peers_during_cut']} | {r['peers_s']:.2f} | {r['batch_s']:.2f} |"
@@ -92,7 +114,8 @@ def run(quick: bool) -> list[dict]:
     return [
         figure("reconnect_s_after_heal", worst["peers_s"], "s", higher_is_better=False, target=5.0,
                note=f"worst of {len(results)} partitions of {partition_s:.0f} s (a minority of 2 of 5 nodes in network "
-                    f"namespaces): from the heal until every node has all 4 peers again; median "
+                    f"namespaces): from the heal until every node has as many peers as before the cut "
+                    f"(peers per node {base}); median "
                     f"{median([r['peers_s'] for r in results]):.2f} s"),
         figure("batch_s_after_heal", max(r["batch_s"] for r in results), "s", higher_is_better=False,
                note="worst round: a batch submitted on the minority side right after the heal, until every node "
