@@ -88,4 +88,5 @@ __all__ = [
     "blob_read", "build_method_table", "certificate_get", "consensus_get", "gold_reveal", "messages_arrival", "messages_held",
     "node_info", "peers_list", "reputation_get", "rewards_get", "sync_status", "task_export", "task_get",
     "task_post", "tasks_list", "task_items", "worklist", "blob_put", "ui_url", "stop", "blob_import",
+    "balance_get", "transfer", "transfer_get", "ledger_history",
 ]

@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import trio
 
-from protocol.errors import DecodeError
 from protocol.messages import KIND_BATCH, AnnotationBatch, decode_message, sign_message
 
-from ..errors import INVALID_PARAMS, REJECTED, RpcError
+from ..errors import INVALID_PARAMS, RpcError
 from ..params import get_param, page_param, signing_key_param, task_id_param
-from .common import MAX_RAW_PER_CALL, ingest_many_or_raise, ingest_or_raise
+from .common import ingest_many_or_raise, ingest_or_raise, raw_messages_param
 
 
 #: How long annotations_submit waits for a known task's escrow to reach this node before it
@@ -33,29 +32,9 @@ async def annotations_submit(node, params):
     """Submit labels: signed here by a local 'account' (with 'created_at' for idempotent retries),
     or pre-signed envelopes in 'raw'. Acknowledged only once durably stored; then gossiped."""
     if "raw" in params:
-        raws = params["raw"]
-        single = isinstance(raws, str)
-        if single:
-            raws = [raws]
-        if not isinstance(raws, list) or not all(isinstance(r, str) for r in raws):
-            raise RpcError(INVALID_PARAMS, "param 'raw' must be a hex string or a list of them")
-        if len(raws) > MAX_RAW_PER_CALL:
-            raise RpcError(INVALID_PARAMS, f"at most {MAX_RAW_PER_CALL} raw messages per call")
+        single, datas, msgs = raw_messages_param(
+            node, params, KIND_BATCH, "annotations_submit takes annotation batches; use task_post for tasks")
         out = []
-        datas, msgs = [], []
-        for r in raws:
-            try:
-                data = bytes.fromhex(r)
-            except ValueError:
-                raise RpcError(INVALID_PARAMS, "param 'raw' must be hex") from None
-            try:
-                decoded = decode_message(data, node.params)
-            except DecodeError as e:
-                raise RpcError(REJECTED, f"message rejected: decode: {e}") from None
-            if decoded.kind != KIND_BATCH:
-                raise RpcError(INVALID_PARAMS, "annotations_submit takes annotation batches; use task_post for tasks")
-            datas.append(data)
-            msgs.append(decoded)
         await await_funding(node, [m.body.task_id for m in msgs])
         for (mid, status), m in zip(await ingest_many_or_raise(node, datas, msgs), msgs):
             out.append({"batch_id": mid.hex(), "status": status, "labels": len(m.body.labels)})

@@ -4,15 +4,44 @@ from __future__ import annotations
 
 import logging
 
-from protocol.messages import ITEM_BYTES, ITEM_TEXT, Item, Outcome
+from protocol.errors import DecodeError
+from protocol.messages import ITEM_BYTES, ITEM_TEXT, Item, Outcome, SignedMessage, decode_message
 from protocol.reputation import ONE  # the fixed-point one (protocol.reputation loads no numpy)
 
 from ...core.keep import GOLD_SURPLUS
 from ...core.verdicts import DUPLICATE, KEPT_OVERLAPPING, SURPLUS
 from ...storage.errors import StoreFullError
-from ..errors import REJECTED, STORE_FULL, RpcError
+from ..errors import INVALID_PARAMS, REJECTED, STORE_FULL, RpcError
 
 MAX_RAW_PER_CALL = 1000
+
+
+def raw_messages_param(node, params, kind: int, wrong_kind: str) -> tuple[bool, list[bytes], list[SignedMessage]]:
+    """``params["raw"]``: one hex envelope or a list of 1..MAX_RAW_PER_CALL, each decoded and
+    of ``kind`` (else -32602 ``wrong_kind``). Returns (one was given, the bytes, the messages);
+    a message that does not decode is -32002 with the decoder's reason."""
+    raws = params["raw"]
+    single = isinstance(raws, str)
+    raws = [raws] if single else raws
+    if not isinstance(raws, list) or not raws or not all(isinstance(r, str) for r in raws):
+        raise RpcError(INVALID_PARAMS, "param 'raw' must be a hex string or a non-empty list of them")
+    if len(raws) > MAX_RAW_PER_CALL:
+        raise RpcError(INVALID_PARAMS, f"at most {MAX_RAW_PER_CALL} raw messages per call")
+    datas, msgs = [], []
+    for r in raws:
+        try:
+            data = bytes.fromhex(r)
+        except ValueError:
+            raise RpcError(INVALID_PARAMS, "param 'raw' must be hex") from None
+        try:
+            msg = decode_message(data, node.params)
+        except DecodeError as e:
+            raise RpcError(REJECTED, f"message rejected: decode: {e}") from None
+        if msg.kind != kind:
+            raise RpcError(INVALID_PARAMS, wrong_kind)
+        datas.append(data)
+        msgs.append(msg)
+    return single, datas, msgs
 
 
 def store_full_error(e: Exception) -> RpcError:

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import trio
 
-from protocol.errors import DecodeError
-from protocol.messages import KIND_TRANSFER, MAX_AMOUNT, decode_message
+from protocol.messages import KIND_TRANSFER, MAX_AMOUNT
 
 from ...core.ledger import LedgerError
 from ...errors import KeystoreError
 from ..errors import INVALID_PARAMS, NOT_FOUND, REJECTED, RpcError
 from ..params import get_param, page_param
-from .common import MAX_RAW_PER_CALL, ingest_many_or_raise, ingest_or_raise
+from .common import ingest_many_or_raise, ingest_or_raise, raw_messages_param
 
 #: The longest a call may wait for its order to be applied here (``wait_ms``).
 MAX_WAIT_MS = 60_000
@@ -113,27 +112,8 @@ async def sign_and_submit_debit(node, account_name: str, dest_type: int, dest: b
 
 async def _submit_raw_orders(node, params) -> dict:
     """Pre-signed debit orders (offline signing): {raw: hex | [hex, ...]}."""
-    raws = params["raw"]
-    single = isinstance(raws, str)
-    raws = [raws] if single else raws
-    if not isinstance(raws, list) or not raws or not all(isinstance(r, str) for r in raws):
-        raise RpcError(INVALID_PARAMS, "param 'raw' must be a hex string or a non-empty list of them")
-    if len(raws) > MAX_RAW_PER_CALL:
-        raise RpcError(INVALID_PARAMS, f"at most {MAX_RAW_PER_CALL} raw orders per call")
-    datas, msgs = [], []
-    for r in raws:
-        try:
-            data = bytes.fromhex(r)
-        except ValueError:
-            raise RpcError(INVALID_PARAMS, "param 'raw' must be hex") from None
-        try:
-            msg = decode_message(data, node.params)
-        except DecodeError as e:
-            raise RpcError(REJECTED, f"message rejected: decode: {e}") from None
-        if msg.kind != KIND_TRANSFER:
-            raise RpcError(INVALID_PARAMS, "transfer's 'raw' takes signed debit orders (Transfer) only")
-        datas.append(data)
-        msgs.append(msg)
+    single, datas, msgs = raw_messages_param(node, params, KIND_TRANSFER,
+                                             "transfer's 'raw' takes signed debit orders (Transfer) only")
     out = [{"order_id": oid.hex(), "status": status, "seq": m.body.seq, "amount": m.body.amount}
            for (oid, status), m in zip(await ingest_many_or_raise(node, datas, msgs), msgs)]
     return out[0] if single else {"results": out}
