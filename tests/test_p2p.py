@@ -654,3 +654,27 @@ def test_no_sweeper_threads_leak() -> None:
     # every Pubsub sweeper thread must have been stopped by P2PNode teardown.
     leaked = [t for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive()]
     assert not [t for t in leaked if "_background_cleanup" in repr(getattr(t, "_target", None))], leaked
+
+
+def test_a_negotiation_that_times_out_is_a_dead_link_a_refusal_is_not():
+    """Across a partition, opening a stream fails with py-libp2p's StreamFailure caused by the
+    protocol negotiation timing out (before our own request timeout): that must count as a
+    timeout (so on_request_failed closes the hung link and it is redialed), while a peer that
+    refuses the protocol is alive (found by scripts/bench reconnect: no link ever dropped)."""
+    from libp2p.host.exceptions import StreamFailure
+    from libp2p.protocol_muxer.exceptions import MultiselectClientError
+
+    from node.net.host import negotiation_timed_out
+
+    def failure(msg):
+        try:
+            try:
+                raise MultiselectClientError(msg)
+            except MultiselectClientError as e:
+                raise StreamFailure("failed to open a stream to peer") from e
+        except StreamFailure as f:
+            return f
+
+    assert negotiation_timed_out(failure("response timed out after 5s, protocols tried: ['/x']"))
+    assert not negotiation_timed_out(failure("protocols not supported: ['/x']"))
+    assert not negotiation_timed_out(RuntimeError("timed out"))

@@ -22,6 +22,7 @@ from libp2p.identity_utils import create_identity_from_seed
 from libp2p.network.config import ConnectionConfig, RetryConfig
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.protocol_muxer.exceptions import MultiselectClientError
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.score import ScoreParams, TopicScoreParams
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
@@ -97,6 +98,17 @@ MessageHandler = Callable[[str, bytes, str], Awaitable[None]]
 PeerHandler = Callable[[str], Awaitable[None]]
 RequestHandler = Callable[[str, bytes], Awaitable[bytes]]
 
+
+
+def negotiation_timed_out(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is py-libp2p's protocol negotiation timing out --
+    the peer did not answer at all, unlike a refusal ("protocols not supported")."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, MultiselectClientError) and "timed out" in str(exc):
+            return True
+        exc, seen = exc.__cause__, seen + 1
+    return False
 
 class P2PNode:
     """One labelmesh peer on the libp2p network. See the module docstring.
@@ -895,6 +907,13 @@ class P2PNode:
             raise P2PError(f"{protocol_id} response from {peer_id} too large: {exc}") from None
         except Exception as exc:
             await reset_quietly(stream)
+            if negotiation_timed_out(exc):
+                # py-libp2p gives up opening the stream when the peer does not answer the
+                # protocol negotiation in time (StreamFailure from MultiselectClientError):
+                # on a link that a partition hangs this comes before our own timeout, and it
+                # is the same sign of a dead link (on_request_failed closes it)
+                raise P2PTimeoutError(f"{protocol_id} request to {peer_id}: no answer to the protocol "
+                                      f"negotiation ({type(exc).__name__}: {exc})") from exc
             raise P2PError(f"{protocol_id} request to {peer_id} failed: {type(exc).__name__}: {exc}") from exc
         await close_quietly(stream)
         if not frame:
