@@ -111,7 +111,7 @@ class P2PConfig:
     # cap of the bootstrap redial delay, >= min. Small: a dial to a peer that cannot be reached
     # costs a SYN, and after a partition heals some node must dial first before the others
     # wake up (any new connection ends every waiting backoff, P2PNode._bootstrap_loop).
-    redial_backoff_max_s: float = 8.0
+    redial_backoff_max_s: float = 2.0
 
     # --- request/response ---
     max_request_bytes: int = 1024 * 1024  # largest request body we send or accept, >= 1
