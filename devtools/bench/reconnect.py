@@ -22,8 +22,9 @@ from .common import DETAILS, Devnet, figure, log, make_batches, median, post_tas
 
 NODES = 5
 # Long enough for the links across the cut to be found dead: a partition hangs TCP without
-# closing it, and a node closes a link when a sync request on it times out (20 s,
-# node/services/sync.py); with 20 s cuts no link dropped and the figure measured nothing.
+# closing it, and a node closes a link when a sync request on it gets no answer (the
+# protocol negotiation or the 20 s request timeout, node/net/host.py); sync backs off to one
+# session per peer every 12 s when idle. In 20 s cuts no link had dropped yet.
 PARTITION_S = 60.0
 POLL_S = 0.1
 BOUND_S = 120.0
