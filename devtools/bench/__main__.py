@@ -9,6 +9,7 @@ old rows); ``--quick`` writes it only with ``--write``.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import platform
@@ -19,6 +20,8 @@ from pathlib import Path
 from . import report
 from .common import log
 
+#: the benchmarks whose run() also takes the limits measured in the same run (for ratios)
+TAKES_LIMITS = {"ingest", "catchup", "ledger"}
 NAMES = ["limits", "consensus", "ingest", "catchup", "network", "wan", "ui", "sim", "ledger", "reconnect", "replica"]
 
 
@@ -80,36 +83,8 @@ def main(argv=None) -> int:
         DETAILS.clear()
         n_before = len(figures)
         try:
-            if name == "consensus":
-                from . import consensus
-                figures += consensus.run(args.quick)
-            elif name == "ingest":
-                from . import ingest
-                figures += ingest.run(args.quick, limits)
-            elif name == "catchup":
-                from . import catchup
-                figures += catchup.run(args.quick, limits)
-            elif name == "network":
-                from . import network
-                figures += network.run(args.quick)
-            elif name == "wan":
-                from . import wan
-                figures += wan.run(args.quick)
-            elif name == "ui":
-                from . import ui
-                figures += ui.run(args.quick)
-            elif name == "sim":
-                from . import sim
-                figures += sim.run(args.quick)
-            elif name == "ledger":
-                from . import ledger
-                figures += ledger.run(args.quick, limits)
-            elif name == "reconnect":
-                from . import reconnect
-                figures += reconnect.run(args.quick)
-            elif name == "replica":
-                from . import replica
-                figures += replica.run(args.quick)
+            module = importlib.import_module(f".{name}", __package__)
+            figures += module.run(args.quick, limits) if name in TAKES_LIMITS else module.run(args.quick)
         except Exception as e:  # one broken benchmark must not hide the others' figures
             import traceback
             traceback.print_exc()
