@@ -113,6 +113,17 @@ class Node(NodeCore):
                 self.stopped.set()
 
 
+def attached_p2p(p2p) -> Callable:
+    """A ``p2p_factory`` for a transport made elsewhere (an in-memory network's, in tests and
+    benchmarks): it calls the node's gossip validator for every message, as libp2p does."""
+    def factory(node):
+        async def validator(topic, data, peer):
+            return await node.gossip_validate(topic, data, peer)
+        p2p.validator = validator
+        return p2p
+    return factory
+
+
 def build_node(data_dir: Path, *, listen_override=None, cfg: NodeConfig | None = None,
                http_allow_remote: bool = False) -> tuple[NodeConfig, Node]:
     """(config, Node) for a data dir; ``cfg`` is the effective config (default: the file's);

@@ -139,17 +139,9 @@ async def advance(clock, until, step=100):
 def fake_node(net, name: str, path, genesis, **node_kwargs):
     """A Node on the in-memory network ``net`` (tests/fakenet.py), gossip validated by the
     node itself exactly as with libp2p; not started yet (``await nursery.start(node.run)``)."""
-    from node.app import Node
+    from node.app import Node, attached_p2p
 
-    p2p = net.make(name)
-
-    def factory(node):
-        async def validator(topic, data, peer):
-            return await node.gossip_validate(topic, data, peer)
-        p2p.validator = validator
-        return p2p
-
-    return Node(path, genesis, p2p_factory=factory, **node_kwargs)
+    return Node(path, genesis, p2p_factory=attached_p2p(net.make(name)), **node_kwargs)
 
 
 class RpcConn:

@@ -166,7 +166,7 @@ async def _measure(root: Path, quick: bool) -> dict:
     import nacl.signing
     import trio
 
-    from node.app import Node
+    from node.app import Node, attached_p2p
     from node.core.replica import ReplicaConfig
     from protocol.genesis import make_genesis
 
@@ -186,14 +186,7 @@ async def _measure(root: Path, quick: bool) -> dict:
         net.nursery = nursery
 
         async def start(name, **kw):
-            p2p = net.make(name)
-
-            def factory(node):
-                async def validator(topic, data, peer):
-                    return await node.gossip_validate(topic, data, peer)
-                p2p.validator = validator
-                return p2p
-            node = Node(root / name, g, p2p_factory=factory, clock=clock, finality_tick_s=0.05, sync_interval_s=1.0,
+            node = Node(root / name, g, p2p_factory=attached_p2p(net.make(name)), clock=clock, finality_tick_s=0.05, sync_interval_s=1.0,
                         **kw)
             await nursery.start(node.run)
             return node
