@@ -188,6 +188,14 @@ async def test_the_rpc_refuses_what_the_ledger_cannot_do(tmp_path, monkeypatch):
                                   bounty=START + 1)
         assert code == -32002 and "insufficient balance for a bounty" in msg and not a.tasks
         assert (await refused("ledger_history", account=pk(5).hex(), limit=0))[0] == -32602
+        assert (await refused("balance_get", account="nobody"))[0] == -32001
+        # pre-signed input: bad hex, an empty list, too many, and a message of the wrong kind
+        assert (await refused("transfer", raw="zz"))[0] == -32602
+        assert (await refused("transfer", raw=[]))[0] == -32602
+        assert (await refused("transfer", raw=["00"] * 1001))[0] == -32602
+        code, msg = await refused("transfer", raw=signed(make_task(bounty=0, nonce=7), 1, g.network_id).raw.hex())
+        assert code == -32602 and "Transfer" in msg
+        assert (await refused("transfer", raw="c1"))[0] == -32002  # does not decode
         assert (await refused("transfer_get", order_id="zz"))[0] == -32602
         assert (await refused("transfer_get", order_id="00" * 32))[0] == -32001
         # the escrow of task_post's own task arrives at once here (this node is the validator);

@@ -146,6 +146,12 @@ def test_config_precedence_and_sources(short_dir, monkeypatch):
     ('log_level = \n', {}, ["not valid TOML"]),
     ('', {"LABELMESH_LOG_FORMAT": "xml"}, ["'log_format'", "text or json", "env LABELMESH_LOG_FORMAT"]),
     ('', {"LABELMESH_LOG_LEVELS": "sync"}, ["LABELMESH_LOG_LEVELS", "component=level"]),
+    ('follow_domains = "radiology"\n', {}, ["'follow_domains'", "list of 1..1024 domain names"]),
+    ('follow_domains = []\n', {}, ["'follow_domains'", "list of 1..1024"]),
+    ('follow_domains = ["*", "radiology"]\n', {}, ["'follow_domains'", "keep one or the other"]),
+    ('follow_domains = ["radiology"]\nvalidator_account = "validator"\n', {}, ["'follow_domains'", "validators follow"]),
+    ('retain_batches_days = -1\n', {}, ["'retain_batches_days'", "0..36500"]),
+    ('retain_batches_days = "forever"\n', {}, ["'retain_batches_days'", "0..36500"]),
 ])
 def test_config_errors_name_the_field_and_the_fix(short_dir, text, env, words):
     short_dir.joinpath(CONFIG_FILE).write_text(text)
