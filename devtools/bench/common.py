@@ -299,7 +299,10 @@ def make_batches(network_id: bytes, task_id: bytes, *, n_msgs: int, labels_per_m
 
     Message k (counting from ``first``) is signed by annotator ``k % n_annotators`` with
     created_at ``t_base_ms + k // n_annotators`` (so (annotator, created_at) is unique),
-    and labels ``labels_per_msg`` consecutive items with pseudo-random classes.
+    and labels ``labels_per_msg`` consecutive items (mod ``n_items``) with pseudo-random
+    classes. An annotator's successive messages label successive items, as an honest
+    annotator does: none is made redundant by the keep rule (PROTOCOL.md 6.3) while one
+    annotator's messages to a task label at most ``n_items`` items in all.
     """
     import random
 
@@ -308,12 +311,13 @@ def make_batches(network_id: bytes, task_id: bytes, *, n_msgs: int, labels_per_m
     keys = annotator_keys(n_annotators)
     pubs = [bytes(k.verify_key) for k in keys]
     rng = random.Random(seed * 1_000_003 + first)
-    span = max(1, n_items - labels_per_msg + 1)
+    if labels_per_msg > n_items:
+        raise ValueError(f"a batch of {labels_per_msg} labels needs at least as many items, not {n_items}")
     out = []
     for k in range(first, first + n_msgs):
         a = k % n_annotators
-        start = (k * 7919) % span
-        labels = tuple((start + j, rng.randrange(n_classes)) for j in range(labels_per_msg))
+        start = ((k // n_annotators) * labels_per_msg + a * 7919) % n_items
+        labels = tuple(sorted(((start + j) % n_items, rng.randrange(n_classes)) for j in range(labels_per_msg)))
         b = AnnotationBatch(annotator=pubs[a], task_id=task_id, created_at=t_base_ms + k // n_annotators,
                             labels=labels)
         out.append(sign_message(b, keys[a], network_id).raw)

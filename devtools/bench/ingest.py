@@ -16,7 +16,6 @@ batch, one record stored per batch.
 """
 from __future__ import annotations
 
-import itertools
 import threading
 import time
 from pathlib import Path
@@ -94,11 +93,12 @@ def run(quick: bool, limits: dict) -> list[dict]:
     with Devnet(1, prefix="lmbi") as net:
         pid = net.pid(0)
         store_dir = net.root / "node-0" / "store"
-        task = post_task(net, 0, N_ITEMS, N_CLASSES, 3600, "ingest bench")
-        tid = bytes.fromhex(task["task_id"])
         t_base = int(time.time() * 1000) - 1000
         first = 0
         for size, n_msgs in plan.items():
+            # a task per batch size: each annotator labels each item of a task at most once
+            # (honest traffic; the keep rule would decline the repeats as redundant)
+            tid = bytes.fromhex(post_task(net, 0, N_ITEMS, N_CLASSES, 3600, f"ingest bench, batches of {size}")["task_id"])
             log(f"ingest: signing {repeats} x {n_msgs:,} batches of {size} labels")
             runs = []
             for _ in range(repeats):
